@@ -1,0 +1,116 @@
+"""The plugin contract: the hooks a phi-quant backend implements.
+
+One plugin is one backend. The core calls each hook on one named backend (``export``,
+``quantize``, ``load_model``) or on every backend (``detect_hardware`` for ``doctor``). All hooks
+take keyword arguments only; a plugin may implement a subset of the parameters (pluggy passes
+only the ones it names). Quick start for authors: ``docs/plugin-authoring.md``.
+
+Streaming is part of the contract: ``export`` reads tensors one at a time from
+``source.tensors()`` and writes each before reading the next; it never holds the whole model.
+Atomic output is the core's job: ``export`` writes into ``output_dir``, a fresh temporary
+directory that the core moves into place only when the hook returns without raising.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model.source import ModelSource
+    from .model.tensors import SourceTensor
+    from .types import (
+        BackendInfo,
+        ExportOptions,
+        ExportResult,
+        HardwareReport,
+        LoadedModel,
+        PrecisionSpec,
+        Progress,
+        QuantizedTensor,
+    )
+
+__all__ = ["PROJECT_NAME", "hookspec", "hookimpl", "PhiQuantSpec"]
+
+PROJECT_NAME = "phi_quant"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+class PhiQuantSpec:
+    """Hook specifications (pluggy). Every hook a backend may implement is here."""
+
+    @hookspec
+    def backend_info(self) -> "BackendInfo":
+        """Describe this backend: CLI name, output format, runtime, hook contract version.
+
+        :returns: a :class:`phi_quant.types.BackendInfo`.
+        .. versionadded:: 0.1
+        """
+
+    @hookspec
+    def detect_hardware(self) -> "HardwareReport":
+        """Report what this backend's runtime can use on this machine (devices, accelerators).
+
+        Must be fast and must not raise when the runtime is missing: return
+        ``HardwareReport(available=False, notes=[...])`` instead.
+
+        :returns: a :class:`phi_quant.types.HardwareReport`.
+        .. versionadded:: 0.1
+        """
+
+    @hookspec
+    def supported_precisions(self) -> "list[PrecisionSpec]":
+        """List the precisions this backend exports, each with its native scheme and thresholds.
+
+        :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision.
+        .. versionadded:: 0.1
+        """
+
+    @hookspec
+    def quantize(self, tensor: "SourceTensor", options: "ExportOptions") -> "QuantizedTensor":
+        """Quantize one tensor of the stream to this backend's layout for ``options.precision``.
+
+        Called per tensor (by ``export`` itself, by ``eval`` and by tests); must not read other
+        tensors. Raise :class:`phi_quant.errors.BadWeightsError` naming the tensor on NaN/Inf.
+
+        :param tensor: the source tensor (lazy, memory-mapped).
+        :param options: the export options (precision, group size, symmetry, scheme, ...).
+        :returns: a :class:`phi_quant.types.QuantizedTensor` in the format's layout.
+        .. versionadded:: 0.1
+        """
+
+    @hookspec
+    def export(
+        self,
+        source: "ModelSource",
+        output_dir: Path,
+        options: "ExportOptions",
+        progress: "Progress",
+    ) -> "ExportResult":
+        """Write the model in this backend's format into ``output_dir`` (an empty temporary directory).
+
+        Stream ``source.tensors()`` one at a time; copy tokenizer files as the runtime needs them;
+        call ``progress.advance(nbytes)`` per source tensor. Raise
+        :class:`phi_quant.errors.UnsupportedPrecisionError` for a precision or option it cannot do.
+
+        :param source: the opened checkpoint (config, tokenizer files, tensor stream).
+        :param output_dir: empty directory to write into; the core moves it into place on success.
+        :param options: what the user asked for.
+        :param progress: progress sink, advanced in bytes of source tensors consumed.
+        :returns: a :class:`phi_quant.types.ExportResult` listing files and choices made.
+        .. versionadded:: 0.1
+        """
+
+    @hookspec
+    def load_model(self, path: Path, options: "dict") -> "LoadedModel":
+        """Open an exported model directory in the vendor runtime for ``run`` and ``eval``.
+
+        :param path: a directory this backend's ``export`` wrote.
+        :param options: runtime options such as ``{"context_length": 4096, "threads": 2}``.
+        :returns: an object implementing :class:`phi_quant.types.LoadedModel`.
+        .. versionadded:: 0.1
+        """

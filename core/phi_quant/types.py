@@ -1,0 +1,167 @@
+"""Plain data types that cross the plugin boundary (hook arguments and results)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "PRECISIONS",
+    "HOOK_CONTRACT_VERSION",
+    "BackendInfo",
+    "PrecisionSpec",
+    "HardwareReport",
+    "ExportOptions",
+    "ExportResult",
+    "QuantizedTensor",
+    "LoadedModel",
+    "Progress",
+    "FidelityThresholds",
+]
+
+#: Precisions the CLI knows. Backends declare which they offer (``bf16`` only where the format has it).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+
+#: Version of the hook contract. A plugin declares the versions it was built for in
+#: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
+HOOK_CONTRACT_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class FidelityThresholds:
+    """Bounds a backend promises for one precision, checked by the conformance kit.
+
+    ``kl_max`` is the mean KL(oracle||backend) over next-token distributions, ``top1_min`` the
+    fraction of positions whose argmax agrees, ``max_abs_logit`` (optional) the largest |Δlogit|.
+    """
+
+    kl_max: float
+    top1_min: float
+    max_abs_logit: float | None = None
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """One precision a backend offers and the native scheme it maps to."""
+
+    precision: str  # one of PRECISIONS
+    scheme: str  # backend-native name, e.g. "Q4_0", "MatMulNBits-4bit-b32", "int4_asym_g128"
+    description: str = ""
+    schemes: tuple[str, ...] = ()  # other schemes selectable with --scheme for this precision
+    thresholds: FidelityThresholds | None = None
+    default_group_size: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Who a backend is. Returned by the ``backend_info`` hook."""
+
+    name: str  # CLI name: "llamacpp", "onnx", "openvino", "mlx", ...
+    format: str  # output format: "GGUF", "ONNX", "OpenVINO IR", "MLX safetensors"
+    runtime: str  # the vendor runtime that runs the output: "llama.cpp", "onnxruntime-genai", ...
+    distribution: str = ""  # PyPI distribution name, filled by the core from entry-point metadata if empty
+    version: str = ""
+    description: str = ""
+    hook_contract: str = HOOK_CONTRACT_VERSION  # contract version the plugin was built for
+    install_hint: str = ""  # e.g. "pip install phi-quant-llamacpp"
+
+
+@dataclass
+class HardwareReport:
+    """What a backend can use on this machine (``detect_hardware``)."""
+
+    backend: str
+    available: bool
+    devices: list[dict[str, Any]] = field(default_factory=list)  # e.g. [{"name": "CPU", "type": "cpu", ...}]
+    accelerators: list[str] = field(default_factory=list)  # e.g. ["metal"], ["CUDAExecutionProvider"]
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user asked for; backends read the fields they understand and refuse bad values.
+
+    ``extra`` carries backend-specific options (``--option key=value`` on the CLI), for example
+    ``{"scheme": "Q4_K_M"}`` or ``{"accuracy_level": 4}``.
+    """
+
+    precision: str
+    group_size: int | None = None  # None: the backend's default
+    symmetric: bool | None = None  # None: the backend's default
+    scheme: str | None = None  # backend-native scheme override, e.g. "Q4_K_M"
+    context_length: int | None = None  # the context the user will deploy with (LongRoPE choices)
+    target: str | None = None  # e.g. "cpu", "cuda", "dml", "npu"
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.extra.get(key, default)
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote, for the manifest and the model card."""
+
+    files: list[str]  # paths relative to the output directory
+    scheme: str  # the native scheme actually used, e.g. "Q4_0"
+    details: dict[str, Any] = field(default_factory=dict)  # per-tensor choices, fallbacks, notes
+    run_instructions: str = ""  # Markdown: how to run the output in the vendor runtime
+    notes: list[str] = field(default_factory=list)  # things the user should know (fallbacks, caveats)
+
+
+@dataclass
+class QuantizedTensor:
+    """A tensor after a backend's ``quantize``: named arrays in the format's layout plus the scheme.
+
+    ``arrays`` holds packed data and scales exactly as they will be written, e.g.
+    ``{"blocks": uint8[...]}`` for GGUF Q4_0, ``{"weight": uint32, "scales": f16, "biases": f16}`` for MLX.
+    ``dequantize`` returns float32 of the original shape (for eval and tests).
+    """
+
+    name: str
+    scheme: str
+    shape: tuple[int, ...]
+    arrays: dict[str, np.ndarray]
+    dequantize: Callable[[], np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    """Progress sink handed to ``export``. ``advance`` takes bytes of source tensors consumed."""
+
+    def start(self, total_bytes: int, description: str = "") -> None: ...
+    def advance(self, nbytes: int, item: str = "") -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    """A Progress that ignores everything (library use, tests)."""
+
+    def start(self, total_bytes: int, description: str = "") -> None:
+        pass
+
+    def advance(self, nbytes: int, item: str = "") -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """An exported model opened in its vendor runtime (``load_model`` hook).
+
+    ``logits`` runs the full sequence and returns float32 ``[len(ids), vocab]`` next-token
+    logits at every position (vocab = the model's vocab_size rows). ``generate`` returns text,
+    greedy by default, stopping at the model's end tokens.
+    """
+
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    def logits(self, ids: Sequence[int]) -> np.ndarray: ...
+    def generate(self, prompt: str, max_new_tokens: int = 32, *, chat: bool = False) -> str: ...
+    def close(self) -> None: ...
