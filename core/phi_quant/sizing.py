@@ -1,0 +1,87 @@
+"""How much memory a Phi model needs at each precision: weights, KV cache and runtime overhead.
+
+Shared by ``inspect`` (sizes per precision) and ``recommend`` (what fits a device). The figures
+are estimates from the model's shape, not measurements of a backend's file: each backend stores
+scales a little differently (see ``bits_per_weight``), which moves sizes by a few percent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model.config import PhiConfig
+
+__all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory", "GIB"]
+
+GIB = 1024**3
+
+#: Runtime overhead beyond weights and KV cache: activations, scratch buffers, the runtime itself.
+RUNTIME_OVERHEAD_BYTES = 300 * 1024**2
+RUNTIME_OVERHEAD_FRACTION = 0.05
+
+
+def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> float:
+    """Average stored bits per weight, scale (fp16) and zero point included.
+
+    int4/int8 default to block 32 (GGUF Q4_0/Q8_0, MatMulNBits' default); a group of 128
+    (OpenVINO's default) costs less. fp16/bf16 are 16 bits, fp32 32.
+    """
+    if precision == "fp32":
+        return 32.0
+    if precision in ("fp16", "bf16"):
+        return 16.0
+    bits = {"int8": 8, "int4": 4}.get(precision)
+    if bits is None:
+        raise ValueError(f"unknown precision {precision!r}")
+    g = group_size or 32
+    extra = 16.0 / g  # one fp16 scale per group
+    if asymmetric:
+        extra += (16.0 if bits == 8 else 4.0) / g  # MLX-style fp16 bias or a packed zero point
+    return bits + extra
+
+
+def weight_bytes(config: PhiConfig, precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> int:
+    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them."""
+    h = config.hidden_size
+    norms = (2 * config.num_layers + 1) * h
+    matmul = config.parameter_count() - norms
+    bpw = bits_per_weight(precision, group_size, asymmetric=asymmetric)
+    return int(matmul * bpw / 8 + norms * 4)
+
+
+def kv_cache_bytes(config: PhiConfig, context_length: int, *, bytes_per_value: int = 2) -> int:
+    """KV cache for one sequence of ``context_length`` tokens (fp16 cache by default)."""
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * context_length * bytes_per_value
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory to run a model: weights + KV cache + overhead, in bytes."""
+
+    precision: str
+    weights: int
+    kv_cache: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {
+            "precision": self.precision,
+            "weights_bytes": self.weights,
+            "kv_cache_bytes": self.kv_cache,
+            "overhead_bytes": self.overhead,
+            "total_bytes": self.total,
+        }
+
+
+def estimate_memory(
+    config: PhiConfig, precision: str, context_length: int = 4096, *, group_size: int | None = None
+) -> MemoryEstimate:
+    """Estimate what running ``config`` at ``precision`` with ``context_length`` tokens needs."""
+    w = weight_bytes(config, precision, group_size)
+    kv = kv_cache_bytes(config, min(context_length, config.max_position_embeddings))
+    overhead = RUNTIME_OVERHEAD_BYTES + int(RUNTIME_OVERHEAD_FRACTION * w)
+    return MemoryEstimate(precision, w, kv, overhead)

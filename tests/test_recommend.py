@@ -1,0 +1,77 @@
+"""recommend: different, justified answers per device class; refusal when a precision does not fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from phi_quant.errors import BadInputError
+from phi_quant.model.config import normalize_config
+from phi_quant.recommend import TARGETS, machine_profile, recommend
+from phi_quant.sizing import GIB, estimate_memory, weight_bytes
+
+PHI35_MINI = dict(
+    architectures=["Phi3ForCausalLM"], hidden_size=3072, num_attention_heads=32, num_key_value_heads=32,
+    num_hidden_layers=32, intermediate_size=8192, vocab_size=32064, max_position_embeddings=131072,
+    original_max_position_embeddings=4096, rms_norm_eps=1e-5,
+    rope_scaling={"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48},
+)
+
+
+@pytest.fixture
+def phi35():
+    return normalize_config(PHI35_MINI)
+
+
+def test_parameter_count_matches_published_phi35_mini(phi35):
+    # microsoft/Phi-3.5-mini-instruct: 3,821,079,552 parameters
+    assert phi35.parameter_count() == 3_821_079_552
+
+
+def test_weight_sizes_follow_bits_per_weight(phi35):
+    fp16 = weight_bytes(phi35, "fp16")
+    assert 7.0 * GIB < fp16 < 7.3 * GIB
+    assert weight_bytes(phi35, "fp32") == pytest.approx(2 * fp16, rel=1e-3)
+    # Q4_0-like: 4 bits + an fp16 scale per 32 weights = 4.5 bits
+    assert weight_bytes(phi35, "int4") == pytest.approx(fp16 * 4.5 / 16, rel=1e-3)
+
+
+def test_iot_and_ai_pc_get_different_justified_answers(phi35):
+    iot = recommend(phi35, TARGETS["iot"], model_name="phi35")
+    pc = recommend(phi35, TARGETS["ai-pc"], model_name="phi35")
+    assert iot.precision == "int4"
+    assert pc.precision in ("fp16", "int8")
+    assert (iot.backend, iot.precision) != (pc.backend, pc.precision)
+    assert "INT4" in iot.reason and "needs about" in iot.reason
+    assert "most faithful precision that fits" in pc.reason
+    assert iot.memory.total <= iot.budget_bytes and pc.memory.total <= pc.budget_bytes
+
+
+def test_forced_precision_that_does_not_fit_is_refused(phi35):
+    with pytest.raises(BadInputError, match="fp16 does not fit"):
+        recommend(phi35, TARGETS["iot"], precision="fp16")
+
+
+def test_memory_override_changes_the_answer(phi35):
+    small = recommend(phi35, TARGETS["ai-pc"], memory_bytes=8 * GIB)
+    assert small.precision == "int4"
+    with pytest.raises(BadInputError, match="even at int4"):
+        recommend(phi35, TARGETS["ai-pc"], memory_bytes=2 * GIB)
+
+
+def test_installed_backend_is_preferred_and_offers_are_respected(phi35):
+    r = recommend(phi35, TARGETS["ai-pc"], installed_backends=["onnx"])
+    assert r.backend == "onnx" and r.installed
+    r = recommend(phi35, TARGETS["apple-silicon"], backend_precisions={"mlx": ["int4", "int8"]})
+    assert (r.backend, r.precision) == ("llamacpp", "fp16")
+
+
+def test_measured_fidelity_is_quoted(phi35):
+    r = recommend(phi35, TARGETS["iot"], fidelity={("llamacpp", "int4"): 0.0123})
+    assert "measured mean KL vs fp32 0.012" in r.reason
+
+
+def test_machine_profile_uses_detected_hardware(phi35):
+    p = machine_profile(64 * GIB, nvidia_vram=24 * GIB)
+    assert p.memory_bytes == 24 * GIB and p.backends[0] == "onnx"
+    assert machine_profile(16 * GIB, apple_silicon=True).backends[0] == "mlx"
+    assert estimate_memory(phi35, "int4", 1024).kv_cache * 4 == estimate_memory(phi35, "int4", 4096).kv_cache
