@@ -1,0 +1,150 @@
+"""Run a backends × precisions matrix and collect each cell's size, fidelity and speed.
+
+Each cell is two ``phi-quant`` subprocesses, ``quantize --json`` then ``eval --json``, so a cell
+that crashes its vendor runtime (or runs out of memory) is reported in the table instead of taking
+the run down, and the numbers are exactly what a user gets from the same commands. Conversions
+run ``jobs`` at a time (they are independent and mostly I/O + kernel work); evaluations run one
+at a time so that tokens/s are measured on an otherwise idle machine and compare fairly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+__all__ = ["CellSpec", "plan_cells", "run_matrix", "dir_size"]
+
+#: Per-cell subprocess limit, so one hung runtime cannot stall the whole matrix.
+CELL_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of the matrix: a backend at a precision, with extra ``quantize`` arguments."""
+
+    backend: str
+    precision: str
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+
+def plan_cells(
+    offered: Mapping[str, Sequence[str]],
+    backends: Iterable[str] | None = None,
+    precisions: Iterable[str] | None = None,
+) -> list[CellSpec]:
+    """Cells for every selected backend × every selected precision that backend offers."""
+    chosen_b = list(backends) if backends else sorted(offered)
+    chosen_p = list(precisions) if precisions else ["fp32", "fp16", "int8", "int4"]
+    cells = []
+    for b in chosen_b:
+        for p in chosen_p:
+            if p in offered.get(b, ()):
+                cells.append(CellSpec(b, p))
+    return cells
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every file under ``path`` except phi-quant's own manifest and card."""
+    skip = {"phi-quant.json", "README.md"}
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not (f.parent == path and f.name in skip))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "phi_quant.cli", *args]
+
+
+def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, str]:
+    """Run a phi-quant command with --json; return its parsed JSON (or None) and an error line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        return None, (lines[-1] if lines else f"exit code {proc.returncode}")
+    try:
+        return json.loads(proc.stdout), ""
+    except json.JSONDecodeError:
+        return None, "command printed no JSON"
+
+
+def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str, Any]:
+    cell: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision, "output_dir": str(out)}
+    t0 = time.perf_counter()
+    res, err = _run_json(
+        _cli("quantize", model, "--backend", spec.backend, "--precision", spec.precision,
+             "-o", str(out), "--force", "--json", *spec.extra_args),
+        timeout,
+    )
+    cell["convert_seconds"] = time.perf_counter() - t0
+    if res is None:
+        cell.update(status="failed", error=f"quantize: {err}")
+        return cell
+    cell["scheme"] = res.get("scheme") or res.get("result", {}).get("scheme")
+    cell["size_bytes"] = dir_size(out)
+    cell["status"] = "converted"
+    return cell
+
+
+def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float) -> None:
+    args = ["eval", cell["output_dir"], "--reference", model, "--json"]
+    if text:
+        args += ["--text", text]
+    res, err = _run_json(_cli(*args), timeout)
+    if res is None:
+        cell.update(status="failed", error=f"eval: {err}")
+        return
+    flat = dict(res)
+    for k in ("fidelity", "speed", "memory", "metrics"):
+        if isinstance(res.get(k), dict):
+            flat.update(res[k])
+    for key in ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff", "perplexity",
+                "reference_perplexity", "load_seconds", "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes"):
+        if key in flat:
+            cell[key] = flat[key]
+    cell["status"] = "ok"
+
+
+def run_matrix(
+    model: str,
+    cells: Sequence[CellSpec],
+    workdir: Path,
+    *,
+    jobs: int = 2,
+    keep: bool = False,
+    text: str | None = None,
+    on_progress: Callable[[str, dict[str, Any]], None] | None = None,
+    timeout: float = CELL_TIMEOUT_S,
+) -> list[dict[str, Any]]:
+    """Convert every cell (``jobs`` at a time), then evaluate them one by one; never raises for a cell."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    note = on_progress or (lambda stage, cell: None)
+
+    def convert_one(spec: CellSpec) -> dict[str, Any]:
+        cell = _convert(model, spec, workdir / spec.key, timeout)
+        note("converted", cell)
+        return cell
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(convert_one, cells))
+    for cell in results:
+        if cell["status"] == "converted":
+            _evaluate(cell, model, text, timeout)
+        note("evaluated", cell)
+        if not keep:
+            shutil.rmtree(cell["output_dir"], ignore_errors=True)
+            cell["output_dir"] = None
+    return results
