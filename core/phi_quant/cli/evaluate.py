@@ -1,0 +1,140 @@
+"""``phi-quant eval OUT --reference MODEL``: fidelity against the fp32 oracle, size and speed.
+
+The exported model runs first (load time, tokens/s and peak RSS are measured before the fp32
+oracle is built, so they describe the exported model alone); the numpy oracle then runs the
+same token ids, and next-token distributions are compared at every position.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import numpy as np
+
+from ..manifest import MANIFEST_NAME
+from ._common import emit_json, fmt_bytes, json_option
+from .run import open_output
+
+__all__ = ["command", "evaluate", "bundled_text", "output_size"]
+
+
+def bundled_text() -> str:
+    """The English text shipped with phi-quant for perplexity."""
+    return resources.files("phi_quant").joinpath("data/eval_text.txt").read_text(encoding="utf-8")
+
+
+def output_size(path: Path) -> int:
+    """Bytes of the model files (phi-quant's manifest and card excluded)."""
+    skip = {MANIFEST_NAME, "README.md"}
+    return sum(f.stat().st_size for f in Path(path).rglob("*")
+               if f.is_file() and not (f.parent == Path(path) and f.name in skip))
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _prompts_for(config: Any) -> list[str]:
+    from ..testing.prompts import test_prompts
+
+    return list(test_prompts(config))
+
+
+def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_tokens: int = 256,
+             gen_tokens: int = 32, context_length: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Measure one output directory against the oracle built from ``reference``."""
+    from ..convert import open_source
+    from ..fidelity import compare_logits, perplexity
+    from ..reference import ReferenceModel
+
+    with open_source(reference) as src:
+        tok = src.hf_tokenizer()
+        prompts = _prompts_for(src.config)
+        seqs: list[list[int]] = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
+        seqs = [s for s in seqs if len(s) >= 2]
+        text_ids = tok.encode(text if text is not None else bundled_text(), add_special_tokens=False).ids[:max_text_tokens]
+
+        t0 = time.perf_counter()
+        backend, model, manifest = open_output(output, context_length=context_length, threads=threads)
+        load_s = time.perf_counter() - t0
+        try:
+            cand, n_tok, t_prompt = [], 0, 0.0
+            for ids in seqs:
+                t1 = time.perf_counter()
+                cand.append(np.asarray(model.logits(ids), dtype=np.float32))
+                t_prompt += time.perf_counter() - t1
+                n_tok += len(ids)
+            cand_text = np.asarray(model.logits(text_ids), dtype=np.float32) if len(text_ids) >= 2 else None
+            t2 = time.perf_counter()
+            generated = model.generate(prompts[0], max_new_tokens=gen_tokens)
+            t_gen = time.perf_counter() - t2
+            n_gen = max(1, len(model.tokenize(generated))) if generated else 0
+        finally:
+            model.close()
+        peak_rss = _peak_rss_bytes()
+
+        ref_model = ReferenceModel.from_source(src)
+        ref = [np.asarray(ref_model.logits(ids), dtype=np.float32) for ids in seqs]
+        ref_text = np.asarray(ref_model.logits(text_ids), dtype=np.float32) if cand_text is not None else None
+    report = compare_logits(np.concatenate(ref), np.concatenate(cand))
+    fidelity = {k: float(getattr(report, k)) for k in ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff")}
+    fidelity["positions"] = int(getattr(report, "positions", sum(len(s) for s in seqs)))
+    fidelity["prompts"] = len(seqs)
+    if cand_text is not None:
+        fidelity["perplexity"] = float(perplexity(cand_text, text_ids))
+        fidelity["reference_perplexity"] = float(perplexity(ref_text, text_ids))
+        fidelity["text_tokens"] = len(text_ids)
+    return {
+        "output": str(output),
+        "backend": backend.name,
+        "precision": manifest.get("precision"),
+        "scheme": manifest.get("scheme"),
+        "reference": str(reference),
+        "size_bytes": output_size(output),
+        "fidelity": fidelity,
+        "speed": {
+            "load_seconds": load_s,
+            "prompt_tokens_per_s": n_tok / t_prompt if t_prompt > 0 else None,
+            "gen_tokens_per_s": n_gen / t_gen if t_gen > 0 and n_gen else None,
+            "generated_tokens": n_gen,
+        },
+        "memory": {"peak_rss_bytes": peak_rss},
+    }
+
+
+@click.command("eval")
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--reference", "reference", required=True, help="The original checkpoint (directory, hub id or tiny:<variant>).")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text file for perplexity (default: a bundled English passage).")
+@click.option("--max-text-tokens", type=int, default=256, show_default=True, help="Tokens of the text to score.")
+@click.option("--gen-tokens", type=int, default=32, show_default=True, help="Tokens to generate for the speed test.")
+@click.option("--context-length", type=int, help="Context to load the exported model with.")
+@click.option("--threads", type=int, help="Runtime threads.")
+@json_option
+def command(output, reference, text_file, max_text_tokens, gen_tokens, context_length, threads, as_json) -> None:
+    """Compare OUT with the fp32 oracle of REFERENCE: KL, top-1, cosine, perplexity, size, speed, RSS."""
+    text = text_file.read_text(encoding="utf-8") if text_file else None
+    r = evaluate(output, reference, text=text, max_text_tokens=max_text_tokens, gen_tokens=gen_tokens,
+                 context_length=context_length, threads=threads)
+    if as_json:
+        emit_json(r)
+        return
+    f, s = r["fidelity"], r["speed"]
+    click.echo(f"{r['backend']} {r['precision']} ({r['scheme']}), {fmt_bytes(r['size_bytes'])}")
+    click.echo(f"KL(oracle||model) mean {f['kl_mean']:.3g}, max {f['kl_max']:.3g}; top-1 agreement "
+               f"{100 * f['top1_agreement']:.1f}%; cosine {f['cosine_mean']:.5f}; max |dlogit| {f['max_abs_diff']:.3g} "
+               f"({f['positions']} positions, {f['prompts']} prompts)")
+    if "perplexity" in f:
+        click.echo(f"perplexity {f['perplexity']:.3f} (oracle {f['reference_perplexity']:.3f}) on {f['text_tokens']} tokens")
+    pt = f"{s['prompt_tokens_per_s']:.1f}" if s["prompt_tokens_per_s"] else "?"
+    gt = f"{s['gen_tokens_per_s']:.1f}" if s["gen_tokens_per_s"] else "?"
+    click.echo(f"load {s['load_seconds']:.2f} s; prompt {pt} tok/s; generation {gt} tok/s; "
+               f"peak RSS {fmt_bytes(r['memory']['peak_rss_bytes'])}")

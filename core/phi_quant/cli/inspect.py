@@ -1,0 +1,100 @@
+"""``phi-quant inspect MODEL``: what the checkpoint is and what each precision would cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import PhiQuantError
+from ..plugins import get_manager
+from ..sizing import bits_per_weight, weight_bytes
+from ._common import emit_json, fmt_bytes, json_option, table
+
+__all__ = ["command", "describe_model"]
+
+#: (precision, group size) rows of the size estimate; scales are fp16, one per group.
+SIZE_ROWS = (("fp32", None), ("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128))
+
+
+def describe_model(source: Any) -> dict[str, Any]:
+    """Everything ``inspect`` shows, JSON-ready."""
+    cfg = source.config
+    rope = cfg.rope
+    sizes = [
+        {"precision": p, "group_size": g, "bits_per_weight": round(bits_per_weight(p, g), 3),
+         "weights_bytes": weight_bytes(cfg, p, g)}
+        for p, g in SIZE_ROWS
+    ]
+    support: dict[str, Any] = {}
+    for b in get_manager().backends():
+        try:
+            support[b.name] = {p.precision: p.scheme for p in b.precisions()}
+        except PhiQuantError as exc:
+            support[b.name] = {"error": str(exc)}
+    return {
+        "path": str(source.path),
+        "family": cfg.family,
+        "architecture": cfg.architecture,
+        "parameters": cfg.parameter_count(),
+        "dims": {
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers,
+            "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads,
+            "head_dim": cfg.head_dim,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+        },
+        "rope": {
+            "theta": rope.theta,
+            "rotary_dim": rope.rotary_dim,
+            "scaling": rope.scaling,
+            "original_max_position": rope.original_max_position,
+            "attention_factor": rope.attention_factor,
+        },
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "stored_dtype": cfg.torch_dtype,
+        "quirks": cfg.quirks(),
+        "estimated_sizes": sizes,
+        "backends": support,
+    }
+
+
+@click.command("inspect")
+@click.argument("model")
+@json_option
+def command(model: str, as_json: bool) -> None:
+    """Describe MODEL (local directory, hub id or tiny:<variant>): shape, quirks, sizes, backends."""
+    from ..convert import open_source
+
+    with open_source(model) as src:
+        data = describe_model(src)
+    if as_json:
+        emit_json(data)
+        return
+    d, r = data["dims"], data["rope"]
+    click.echo(f"Model       {model}")
+    click.echo(f"Family      {data['family']} ({data['architecture']}, stored as {data['stored_dtype']})")
+    click.echo(f"Parameters  {data['parameters']:,}")
+    click.echo(f"Dims        hidden {d['hidden_size']}, layers {d['num_layers']}, heads {d['num_heads']}/{d['num_kv_heads']} "
+               f"(head_dim {d['head_dim']}), ffn {d['intermediate_size']}, vocab {d['vocab_size']}, "
+               f"context {d['max_position_embeddings']}")
+    click.echo(f"RoPE        theta {r['theta']:g}, {r['rotary_dim']} rotary dims"
+               + (f", {r['scaling']} (original context {r['original_max_position']})" if r["scaling"] else ""))
+    click.echo("Quirks")
+    for q in data["quirks"]:
+        click.echo(f"  - {q}")
+    click.echo("\nEstimated weight size (fp16 scales included):")
+    click.echo(table(
+        ["precision", "group", "bits/weight", "size"],
+        [(s["precision"], s["group_size"] or "-", f"{s['bits_per_weight']:.3f}", fmt_bytes(s["weights_bytes"]))
+         for s in data["estimated_sizes"]],
+    ))
+    click.echo("\nInstalled backends:")
+    if not data["backends"]:
+        click.echo("  none (pip install phi-quant-llamacpp, phi-quant-onnx, phi-quant-openvino or phi-quant-mlx)")
+    for name, offers in data["backends"].items():
+        text = offers.get("error") or ", ".join(f"{p} ({s})" for p, s in offers.items())
+        click.echo(f"  {name:<10} {text}")

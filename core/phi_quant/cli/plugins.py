@@ -1,0 +1,86 @@
+"""``phi-quant plugins``: which backends are installed, what they offer, which failed to load."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from ..errors import PhiQuantError
+from ..plugins import get_manager
+from ._common import emit_json, json_option, table
+
+__all__ = ["command", "describe_backends"]
+
+
+def describe_backends() -> dict[str, Any]:
+    """Every backend with its metadata and precisions, and every failure (JSON-ready)."""
+    mgr = get_manager()
+    backends = []
+    failures = [f.as_dict() for f in mgr.failures()]
+    for b in mgr.backends():
+        entry: dict[str, Any] = dataclasses.asdict(b.info)
+        try:
+            entry["precisions"] = [dataclasses.asdict(p) for p in b.precisions()]
+        except PhiQuantError as exc:
+            entry["precisions"] = []
+            failures.append({"name": b.name, "distribution": b.info.distribution, "error": str(exc)})
+        backends.append(entry)
+    return {"backends": backends, "failures": failures}
+
+
+def _run_check(name: str, as_json: bool) -> None:
+    try:
+        from ..testing.kit import run_kit
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the conformance kit is not available ({exc.name} is missing); "
+            "install phi-quant with its testing extras: pip install 'phi-quant[test]'"
+        ) from exc
+    get_manager().get(name)  # a clear error when the backend is missing
+    results = [(str(c), bool(p), str(m)) for c, p, m in run_kit(name)]
+    failed = [r for r in results if not r[1]]
+    if as_json:
+        emit_json({
+            "backend": name,
+            "passed": not failed,
+            "checks": [{"check": c, "passed": p, "message": m} for c, p, m in results],
+        })
+    else:
+        click.echo(table(["check", "result", "message"], [(c, "pass" if p else "FAIL", m) for c, p, m in results]))
+        click.echo(f"\n{len(results) - len(failed)}/{len(results)} checks passed for {name}")
+    if failed or not results:
+        raise SystemExit(1)
+
+
+@click.command("plugins")
+@json_option
+@click.option("--check", "check", metavar="NAME", help="Run the conformance kit against backend NAME.")
+def command(as_json: bool, check: str | None) -> None:
+    """List installed backends: distribution, version, format, runtime and precisions."""
+    if check:
+        _run_check(check, as_json)
+        return
+    data = describe_backends()
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (
+            b["name"],
+            b["distribution"] or "(in-process)",
+            b["version"],
+            b["format"],
+            b["runtime"],
+            ", ".join(f"{p['precision']} ({p['scheme']})" for p in b["precisions"]) or "-",
+        )
+        for b in data["backends"]
+    ]
+    if rows:
+        click.echo(table(["backend", "distribution", "version", "format", "runtime", "precisions"], rows))
+    else:
+        click.echo("No backends installed. Install one, e.g.: pip install phi-quant-llamacpp")
+    for f in data["failures"]:
+        dist = f" ({f['distribution']})" if f["distribution"] else ""
+        click.echo(f"FAILED {f['name']}{dist}: {f['error']}", err=True)

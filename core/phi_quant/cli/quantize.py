@@ -1,0 +1,54 @@
+"""``phi-quant quantize MODEL --backend B --precision P -o OUT``: the main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..convert import convert
+from ..progress import make_progress
+from ..types import PRECISIONS, ExportOptions
+from ._common import emit_json, fmt_bytes, json_option, parse_options
+
+__all__ = ["command"]
+
+
+@click.command("quantize")
+@click.argument("model")
+@click.option("--backend", "-b", required=True, help="Backend name (see `phi-quant plugins`).")
+@click.option("--precision", "-p", required=True, type=click.Choice(PRECISIONS), help="Target precision.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Output directory (must not exist).")
+@click.option("--group-size", type=int, help="Quantization group/block size (backend default if omitted).")
+@click.option("--symmetric/--asymmetric", default=None, help="Symmetric or asymmetric integer quantization.")
+@click.option("--scheme", help="Backend-native scheme, e.g. Q4_K_M for llamacpp.")
+@click.option("--context-length", type=int, help="Context length you will deploy with (LongRoPE choices, KV cache).")
+@click.option("--target", help="Target device, e.g. cpu, cuda, npu (backend specific).")
+@click.option("--threads", type=int, help="Threads for quantization and the runtime.")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (the old one is kept until the new one is complete).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_option
+def command(model, backend, precision, output, group_size, symmetric, scheme, context_length, target, threads,
+            extra, force, quiet, as_json) -> None:
+    """Quantize MODEL (local directory, hub id or tiny:<variant>) and export it with BACKEND."""
+    options = ExportOptions(
+        precision=precision,
+        group_size=group_size,
+        symmetric=symmetric,
+        scheme=scheme,
+        context_length=context_length,
+        target=target,
+        threads=threads,
+        extra=parse_options(extra),
+    )
+    progress = make_progress(quiet=quiet or as_json)
+    result = convert(model, backend, options, output, force=force, progress=progress)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    click.echo(f"Wrote {result.output} ({fmt_bytes(result.output_bytes)}, {result.backend} {result.precision} "
+               f"scheme {result.scheme}) in {result.seconds:.1f} s")
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    click.echo(f'Run it: phi-quant run {result.output} --prompt "Hello"')

@@ -1,0 +1,182 @@
+"""Convert a checkpoint with one backend into an output directory, atomically.
+
+The backend writes into a fresh temporary directory created next to the destination (same
+filesystem, so the final move is a rename). The manifest and model card are added there, and
+only then is the directory renamed into place. Any exception, Ctrl-C included, removes the
+temporary directory: the destination either does not change or holds a complete output.
+With ``force``, an existing destination is renamed aside first and deleted after the new one is
+in place, so a failure never destroys the previous output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError, OutputExistsError, UnsupportedPrecisionError
+from .manifest import MANIFEST_NAME, build_manifest, source_record, write_manifest
+from .model_card import render_model_card
+from .plugins import Backend, get_manager
+from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
+
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert", "dir_size"]
+
+#: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
+TINY_PREFIX = "tiny:"
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` produced."""
+
+    output: Path
+    backend: str
+    precision: str
+    scheme: str
+    files: list[str]
+    output_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "backend": self.backend,
+            "precision": self.precision,
+            "scheme": self.scheme,
+            "files": self.files,
+            "output_bytes": self.output_bytes,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "manifest": self.manifest,
+        }
+
+
+def resolve_model(model: str | Path) -> str | Path:
+    """Turn ``tiny:<variant>`` into the path of the cached tiny checkpoint; anything else unchanged."""
+    text = str(model)
+    if not text.startswith(TINY_PREFIX):
+        return model
+    from .testing.factory import VARIANTS, cached_checkpoint
+
+    variant = text[len(TINY_PREFIX):]
+    if variant not in VARIANTS:
+        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
+    return cached_checkpoint(variant)
+
+
+def open_source(model: str | Path) -> Any:
+    """Open a checkpoint (local dir, hub id or ``tiny:<variant>``) as a ModelSource."""
+    from .model.source import open_model
+
+    return open_model(resolve_model(model))
+
+
+def check_options(backend: Backend, options: ExportOptions) -> None:
+    """Refuse a precision or scheme the backend does not offer, before any work is done."""
+    if options.precision not in PRECISIONS:
+        raise UnsupportedPrecisionError(
+            f"unknown precision {options.precision!r}; phi-quant knows: {', '.join(PRECISIONS)}"
+        )
+    spec = backend.precision(options.precision)
+    if options.scheme and spec.schemes and options.scheme not in (spec.scheme, *spec.schemes):
+        raise UnsupportedPrecisionError(
+            f"backend {backend.name!r} has no scheme {options.scheme!r} for {options.precision}; "
+            f"choose one of: {', '.join((spec.scheme, *spec.schemes))}"
+        )
+    if options.group_size is not None and options.group_size <= 0:
+        raise BadInputError(f"--group-size must be positive, got {options.group_size}")
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _check_destination(output: Path, force: bool) -> None:
+    if output.exists() or output.is_symlink():
+        if not force:
+            raise OutputExistsError(f"{output} already exists; choose another -o or pass --force to replace it")
+        if not output.is_dir():
+            raise OutputExistsError(f"{output} exists and is not a directory; remove it or choose another -o")
+
+
+def _move_into_place(tmp: Path, output: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``output``; with ``force`` the old output is moved aside, then deleted."""
+    aside = None
+    if output.exists():
+        if not force:
+            raise OutputExistsError(f"{output} appeared while converting; pass --force to replace it")
+        aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        aside.rmdir()
+        os.rename(output, aside)
+    try:
+        os.rename(tmp, output)
+    except OSError as exc:
+        if aside is not None:
+            os.rename(aside, output)
+        raise OutputExistsError(f"could not move the result to {output}: {exc}") from exc
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def convert(
+    model: str | Path,
+    backend: str,
+    options: ExportOptions,
+    output: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Export ``model`` with ``backend`` at ``options.precision`` into ``output`` (see module doc)."""
+    t0 = time.perf_counter()
+    be = get_manager().get(backend)
+    check_options(be, options)
+    output = Path(output).expanduser().absolute()
+    _check_destination(output, force)
+    progress = progress or NullProgress()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        with open_source(model) as source:
+            t_open = time.perf_counter()
+            progress.start(int(getattr(source, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
+            try:
+                result: ExportResult = be.export(source, tmp, options, progress)
+            finally:
+                progress.finish()
+            t_export = time.perf_counter()
+            missing = [f for f in result.files if not (tmp / f).exists()]
+            if missing:
+                from .errors import PluginError
+
+                raise PluginError(be.name, f"export listed files it did not write: {', '.join(missing[:5])}")
+            record = source_record(str(model), source)
+        timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
+        manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result, timings=timings)
+        manifest["output_bytes"] = dir_size(tmp)
+        write_manifest(tmp, manifest)
+        (tmp / "README.md").write_text(
+            render_model_card(manifest, result.run_instructions, output_name=str(output)), encoding="utf-8"
+        )
+        _move_into_place(tmp, output, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertResult(
+        output=output,
+        backend=be.name,
+        precision=options.precision,
+        scheme=result.scheme,
+        files=sorted(set(result.files) | {MANIFEST_NAME, "README.md"}),
+        output_bytes=dir_size(output),
+        seconds=time.perf_counter() - t0,
+        notes=list(result.notes),
+        manifest=manifest,
+    )
