@@ -1,0 +1,86 @@
+"""``phi-quant compare MODEL``: a backends × precisions matrix, as a table, JSON and a picture."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..compare import plan_cells, run_matrix
+from ..errors import BadInputError, PhiQuantError
+from ..plugins import get_manager
+from ..report import markdown_table, write_report
+from ._common import emit_json, json_option
+
+__all__ = ["command"]
+
+
+@click.command("compare")
+@click.argument("model")
+@click.option("-o", "--output", "report_dir", type=click.Path(path_type=Path), default=Path("phi-quant-report"),
+              show_default=True, help="Folder for report.json, report.md, report.png and report.html.")
+@click.option("--backend", "backends", multiple=True, help="Backend to include (repeatable; default: all installed).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]),
+              help="Precision to include (repeatable; default: fp32 fp16 int8 int4).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Conversions run at once; evaluations always run one at a time so tokens/s compare fairly.")
+@click.option("--keep", is_flag=True, help="Keep each cell's exported model under OUTPUT/models/.")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), help="Text file for perplexity.")
+@json_option
+def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_json) -> None:
+    """Convert MODEL with every installed backend at every precision, evaluate each against the
+    fp32 oracle, and write a report with size, KL, top-1, perplexity and tokens/s side by side."""
+    mgr = get_manager()
+    offered: dict[str, list[str]] = {}
+    for b in mgr.backends():
+        if backends and b.name not in backends:
+            continue
+        try:
+            offered[b.name] = [p.precision for p in b.precisions()]
+        except PhiQuantError as exc:
+            click.echo(f"skipping backend {b.name}: {exc}", err=True)
+    missing = [b for b in backends if b not in offered]
+    if missing:
+        for name in missing:
+            mgr.get(name)  # raises BackendNotInstalledError with the package to install
+    cells = plan_cells(offered, backends or None, precisions or None)
+    if not cells:
+        raise BadInputError("nothing to compare: no installed backend offers the selected precisions "
+                            "(see `phi-quant plugins`)")
+    work = report_dir / "models" if keep else Path(tempfile.mkdtemp(prefix="phi-quant-compare-"))
+    total = len(cells)
+    done = {"converted": 0, "evaluated": 0}
+
+    def progress(stage: str, cell: dict) -> None:
+        done[stage] += 1
+        status = cell.get("status")
+        mark = "failed: " + cell.get("error", "") if status == "failed" else stage
+        if not as_json:
+            click.echo(f"[{stage} {done[stage]}/{total}] {cell['backend']} {cell['precision']}: {mark}", err=True)
+
+    t0 = time.perf_counter()
+    try:
+        results = run_matrix(model, cells, work, jobs=jobs, keep=keep, text=text_file, on_progress=progress)
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    meta = {
+        "model": model,
+        "phi_quant_version": __version__,
+        "cells": total,
+        "failed": sum(1 for c in results if c.get("status") != "ok"),
+        "jobs": jobs,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    written = write_report(report_dir, results, meta)
+    if as_json:
+        emit_json({"meta": meta, "cells": results, "files": {k: str(v) for k, v in written.items()}})
+        return
+    click.echo(markdown_table(results))
+    click.echo("")
+    click.echo("report: " + ", ".join(str(p) for p in written.values()))
