@@ -41,7 +41,7 @@ def render_model_card(manifest: dict[str, Any], run_instructions: str = "", outp
         f"# {src.get('family', 'Phi')} — {manifest['precision']} for {be['runtime']}",
         "",
         f"This directory holds `{origin}` converted by phi-quant {tools.get('phi-quant', '')} with the "
-        f"`{be['name']}` backend ({be.get('distribution') or 'in-process'} {be.get('version', '')}) "
+        f"`{be['name']}` backend ({' '.join(x for x in (be.get('distribution'), be.get('version')) if x) or 'in-process'}) "
         f"to the {be['format']} format.",
         "",
         "## What was done",
