@@ -1,0 +1,78 @@
+"""Turn rows of a source tensor into ggml bytes with phi-quant's kernel (our own schemes).
+
+Row blocks of Q8_0/Q4_0/Q4_1 never cross a row, so a matrix is encoded in row chunks of a few
+MiB: memory stays flat however large the tensor (a 200k-row embedding included).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from phi_quant.errors import BadWeightsError
+from phi_quant.model.tensors import SourceTensor
+
+from .constants import BLOCK_SIZES, GGMLType
+
+__all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite"]
+
+#: Source bytes per chunk: bounds the working set of one conversion step.
+CHUNK_BYTES = 16 << 20
+
+_NONFINITE_MASK = {"bf16": (np.uint16, 0x7F80), "f16": (np.uint16, 0x7C00)}
+
+
+def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
+    """Raise :class:`BadWeightsError` naming ``name`` if ``raw`` (stored dtype) holds NaN or Inf."""
+    if dtype in _NONFINITE_MASK:
+        view, mask = _NONFINITE_MASK[dtype]
+        bad = np.any((raw.view(view) & mask) == mask)
+    else:
+        bad = not np.all(np.isfinite(raw))
+    if bad:
+        raise BadWeightsError(f"tensor {name} contains NaN or Inf values; the checkpoint is damaged (re-download or re-save it)")
+
+
+def _to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bf16":
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
+
+
+def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType) -> np.ndarray:
+    """Encode a 2-D block of rows (stored dtype, bf16 as uint16) as ggml ``ggml_type`` bytes."""
+    import phi_quant.quant as q
+
+    t = GGMLType(ggml_type)
+    if t == GGMLType.F32:
+        return _to_f32(raw, dtype).view(np.uint8)
+    if t == GGMLType.F16:
+        return np.asarray(q.to_float16(raw, src_dtype=dtype)).view(np.uint8)
+    if t == GGMLType.BF16:
+        return np.asarray(q.to_bfloat16(raw, src_dtype=dtype)).view(np.uint8)
+    if t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1):
+        out = np.asarray(q.ggml_quantize(raw, t.name, src_dtype=dtype))
+        return out.view(np.uint8).reshape(raw.shape[0], -1)
+    raise ValueError(f"{t.name} is not made by phi-quant's kernel")
+
+
+def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[np.ndarray]:
+    """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf."""
+    raw = tensor.raw()
+    if raw.ndim == 1:
+        check_finite(raw, tensor.dtype, tensor.name)
+        yield _to_f32(raw, tensor.dtype).view(np.uint8) if ggml_type == GGMLType.F32 else encode_rows(raw[None, :], tensor.dtype, ggml_type)
+        return
+    rows = raw.reshape(-1, raw.shape[-1])
+    row_bytes = rows.shape[1] * rows.dtype.itemsize
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    for r0 in range(0, rows.shape[0], step):
+        block = rows[r0 : r0 + step]
+        check_finite(block, tensor.dtype, tensor.name)
+        yield encode_rows(block, tensor.dtype, ggml_type)
+
+
+def row_bytes(ggml_type: GGMLType, k: int) -> int:
+    block, size = BLOCK_SIZES[GGMLType(ggml_type)]
+    return k // block * size
