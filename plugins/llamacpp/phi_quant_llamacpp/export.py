@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, GGMLType, TensorName
@@ -101,6 +101,11 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
     scheme = resolve_scheme(options)
     overrides = parse_tensor_types(options.get("tensor_types"))
     cfg = source.config
+    if cfg.num_heads * cfg.head_dim != cfg.hidden_size:
+        raise UnsupportedModelError(
+            f"llama.cpp's phi3 graph needs heads x head_dim == hidden size ({cfg.num_heads} x {cfg.head_dim} != "
+            f"{cfg.hidden_size}); use another backend for this model"
+        )
     vocab = build_vocab(
         source.tokenizer_files,
         source.tokenizer_config,

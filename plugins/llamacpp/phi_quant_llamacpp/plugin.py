@@ -32,17 +32,24 @@ from .hardware import detect
 from .layout import choose_type, gguf_name, parse_tensor_types
 from .runtime import LlamaCppModel
 
-__all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
-#: Bounds per precision (default scheme), from the measurements in docs/fidelity.md (worst tiny
-#: variant, with margin). fp32 is held to the issue's hard bound.
-THRESHOLDS = {
-    "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
-    "fp16": FidelityThresholds(kl_max=1e-4, top1_min=0.97),
-    "bf16": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
-    "int8": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
-    "int4": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
+#: Bounds per scheme from the measurements in docs/fidelity.md (worst tiny variant, with
+#: margin); F32 is held to the hard bound of top-1 identical and max |dlogit| <= 1e-3.
+SCHEME_THRESHOLDS = {
+    "F32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
+    "F16": FidelityThresholds(kl_max=1e-4, top1_min=0.97),
+    "BF16": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
+    "Q8_0": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
+    "Q6_K": FidelityThresholds(kl_max=5e-3, top1_min=0.90),
+    "Q5_K_M": FidelityThresholds(kl_max=1e-2, top1_min=0.85),
+    "Q4_K_M": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
+    "Q4_1": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
+    "Q4_0": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
 }
+
+#: Per precision: the bounds of its default scheme.
+THRESHOLDS = {p: SCHEME_THRESHOLDS[default] for p, (default, _) in PRECISION_SCHEMES.items()}
 
 _DESCRIPTIONS = {
     "fp32": "F32: exact copy (1-D norms and rope factors are F32 in every scheme)",

@@ -198,6 +198,12 @@ def build_vocab(
             spm = _json_spm_pieces(model)
             notes.append("SentencePiece scores derived from tokenizer.json merge ranks (no tokenizer.model)")
         tokens, scores, types = (list(x) for x in spm)
+        meta = tj.get("pre_tokenizer") or {}
+        if meta.get("type") == "Metaspace" and meta.get("prepend_scheme") == "first":
+            notes.append(
+                "tokenizer.json prepends '▁' only to the first text segment (Metaspace 'first'); llama.cpp, like "
+                "SentencePiece, prepends it after every special token too, so ids can differ right after special tokens"
+            )
         n = max([len(tokens), *(a["id"] + 1 for a in added)])
         while len(tokens) < n:
             tokens.append(f"[PAD{len(tokens)}]")
