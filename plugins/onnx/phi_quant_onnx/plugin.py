@@ -1,0 +1,155 @@
+"""The ``onnx`` backend: ONNX models for ONNX Runtime GenAI, verified in onnxruntime-genai.
+
+Registered through ``[project.entry-points.phi_quant] onnx = "phi_quant_onnx.plugin"``. Every
+hook also works when called directly (``from phi_quant_onnx import plugin``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from phi_quant.hookspecs import hookimpl
+from phi_quant.model.tensors import SourceTensor, TensorRole
+from phi_quant.types import (
+    BackendInfo,
+    ExportOptions,
+    ExportResult,
+    FidelityThresholds,
+    HardwareReport,
+    PrecisionSpec,
+    Progress,
+    QuantizedTensor,
+)
+
+from . import __version__
+from .dtypes import convert, to_float32
+from .export import export_model
+from .hardware import detect
+from .runtime import OnnxGenaiModel
+from .settings import DEFAULT_BLOCK_SIZE, settings_from_options
+from .weights import check_finite, dequantize_nbits, pack_nbits
+
+__all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+
+#: Bounds per precision (default options, cpu target), from the measurements recorded in
+#: docs/fidelity.md (worst tiny variant, with margin). fp32 is held to the issue's hard bound.
+THRESHOLDS = {
+    "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
+    "fp16": FidelityThresholds(kl_max=1e-4, top1_min=0.97),
+    "bf16": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
+    "int8": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
+    "int4": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
+}
+
+_DESCRIPTIONS = {
+    "fp32": "float32 weights and activations",
+    "fp16": "float16 weights (float32 activations on cpu, float16 on cuda/dml)",
+    "bf16": "bfloat16 weights, float32 activations (cpu only; lossless from bf16 checkpoints)",
+    "int8": "com.microsoft.MatMulNBits 8-bit, blocks of 32 along K, symmetric by default",
+    "int4": "com.microsoft.MatMulNBits 4-bit, blocks of 32 along K, symmetric by default",
+}
+
+
+@hookimpl
+def backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="onnx",
+        format="ONNX",
+        runtime="onnxruntime-genai",
+        distribution="phi-quant-onnx",
+        version=__version__,
+        description="ONNX decoder with KV cache for ONNX Runtime GenAI (GroupQueryAttention, MatMulNBits), built without torch",
+        install_hint="pip install phi-quant-onnx",
+    )
+
+
+@hookimpl
+def detect_hardware() -> HardwareReport:
+    return detect()
+
+
+@hookimpl
+def supported_precisions() -> list[PrecisionSpec]:
+    specs = []
+    for p in ("fp32", "fp16", "bf16", "int8", "int4"):
+        quantized = p in ("int4", "int8")
+        bits = 4 if p == "int4" else 8
+        specs.append(
+            PrecisionSpec(
+                precision=p,
+                scheme=f"MatMulNBits-{bits}bit" if quantized else {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[p],
+                description=_DESCRIPTIONS[p],
+                schemes=("MatMulNBits",) if quantized else (),
+                thresholds=THRESHOLDS[p],
+                default_group_size=DEFAULT_BLOCK_SIZE if quantized else None,
+            )
+        )
+    return specs
+
+
+def _storage_for(role: TensorRole, settings) -> str:
+    if role.is_norm:
+        return settings.io_dtype
+    if role == TensorRole.EMBED:
+        return settings.embeddings
+    if role == TensorRole.LM_HEAD:
+        return settings.lm_head
+    return settings.body
+
+
+@hookimpl
+def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
+    """One tensor as the export stores it.
+
+    MatMulNBits weights: ``arrays`` = ``B`` uint8 [N, k_blocks, blob], ``scales`` float32
+    [N, k_blocks] and, when asymmetric, ``zero_points`` uint8. Float MatMul weights: ``weight``
+    transposed to [K, N] (bf16 as uint16 bits); embeddings and norms keep their shape.
+    """
+    settings = settings_from_options(options)
+    role = TensorRole(tensor.role)
+    kind = _storage_for(role, settings)
+    shape = tuple(tensor.shape)
+    w = tensor.to_float32()
+    check_finite(w, tensor)
+    if kind in ("int4", "int8"):
+        bits = settings.bits(kind)
+        B, scales, zp = pack_nbits(w.reshape(shape[0], -1), bits, settings.block_size, settings.symmetric)
+        arrays = {"B": B, "scales": scales}
+        if zp is not None:
+            arrays["zero_points"] = zp
+        k = shape[1]
+        return QuantizedTensor(
+            name=tensor.name,
+            scheme=settings.nbits_scheme(kind),
+            shape=shape,
+            arrays=arrays,
+            dequantize=lambda: dequantize_nbits(B, scales, zp, bits=bits, block_size=settings.block_size, k=k),
+            meta={"bits": bits, "block_size": settings.block_size, "symmetric": settings.symmetric, "K": k, "N": shape[0]},
+        )
+    transposed = role.is_matmul and role != TensorRole.EMBED
+    stored = convert(np.ascontiguousarray(w.T) if transposed else w, "f32", kind)
+
+    def dequantize() -> np.ndarray:
+        f32 = to_float32(stored, "bf16" if kind == "bf16" else "f32")
+        return np.ascontiguousarray(f32.T if transposed else f32).reshape(shape)
+
+    return QuantizedTensor(
+        name=tensor.name,
+        scheme={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[kind],
+        shape=shape,
+        arrays={"weight": stored},
+        dequantize=dequantize,
+        meta={"transposed": transposed, "dtype": kind},
+    )
+
+
+@hookimpl
+def export(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
+    return export_model(source, Path(output_dir), options, progress)
+
+
+@hookimpl
+def load_model(path: Path, options: dict) -> OnnxGenaiModel:
+    return OnnxGenaiModel(Path(path), options)

@@ -1,0 +1,167 @@
+"""Turn the user's :class:`ExportOptions` into the concrete choices of one ONNX export.
+
+Every refusal happens here, before a byte is written, with a message naming the option to change.
+Backend options (``--option key=value``): ``block_size`` (MatMulNBits block, default 32; also
+``--group-size``), ``accuracy_level`` (0-4, default 4 on cpu, 0 elsewhere), ``lm_head`` and
+``embeddings`` (storage of those two tensors: int4, int8, fp16, fp32, bf16), ``context_length``
+(rows of the rotary caches and genai's default max_length; also ``--context-length``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.model.config import PhiConfig
+from phi_quant.types import ExportOptions
+
+from .constants import ACCURACY_LEVELS, TARGETS
+
+__all__ = ["OnnxSettings", "settings_from_options", "STORAGE_KINDS", "KNOWN_EXTRA"]
+
+#: How one weight can be stored: float copies, or MatMulNBits blocks.
+STORAGE_KINDS = ("fp32", "fp16", "bf16", "int8", "int4")
+KNOWN_EXTRA = ("block_size", "accuracy_level", "lm_head", "embeddings", "context_length", "symmetric", "target")
+DEFAULT_BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class OnnxSettings:
+    """Resolved choices for one export (what the graph builder and writer follow)."""
+
+    precision: str
+    target: str = "cpu"
+    io_dtype: str = "fp32"  # activations, KV cache, norms, rotary caches
+    body: str = "fp32"  # storage of the decoder-layer MatMul weights
+    lm_head: str = "fp32"
+    embeddings: str = "fp32"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    symmetric: bool = True
+    accuracy_level: int = 4
+    context_length: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def quantized(self) -> bool:
+        return self.body in ("int4", "int8")
+
+    @staticmethod
+    def bits(kind: str) -> int:
+        return {"int4": 4, "int8": 8}[kind]
+
+    def nbits_scheme(self, kind: str) -> str:
+        sym = "sym" if self.symmetric else "asym"
+        return f"MatMulNBits-{self.bits(kind)}bit-b{self.block_size}-{sym}"
+
+    @property
+    def scheme(self) -> str:
+        if self.quantized:
+            return self.nbits_scheme(self.body)
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.body]
+
+
+def _storage(value: Any, what: str) -> str:
+    text = str(value).lower()
+    if text not in STORAGE_KINDS:
+        raise UnsupportedPrecisionError(f"--option {what}={value!r} is not one of {', '.join(STORAGE_KINDS)}")
+    return text
+
+
+def settings_from_options(options: ExportOptions, config: PhiConfig | None = None) -> OnnxSettings:
+    """Validate ``options`` and fill in this backend's defaults."""
+    precision = options.precision
+    if precision not in STORAGE_KINDS:
+        raise UnsupportedPrecisionError(
+            f"the onnx backend exports fp32, fp16, bf16, int8 and int4, not {precision!r}"
+        )
+    unknown = sorted(set(options.extra) - set(KNOWN_EXTRA))
+    if unknown:
+        raise UnsupportedPrecisionError(
+            f"unknown onnx option(s) {', '.join(unknown)}; known: {', '.join(KNOWN_EXTRA)}"
+        )
+    if options.scheme and options.scheme not in _accepted_schemes(precision):
+        raise UnsupportedPrecisionError(
+            f"the onnx backend has no scheme {options.scheme!r} for {precision}; "
+            f"choose one of: {', '.join(_accepted_schemes(precision))}"
+        )
+    target = str(options.target or options.get("target") or "cpu").lower()
+    if target not in TARGETS:
+        raise UnsupportedPrecisionError(f"onnx target {target!r} is unknown; choose one of: {', '.join(TARGETS)}")
+    notes: list[str] = []
+    # CPU kernels run float32 activations (weights stored narrower are widened once at load);
+    # GPU providers run float16 activations, as onnxruntime-genai's builder does.
+    io_dtype = "fp32" if target == "cpu" else "fp16"
+    if target != "cpu":
+        notes.append(f"target {target} is exported with fp16 activations but was not run here (untested)")
+        if precision == "bf16":
+            raise UnsupportedPrecisionError(
+                f"bf16 is offered for the cpu target only; use --precision fp16 for {target}"
+            )
+
+    block_size = options.group_size or options.get("block_size") or DEFAULT_BLOCK_SIZE
+    try:
+        block_size = int(block_size)
+    except (TypeError, ValueError):
+        raise UnsupportedPrecisionError(f"block size must be an integer, got {block_size!r}") from None
+    if block_size < 16 or block_size & (block_size - 1):
+        raise UnsupportedPrecisionError(
+            f"MatMulNBits block size must be a power of two >= 16 (16, 32, 64, 128, 256), got {block_size}"
+        )
+    symmetric = options.symmetric
+    if symmetric is None and "symmetric" in options.extra:
+        symmetric = bool(options.extra["symmetric"])
+    if symmetric is None:
+        symmetric = True  # onnxruntime-genai's builder default
+    level = options.get("accuracy_level")
+    if level is None:
+        level = 4 if target == "cpu" else 0
+    try:
+        level = int(level)
+    except (TypeError, ValueError):
+        raise UnsupportedPrecisionError(f"accuracy_level must be 0-4, got {level!r}") from None
+    if level not in ACCURACY_LEVELS:
+        raise UnsupportedPrecisionError(
+            f"accuracy_level must be one of {', '.join(f'{k} ({v})' for k, v in ACCURACY_LEVELS.items())}, got {level}"
+        )
+
+    body = precision
+    lm_head = _storage(options.get("lm_head", body), "lm_head")
+    tied = bool(config and config.tie_word_embeddings)
+    default_embed = lm_head if tied else (body if body in ("fp32", "fp16", "bf16") else "fp16")
+    if default_embed in ("int4", "int8") and target == "dml":
+        default_embed = "fp16"
+    embeddings = _storage(options.get("embeddings", default_embed), "embeddings")
+    if target != "cpu":
+        for what, kind in (("lm_head", lm_head), ("embeddings", embeddings)):
+            if kind == "bf16":
+                raise UnsupportedPrecisionError(f"--option {what}=bf16 is offered for the cpu target only")
+    if tied and embeddings != lm_head:
+        notes.append(
+            f"embeddings are tied but stored twice: lookup table as {embeddings}, lm_head as {lm_head}"
+        )
+    ctx = options.context_length or options.get("context_length")
+    if ctx is not None:
+        ctx = int(ctx)
+        if ctx <= 0:
+            raise UnsupportedPrecisionError(f"context_length must be positive, got {ctx}")
+    return OnnxSettings(
+        precision=precision,
+        target=target,
+        io_dtype=io_dtype,
+        body=body,
+        lm_head=lm_head,
+        embeddings=embeddings,
+        block_size=block_size,
+        symmetric=bool(symmetric),
+        accuracy_level=level,
+        context_length=ctx,
+        notes=tuple(notes),
+    )
+
+
+def _accepted_schemes(precision: str) -> tuple[str, ...]:
+    if precision in ("int4", "int8"):
+        bits = 4 if precision == "int4" else 8
+        return (f"MatMulNBits-{bits}bit", "MatMulNBits")
+    return ({"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision],)

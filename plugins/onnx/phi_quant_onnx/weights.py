@@ -1,0 +1,180 @@
+"""Write one checkpoint tensor in the storage a graph node needs, a chunk at a time.
+
+Three layouts:
+
+* float copy as stored (``[N, K]``: embedding tables, norms),
+* float transposed (``[K, N]``: ONNX ``MatMul`` computes ``A @ B`` while Hugging Face stores
+  ``[out, in]``), produced by column blocks so no full transposed copy exists,
+* ``MatMulNBits`` blocks (``B [N, k_blocks, block_size*bits/8]``, ``scales``, ``zero_points``)
+  packed by phi-quant's kernel (:func:`phi_quant.quant.matmulnbits_quantize`) row block by row
+  block; rows are independent, so chunking changes nothing in the bytes.
+
+Every chunk is checked for NaN/Inf, which raises :class:`BadWeightsError` naming the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from phi_quant.errors import BadWeightsError, KernelError
+from phi_quant.model.tensors import SourceTensor
+
+from .dtypes import ONNX_FLOAT_TYPES, convert, to_float32
+from .external_data import ExternalDataWriter
+
+__all__ = [
+    "NBitsTensors",
+    "write_float",
+    "write_float_transposed",
+    "write_nbits",
+    "pack_nbits",
+    "dequantize_nbits",
+    "check_finite",
+    "CHUNK_ELEMENTS",
+]
+
+#: Elements converted per chunk (~32 MB of float32): bounds the writer's extra memory.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+
+
+def check_finite(chunk: np.ndarray, tensor: SourceTensor) -> None:
+    if not np.isfinite(chunk).all():
+        bad = int(np.size(chunk) - np.count_nonzero(np.isfinite(chunk)))
+        raise BadWeightsError(
+            f"tensor {tensor.name} holds {bad} NaN/Inf value(s) in one block; the checkpoint is "
+            "damaged or was saved after a diverged step: re-download or re-save it"
+        )
+
+
+def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kind: str) -> TensorProto:
+    """Store ``tensor`` unchanged in layout, converted to float ``kind`` (fp32/fp16/bf16)."""
+    onnx_type, _ = ONNX_FLOAT_TYPES[kind]
+    raw = tensor.raw()
+    flat_rows = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(1, -1)
+    row_elems = flat_rows.shape[1]
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elems))
+    itemsize = 4 if kind == "fp32" else 2
+    writer.begin(name, onnx_type, tensor.shape, tensor.numel * itemsize)
+    for r0 in range(0, flat_rows.shape[0], step):
+        chunk = flat_rows[r0 : r0 + step]
+        check_finite(to_float32(chunk, tensor.dtype), tensor)
+        writer.write(convert(chunk, tensor.dtype, kind))
+    return writer.end()
+
+
+def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kind: str) -> TensorProto:
+    """Store a 2-D ``[N, K]`` weight as ``[K, N]`` in float ``kind``, by blocks of K."""
+    onnx_type, _ = ONNX_FLOAT_TYPES[kind]
+    raw = tensor.raw()
+    n, k = raw.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, n))
+    itemsize = 4 if kind == "fp32" else 2
+    writer.begin(name, onnx_type, (k, n), tensor.numel * itemsize)
+    for k0 in range(0, k, step):
+        block = to_float32(raw[:, k0 : k0 + step], tensor.dtype)  # [N, kb] float32 copy
+        check_finite(block, tensor)
+        writer.write(convert(np.ascontiguousarray(block.T), "f32", kind))
+    return writer.end()
+
+
+@dataclass(frozen=True)
+class NBitsTensors:
+    """Initializers of one MatMulNBits weight (``zero_points`` is None when symmetric).
+
+    ``gather_data`` is the same bytes as ``B`` seen as ``[N, k_blocks * blob]``, the shape
+    ``GatherBlockQuantized`` reads, so a tied embedding shares storage with the lm_head.
+    """
+
+    B: TensorProto
+    scales: TensorProto
+    zero_points: TensorProto | None
+    gather_data: TensorProto
+    n: int
+    k: int
+    bits: int
+    block_size: int
+
+
+def pack_nbits(
+    w: np.ndarray, bits: int, block_size: int, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """MatMulNBits B/scales/zero_points of float32 rows ``[n, K]`` through phi-quant's kernel.
+
+    Returns ``B`` uint8 ``[n, k_blocks, blob]``, ``scales`` float32 ``[n, k_blocks]`` and packed
+    ``zero_points`` uint8 ``[n, zp_cols]`` (None when symmetric: the runtime then uses 2^(bits-1)).
+    """
+    try:
+        from phi_quant.quant import matmulnbits_quantize
+    except ImportError as exc:  # pragma: no cover - the core always ships the kernel
+        raise KernelError(f"phi_quant.quant.matmulnbits_quantize is unavailable: {exc}") from exc
+    B, scales, zp = matmulnbits_quantize(w, bits=bits, block_size=block_size, symmetric=symmetric)
+    n, k = w.shape
+    k_blocks = -(-k // block_size)
+    B = np.asarray(B, dtype=np.uint8).reshape(n, k_blocks, block_size * bits // 8)
+    scales = np.asarray(scales, dtype=np.float32).reshape(n, k_blocks)
+    if symmetric:
+        zp = None
+    else:
+        zp = np.asarray(zp, dtype=np.uint8).reshape(n, -1)
+    return B, scales, zp
+
+
+def write_nbits(
+    writer: ExternalDataWriter,
+    prefix: str,
+    tensor: SourceTensor,
+    *,
+    bits: int,
+    block_size: int,
+    symmetric: bool,
+    scale_kind: str = "fp32",
+) -> NBitsTensors:
+    """Quantize ``tensor`` ([N, K]) to MatMulNBits blocks, streaming B; scales/zero points follow."""
+    raw = tensor.raw()
+    n, k = raw.shape
+    k_blocks = -(-k // block_size)
+    blob = block_size * bits // 8
+    step = max(1, CHUNK_ELEMENTS // max(1, k))
+    writer.begin(f"{prefix}.B", TensorProto.UINT8, (n, k_blocks, blob), n * k_blocks * blob)
+    scales_parts: list[np.ndarray] = []
+    zp_parts: list[np.ndarray] = []
+    for r0 in range(0, n, step):
+        rows = to_float32(raw[r0 : r0 + step], tensor.dtype)
+        check_finite(rows, tensor)
+        B, scales, zp = pack_nbits(rows, bits, block_size, symmetric)
+        writer.write(B)
+        scales_parts.append(scales)
+        if zp is not None:
+            zp_parts.append(zp)
+    b_proto = writer.end()
+    scales_all = np.concatenate(scales_parts, axis=0)
+    scales_proto = writer.add(f"{prefix}.scales", convert(scales_all, "f32", scale_kind), ONNX_FLOAT_TYPES[scale_kind][0])
+    zp_proto = writer.add(f"{prefix}.zero_points", np.concatenate(zp_parts, axis=0)) if zp_parts else None
+    gather = TensorProto()
+    gather.CopyFrom(b_proto)
+    gather.name = f"{prefix}.B_2d"
+    del gather.dims[:]
+    gather.dims.extend([n, k_blocks * blob])
+    return NBitsTensors(b_proto, scales_proto, zp_proto, gather, n, k, bits, block_size)
+
+
+def dequantize_nbits(
+    B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *, bits: int, block_size: int, k: int
+) -> np.ndarray:
+    """float32 [N, K] that MatMulNBits computes with: (q - zero_point) * scale per block."""
+    n, k_blocks, _ = B.shape
+    if bits == 4:
+        q = np.stack([B & 0x0F, B >> 4], axis=-1).reshape(n, k_blocks, block_size)
+    else:
+        q = B.reshape(n, k_blocks, block_size)
+    if zero_points is None:
+        zp = np.full((n, k_blocks), 1 << (bits - 1), dtype=np.float32)
+    elif bits == 4:
+        zp = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(n, -1)[:, :k_blocks].astype(np.float32)
+    else:
+        zp = zero_points.reshape(n, -1)[:, :k_blocks].astype(np.float32)
+    w = (q.astype(np.float32) - zp[..., None]) * scales.astype(np.float32)[..., None]
+    return w.reshape(n, k_blocks * block_size)[:, :k]
