@@ -52,14 +52,30 @@ def test_plugins_table(manager, npy_backend):
     assert row.startswith("npy") and "fp32 (f32), int8 (int8-row)" in row
 
 
-def test_plugins_check_reports_the_kit_or_its_absence(manager, npy_backend):
+@pytest.mark.parametrize("all_pass", [True, False])
+def test_plugins_check_runs_the_kit_and_exits_1_on_failure(manager, npy_backend, monkeypatch, all_pass):
+    import phi_quant.testing.kit as kit
+
+    calls = []
+
+    def fake_run_kit(backend, **kw):
+        calls.append(backend)
+        return [kit.CheckResult("export[phi4-mini-int8]", True, "ok"),
+                kit.CheckResult("fidelity[phi4-mini-int8]", all_pass, "KL 0.001" if all_pass else "KL 0.9 > 0.05")]
+
+    monkeypatch.setattr(kit, "run_kit", fake_run_kit)
     res = invoke("plugins", "--check", "npy")
-    try:
-        import phi_quant.testing.kit  # noqa: F401
-    except ModuleNotFoundError:
-        assert res.exit_code == 1 and "conformance kit is not available" in res.stderr
-    else:
-        assert res.exit_code in (0, 1) and "checks passed for npy" in res.stdout
+    assert calls == ["npy"]
+    assert res.exit_code == (0 if all_pass else 1), res.output
+    assert ("2/2" if all_pass else "1/2") + " checks passed for npy" in res.stdout
+    assert ("FAIL" in res.stdout) is not all_pass
+    res = invoke("plugins", "--check", "npy", "--json")
+    assert json.loads(res.stdout)["passed"] is all_pass
+
+
+def test_plugins_check_of_a_missing_backend_says_what_to_install(manager):
+    res = invoke("plugins", "--check", "mlx")
+    assert_one_line_error(res, 2, "pip install phi-quant-mlx")
 
 
 def test_doctor_json_is_valid(manager, npy_backend):

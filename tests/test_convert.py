@@ -1,0 +1,187 @@
+"""End-to-end conversion with the fake ``npy`` backend: atomic output, manifest, model card,
+``run`` and ``eval`` through the CLI, and ``inspect`` on every tiny variant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from phi_quant.cli import cli
+from phi_quant.convert import convert
+from phi_quant.errors import OutputExistsError, PluginError, UnsupportedPrecisionError
+from phi_quant.manifest import file_sha256, read_manifest
+from phi_quant.progress import RecordingProgress
+from phi_quant.testing.factory import VARIANTS, cached_checkpoint
+from phi_quant.types import ExportOptions
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def leftovers(parent: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name not in keep)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Path:
+    return Path(cached_checkpoint("phi4-mini"))
+
+
+def test_hook_export_writes_manifest_card_and_moves_atomically(manager, npy_backend, tiny, tmp_path):
+    out = tmp_path / "nested" / "out"
+    progress = RecordingProgress()
+    res = convert(tiny, "npy", ExportOptions("int8", extra={"note": 3}), out, progress=progress)
+    assert res.output == out and res.scheme == "int8-row" and out.is_dir()
+    assert leftovers(out.parent, {"out"}) == [], "temporary directory left behind"
+    # the backend streamed every tensor and reported the bytes it consumed
+    assert progress.done == progress.total > 0 and progress.finished
+    assert len(list((out / "weights").glob("*.npy"))) == len(progress.items)
+    m = read_manifest(out)
+    assert m["backend"]["name"] == "npy" and m["precision"] == "int8" and m["scheme"] == "int8-row"
+    assert m["options"]["extra"] == {"note": 3}
+    assert m["source"]["files"]["config.json"]["sha256"] == file_sha256(tiny / "config.json")
+    assert "tokenizer.json" in m["source"]["files"]
+    assert m["source"]["weights_bytes"] == progress.total
+    assert m["source"]["hub_id"] is None
+    assert m["tools"]["python"] and m["tools"]["phi-quant"]
+    assert set(m["timings"]) == {"open_s", "export_s", "total_s"}
+    assert m["notes"] == ["norms stay float32"]
+    card = (out / "README.md").read_text()
+    assert "int8" in card and "int8-row" in card and "norms stay float32" in card
+    assert f"phi-quant run {out}" in card and "import numpy as np" in card
+    assert set(res.files) >= {"phi-quant.json", "README.md", "config.json"}
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["exception", "ctrl-c"])
+def test_failure_mid_export_leaves_nothing(manager, fakes, tiny, tmp_path, interrupt):
+    backend = fakes["NpyBackend"]("broken", fail_after=3, interrupt=interrupt)
+    manager.register(backend, "broken")
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt if interrupt else PluginError):
+        convert(tiny, "broken", ExportOptions("fp32"), out)
+    assert backend.exported_to and not backend.exported_to[0].exists()
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_cli_failure_mid_export_is_one_line_and_leaves_nothing(manager, fakes, tiny, tmp_path):
+    manager.register(fakes["NpyBackend"]("broken", fail_after=2), "broken")
+    res = invoke("quantize", tiny, "-b", "broken", "-p", "fp32", "-o", tmp_path / "out")
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        "Error: plugin 'broken': export failed: RuntimeError: injected failure in the middle of export"
+    ]
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_force_keeps_the_old_output_until_the_new_one_is_complete(manager, npy_backend, fakes, tiny, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(OutputExistsError):
+        convert(tiny, "npy", ExportOptions("fp32"), out)
+    manager.register(fakes["NpyBackend"]("broken", fail_after=1), "broken")
+    with pytest.raises(PluginError):
+        convert(tiny, "broken", ExportOptions("fp32"), out, force=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    convert(tiny, "npy", ExportOptions("fp32"), out, force=True)
+    assert not (out / "old.txt").exists() and (out / "phi-quant.json").is_file()
+    assert leftovers(tmp_path, {"out"}) == []
+
+
+def test_backend_refusal_passes_through_as_bad_input(manager, npy_backend, tiny, tmp_path):
+    # the fake refuses int4 inside quantize(); check_options stops it even earlier
+    with pytest.raises(UnsupportedPrecisionError, match="offers: fp32, int8"):
+        convert(tiny, "npy", ExportOptions("int4"), tmp_path / "o")
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_hook_load_model_quantize_run_eval_through_the_cli(manager, npy_backend, tiny, tmp_path):
+    results = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        res = invoke("quantize", tiny, "-b", "npy", "-p", precision, "-o", out, "--json")
+        assert res.exit_code == 0, res.output
+        q = json.loads(res.stdout)
+        assert q["scheme"] == ("f32" if precision == "fp32" else "int8-row") and q["output_bytes"] > 0
+        res = invoke("run", out, "--prompt", "Hello world", "--max-tokens", "4", "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["backend"] == "npy"
+        res = invoke("eval", out, "--reference", tiny, "--json", "--max-text-tokens", "64", "--gen-tokens", "4")
+        assert res.exit_code == 0, res.output
+        results[precision] = json.loads(res.stdout)
+    f32, i8 = results["fp32"]["fidelity"], results["int8"]["fidelity"]
+    # an fp32 copy run by the same oracle is exact; int8 per-row is close but not exact
+    assert f32["kl_mean"] < 1e-9 and f32["top1_agreement"] == 1.0 and f32["max_abs_diff"] < 1e-4
+    assert f32["perplexity"] == pytest.approx(f32["reference_perplexity"], rel=1e-5)
+    assert 0 < i8["kl_mean"] < 0.05 and i8["top1_agreement"] > 0.8
+    assert results["int8"]["size_bytes"] < results["fp32"]["size_bytes"]
+    speed = results["int8"]["speed"]
+    assert speed["load_seconds"] > 0 and speed["prompt_tokens_per_s"] > 0
+    assert results["int8"]["memory"]["peak_rss_bytes"] > 10 * 1024**2
+
+
+EXPECTED_QUIRKS = {
+    "phi3-mini": (["rope theta 10000"], ["grouped-query", "LongRoPE", "partial rotary", "tied"]),
+    "phi3.5-longrope": (["LongRoPE"], ["grouped-query", "partial rotary", "tied"]),
+    "phi4": (["grouped-query", "rope theta 250000"], ["LongRoPE", "partial rotary", "tied"]),
+    "phi4-mini": (["grouped-query", "partial rotary", "LongRoPE", "tied embeddings"], []),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inspect_each_tiny_variant_shows_its_quirks(manager, npy_backend, variant):
+    present, absent = EXPECTED_QUIRKS[variant]
+    res = invoke("inspect", f"tiny:{variant}", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    quirks = " | ".join(data["quirks"])
+    for q in present:
+        assert q in quirks, (variant, quirks)
+    for q in absent:
+        assert q not in quirks, (variant, quirks)
+    sizes = {(s["precision"], s["group_size"]): s["weights_bytes"] for s in data["estimated_sizes"]}
+    assert sizes[("fp32", None)] > sizes[("fp16", None)] > sizes[("int8", 32)] > sizes[("int4", 32)] > sizes[("int4", 128)]
+    assert data["backends"] == {"npy": {"fp32": "f32", "int8": "int8-row"}}
+    text = invoke("inspect", f"tiny:{variant}")
+    assert text.exit_code == 0 and all(q in text.stdout for q in present)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, "LlamaForCausalLM"),
+        ({"architectures": ["Phi3SmallForCausalLM"], "model_type": "phi3small"}, "block-sparse"),
+    ],
+    ids=["llama", "phi3-small"],
+)
+def test_inspect_refuses_other_architectures(tiny, tmp_path, patch, message):
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(patch)
+    (model / "config.json").write_text(json.dumps(cfg))
+    res = invoke("inspect", model)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+
+
+def test_npy_fake_matches_the_oracle_at_fp32(tiny, tmp_path, manager, npy_backend):
+    """The fake backend used above is itself honest: its fp32 output reproduces the oracle."""
+    from phi_quant.model.source import open_model
+    from phi_quant.reference import ReferenceModel
+
+    out = tmp_path / "o"
+    convert(tiny, "npy", ExportOptions("fp32"), out)
+    model = manager.get("npy").load_model(out)
+    with open_model(tiny) as src:
+        ref = ReferenceModel.from_source(src)
+        ids = src.hf_tokenizer().encode("The quick brown fox", add_special_tokens=False).ids
+        np.testing.assert_allclose(model.logits(ids), ref.logits(ids), rtol=0, atol=1e-5)
+    model.close()
