@@ -1,0 +1,143 @@
+"""Export a checkpoint to an OpenVINO GenAI model directory, streaming one tensor at a time.
+
+1. plan each tensor's scheme from the options (shapes only; a ratio below 1 first streams the
+   weights once to score them as NNCF does);
+2. build the stateful decoder graph with placeholder weights and save it (XML + a .bin of zeros);
+3. stream the checkpoint: pack each tensor and write its bytes at its constants' offsets;
+4. write the tokenizer/detokenizer IRs, generation_config.json, config.json and tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from phi_quant.errors import ExportFailedError
+from phi_quant.types import ExportOptions, ExportResult, Progress
+
+from . import constants as C
+from .decoder import build_decoder
+from .ir_file import BinWriter, save_skeleton
+from .packing import dequantize, pack
+from .schemes import TensorScheme, plan_weights, resolve_options
+from .tokenizer_ir import write_tokenizer_irs
+
+__all__ = ["export_model", "run_instructions"]
+
+
+def _sensitivity(source, candidates: set[str]) -> dict[str, float]:
+    """NNCF's data-free score per tensor: 1 / (int8_asym max-mean squared error + eps)."""
+    scores: dict[str, float] = {}
+    backup = TensorScheme(C.INT8_ASYM)
+    for t in source.tensors():
+        if t.name not in candidates:
+            continue
+        w = t.to_float32()
+        err = (dequantize(pack(t, backup), backup, t.shape) - w) ** 2
+        scores[t.name] = 1.0 / (float(err.mean(axis=1).max()) + float(np.finfo(np.float32).eps))
+        del w, err
+    return scores
+
+
+def _generation_config(source) -> dict:
+    gen = dict(getattr(source, "generation_config", None) or {})
+    cfg = source.config
+    if "eos_token_id" not in gen and cfg.eos_token_ids:
+        gen["eos_token_id"] = list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_ids[0]
+    if "bos_token_id" not in gen and cfg.bos_token_id is not None:
+        gen["bos_token_id"] = cfg.bos_token_id
+    if "pad_token_id" not in gen and cfg.pad_token_id is not None:
+        gen["pad_token_id"] = cfg.pad_token_id
+    return gen
+
+
+def run_instructions(path_hint: str = "<output dir>") -> str:
+    return (
+        "```python\n"
+        "import openvino_genai as ov_genai\n"
+        f"pipe = ov_genai.LLMPipeline(\"{path_hint}\", \"CPU\")  # or \"GPU\", \"NPU\"\n"
+        "print(pipe.generate(\"Hello\", max_new_tokens=32))\n"
+        "```\n"
+        "optimum-intel: `OVModelForCausalLM.from_pretrained(path)` loads the same folder."
+    )
+
+
+def export_model(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
+    opts = resolve_options(options)
+    infos = list(source.tensor_infos())
+    sensitivity = None
+    if opts.ratio < 1.0:
+        candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in ("embed", "lm_head"))}
+        sensitivity = _sensitivity(source, candidates)
+    plan = plan_weights(infos, opts, sensitivity)
+
+    graph = build_decoder(source.config, infos, plan)
+    graph.model.set_rt_info("phi-quant", ["phi_quant", "exporter"])
+    graph.model.set_rt_info(opts.scheme_name, ["phi_quant", "scheme"])
+    graph.model.set_rt_info(opts.precision, ["phi_quant", "precision"])
+    xml = output_dir / C.MODEL_XML
+    offsets = save_skeleton(graph.model, xml, graph.bank.slots, graph.decompression_converts)
+    slots = list(graph.bank.slots)
+    graph.bank.release()
+    del graph
+
+    writer = BinWriter(output_dir / C.MODEL_BIN, slots, offsets)
+    try:
+        for t in source.tensors():
+            keys = writer.keys_for(t.name)
+            if not keys:
+                raise ExportFailedError(f"internal error: tensor {t.name} has no constant in the IR")
+            scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
+            arrays = pack(t, scheme)
+            for key in keys:
+                writer.write(t.name, key, arrays[key])
+            del arrays
+            progress.advance(t.nbytes, t.name)
+        missing = writer.missing()
+        if missing:
+            raise ExportFailedError(f"the tensor stream ended before these constants were written: {missing[:5]}")
+    finally:
+        writer.close()
+
+    files = [C.MODEL_XML, C.MODEL_BIN]
+    files += write_tokenizer_irs(source.tokenizer_files, getattr(source, "chat_template", None), output_dir)
+    (output_dir / C.GENERATION_CONFIG).write_text(json.dumps(_generation_config(source), indent=2))
+    files.append(C.GENERATION_CONFIG)
+    config_json = Path(source.path) / C.HF_CONFIG
+    if config_json.exists():
+        shutil.copyfile(config_json, output_dir / C.HF_CONFIG)
+        files.append(C.HF_CONFIG)
+    for name, path in sorted(source.tokenizer_files.items()):
+        if name not in files and Path(path).is_file():
+            shutil.copyfile(path, output_dir / name)
+            files.append(name)
+    if opts.primary.is_int:
+        quant = {"bits": 4 if opts.precision == "int4" else 8, "sym": opts.primary.mode.endswith("_sym"),
+                 "group_size": opts.primary.group_size or -1, "ratio": opts.ratio, "all_layers": opts.all_layers}
+        (output_dir / C.OPENVINO_CONFIG).write_text(json.dumps({"quantization_config": quant, "dtype": opts.precision}, indent=2))
+        files.append(C.OPENVINO_CONFIG)
+
+    counts = plan.counts()
+    notes = list(plan.notes)
+    if source.config.rope.is_longrope:
+        notes.append(
+            "LongRoPE: the graph picks the short or long factors per forward call from max(position_ids), "
+            "like transformers; a generation that crosses the original context keeps earlier keys rotated "
+            "with the short factors (transformers does the same)."
+        )
+    return ExportResult(
+        files=files,
+        scheme=opts.scheme_name,
+        details={
+            "weight_schemes": counts,
+            "per_tensor": {name: s.label for name, s in plan.schemes.items()},
+            "preset": opts.preset,
+            "ratio": opts.ratio,
+            "streaming": "skeleton IR saved with zero-page placeholders, weights written per tensor at their offsets",
+        },
+        run_instructions=run_instructions(),
+        notes=notes,
+    )
