@@ -1,0 +1,83 @@
+"""Every name and number of the mlx-lm layout, in one place.
+
+Facts from mlx-lm 0.32 (``mlx_lm/utils.py``: ``load_model``, ``quantize_model``, ``save_model``,
+``save_config``; ``mlx_lm/models/phi3.py``) and mlx (``mx.quantize``).
+"""
+
+from __future__ import annotations
+
+from phi_quant.model.tensors import TensorRole
+
+#: ``model_type`` mlx-lm dispatches on (``mlx_lm/models/phi3.py``).
+MODEL_TYPE = "phi3"
+
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_SHARD = "model.safetensors"
+#: mlx-lm loads every file matching ``model*.safetensors`` (the index is not one of them).
+SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
+#: mlx-lm writes this metadata into its shards.
+SHARD_METADATA = {"format": "mlx"}
+#: mlx-lm's default shard bound (``MAX_FILE_SIZE_GB``).
+DEFAULT_SHARD_BYTES = 5 << 30
+
+#: Tokenizer files copied verbatim when the source has them (mlx-lm loads them with transformers).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+#: config.json keys for quantization; the same dict is mirrored under the second key
+#: (``save_config`` does this "to support the hf model tree").
+QUANT_KEY = "quantization"
+QUANT_MIRROR_KEY = "quantization_config"
+QUANT_MODE = "affine"
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_GROUP_SIZE = 64
+#: Bits per quantized precision.
+PRECISION_BITS = {"int8": 8, "int4": 4}
+#: Output dtype (safetensors name) per unquantized precision; None = keep the stored dtype.
+PRECISION_DTYPE = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": None, "int4": None}
+#: Stored dtype (phi-quant name) -> safetensors dtype name.
+SAFETENSORS_DTYPE = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+#: Safetensors dtype name -> config.json ``torch_dtype``.
+TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+#: Parameter suffixes of a quantized module (``nn.QuantizedLinear`` / ``nn.QuantizedEmbedding``).
+QUANT_SUFFIXES = ("weight", "scales", "biases")
+
+#: Module path of every 2-D weight mlx-lm's phi3 holds; qkv_proj and gate_up_proj stay fused.
+_LAYER_MODULES = {
+    TensorRole.QKV: "self_attn.qkv_proj",
+    TensorRole.O: "self_attn.o_proj",
+    TensorRole.GATE_UP: "mlp.gate_up_proj",
+    TensorRole.DOWN: "mlp.down_proj",
+    TensorRole.ATTN_NORM: "input_layernorm",
+    TensorRole.FFN_NORM: "post_attention_layernorm",
+}
+_GLOBAL_MODULES = {
+    TensorRole.EMBED: "model.embed_tokens",
+    TensorRole.FINAL_NORM: "model.norm",
+    TensorRole.LM_HEAD: "lm_head",
+}
+
+
+def module_path(role: TensorRole, layer: int | None) -> str:
+    """The mlx-lm module path of a tensor (its parameter is ``<path>.weight``)."""
+    if role in _GLOBAL_MODULES:
+        return _GLOBAL_MODULES[role]
+    if role not in _LAYER_MODULES:
+        raise ValueError(f"mlx-lm's phi3 keeps qkv_proj/gate_up_proj fused; role {role.value} has no module")
+    return f"model.layers.{layer}.{_LAYER_MODULES[role]}"
+
+
+def packed_width(in_features: int, bits: int) -> int:
+    """uint32 words per row of a packed weight (``mx.quantize`` packs 32/bits elements a word)."""
+    return in_features * bits // 32

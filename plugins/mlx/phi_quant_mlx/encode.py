@@ -1,0 +1,115 @@
+"""One source tensor -> the bytes mlx-lm reads, in row chunks so memory stays near one chunk.
+
+Groups run along a row (the input dimension), so quantizing a block of whole rows gives exactly
+the rows ``mx.quantize`` would produce for the whole matrix. Packing and float casts are done by
+phi-quant's kernel (``phi_quant.quant``), never by mlx: conversion does not import mlx.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from phi_quant.errors import BadWeightsError
+
+from .layout import PlannedTensor
+
+__all__ = ["CHUNK_BYTES", "check_finite", "encode_chunks", "encode_whole", "stored_view"]
+
+#: Source bytes per chunk: bounds the kernel's temporaries, independent of the tensor size.
+CHUNK_BYTES = 16 << 20
+
+_EXP_MASK = {"bf16": 0x7F80, "f16": 0x7C00}
+
+
+def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
+    """Raise BadWeightsError naming the tensor when it holds NaN or Inf (checked on the stored bits)."""
+    if dtype == "f32":
+        bad = ~np.isfinite(raw)
+    else:
+        bits = raw.view(np.uint16)
+        mask = _EXP_MASK[dtype]
+        bad = (bits & mask) == mask
+    if bad.any():
+        count = int(np.count_nonzero(bad))
+        raise BadWeightsError(
+            f"tensor {name} holds {count} NaN/Inf value(s); the checkpoint is damaged or was saved "
+            "after a diverged training step: re-download it or fix the weights before converting"
+        )
+
+
+def stored_view(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """The stored bits with the right numpy dtype for the kernel (bf16 stays uint16)."""
+    if dtype == "f32":
+        return raw.view(np.float32)
+    if dtype == "f16":
+        return raw.view(np.float16)
+    return raw.view(np.uint16)
+
+
+def _cast(chunk: np.ndarray, src: str, out: str, name: str) -> np.ndarray:
+    from phi_quant import quant as q
+
+    if out == "F32":
+        return chunk.astype(np.float32) if src != "bf16" else (chunk.astype(np.uint32) << 16).view(np.float32)
+    if out == "F16":
+        if src == "f16":
+            return chunk
+        res = q.to_float16(chunk, src_dtype=src)
+        if not np.isfinite(res).all():
+            raise BadWeightsError(
+                f"tensor {name} has values beyond the fp16 range (|x| > 65504); export it as bf16 or fp32 instead"
+            )
+        return res
+    if out == "BF16":
+        return chunk if src == "bf16" else q.to_bfloat16(chunk, src_dtype=src)
+    raise ValueError(f"unknown output dtype {out}")
+
+
+def _rows_per_chunk(row_bytes: int) -> int:
+    return max(1, CHUNK_BYTES // max(1, row_bytes))
+
+
+def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
+    """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks."""
+    from phi_quant import quant as q
+
+    info = planned.info
+    src = info.dtype
+    data = stored_view(raw, src)
+    check_finite(data, src, info.name)
+    if data.ndim == 1:
+        yield {f"{planned.module}.weight": (0, _cast(data, src, planned.dtype, info.name))}
+        return
+    rows, cols = data.shape
+    step = _rows_per_chunk(cols * data.itemsize)
+    offsets: dict[str, int] = {}
+    for r0 in range(0, rows, step):
+        chunk = data[r0 : r0 + step]
+        if planned.quant is None:
+            arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
+        else:
+            wq, scales, biases = q.mlx_quantize(
+                chunk, bits=planned.quant.bits, group_size=planned.quant.group_size, src_dtype=src
+            )
+            arrays = {
+                f"{planned.module}.weight": wq,
+                f"{planned.module}.scales": scales,
+                f"{planned.module}.biases": biases,
+            }
+        out = {}
+        for name, arr in arrays.items():
+            start = offsets.get(name, 0)
+            out[name] = (start, arr)
+            offsets[name] = start + arr.nbytes
+        yield out
+
+
+def encode_whole(planned: PlannedTensor, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """All output arrays of one tensor at once (the ``quantize`` hook; tests)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for chunk in encode_chunks(planned, raw):
+        for name, (_, arr) in chunk.items():
+            parts.setdefault(name, []).append(arr)
+    return {name: (arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=0)) for name, arrs in parts.items()}

@@ -1,0 +1,211 @@
+"""Checkpoint -> mlx-lm folder in one streaming pass.
+
+Plan every output tensor from ``source.tensor_infos()`` (names, dtypes, shapes, shard and offset),
+write the shard headers, then stream: read one tensor from the memory-mapped checkpoint, encode
+it in row chunks at its planned offset, advance the progress, move on. config.json, the index and
+the tokenizer files are written last; the core moves the folder into place only on success.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.types import ExportOptions, ExportResult, Progress
+
+from .config_json import LONGROPE_SHORT, build_config, check_supported, longrope_mode
+from .constants import (
+    CHAT_TEMPLATE_FILE,
+    CONFIG_FILE,
+    DEFAULT_SHARD_BYTES,
+    GENERATION_CONFIG_FILE,
+    PRECISION_BITS,
+    PRECISION_DTYPE,
+    SAFETENSORS_DTYPE,
+    TOKENIZER_FILES,
+)
+from .encode import encode_chunks
+from .layout import PlannedTensor, QuantParams, parse_overrides, plan_tensors, resolve_group_size
+from .safetensors_stream import ShardedWriter, plan_shards
+
+__all__ = ["export_mlx", "plan_for", "scheme_name", "parse_size", "context_length_of"]
+
+_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "k": 1 << 10, "mb": 1 << 20, "m": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
+
+
+def parse_size(value: Any) -> int:
+    """``"2GB"``, ``"500MB"``, ``1048576`` -> bytes (the ``shard_size`` option)."""
+    if isinstance(value, int):
+        n = value
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        num = text.rstrip("kmgb")
+        unit = text[len(num):]
+        try:
+            n = int(float(num) * _UNITS[unit])
+        except (KeyError, ValueError):
+            raise UnsupportedPrecisionError(f"shard_size {value!r} is not a size; write e.g. 2GB, 500MB or a byte count") from None
+    if n <= 0:
+        raise UnsupportedPrecisionError(f"shard_size must be positive, got {value!r}")
+    return n
+
+
+def scheme_name(precision: str, group_size: int | None = None) -> str:
+    """``affine-int4-g64`` for quantized precisions, ``float16`` etc. otherwise."""
+    if precision in PRECISION_BITS:
+        return f"affine-int{PRECISION_BITS[precision]}-g{resolve_group_size(group_size)}"
+    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+
+
+def context_length_of(options: ExportOptions) -> int | None:
+    value = options.context_length if options.context_length is not None else options.get("context_length")
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UnsupportedPrecisionError(f"context_length {value!r} is not a whole number of tokens") from None
+    if n <= 0:
+        raise UnsupportedPrecisionError(f"context_length must be positive, got {n}")
+    return n
+
+
+def _check_options(options: ExportOptions) -> None:
+    if options.precision not in PRECISION_DTYPE:
+        raise UnsupportedPrecisionError(
+            f"mlx has no precision {options.precision!r}; choose one of {', '.join(PRECISION_DTYPE)}"
+        )
+    if options.symmetric:
+        raise UnsupportedPrecisionError("mlx's affine quantization is asymmetric (scale and bias per group); drop --symmetric")
+    if options.scheme and options.scheme not in ("affine", scheme_name(options.precision, options.group_size)):
+        raise UnsupportedPrecisionError(
+            f"mlx has no scheme {options.scheme!r}; it writes {scheme_name(options.precision, options.group_size)} "
+            "(choose bits with --precision and the group with --group-size)"
+        )
+
+
+def plan_for(source, options: ExportOptions) -> list[PlannedTensor]:
+    """The output plan for ``source`` under ``options`` (shapes only; no tensor data read)."""
+    _check_options(options)
+    gs = resolve_group_size(options.group_size)
+    overrides = parse_overrides(options.get("overrides"), gs)
+    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides)
+
+
+def _float_dtype(source, precision: str) -> str:
+    return PRECISION_DTYPE[precision] or SAFETENSORS_DTYPE[source.tensor_infos()[0].dtype]
+
+
+def _copy_tokenizer(source, output_dir: Path) -> list[str]:
+    files = []
+    for name, path in sorted(source.tokenizer_files.items()):
+        if name in TOKENIZER_FILES or name.endswith(".jinja"):
+            shutil.copyfile(path, output_dir / name)
+            files.append(name)
+    has_template = "chat_template" in (source.tokenizer_config or {}) or any(f.endswith(".jinja") for f in files)
+    if source.chat_template and not has_template:
+        (output_dir / CHAT_TEMPLATE_FILE).write_text(source.chat_template, encoding="utf-8")
+        files.append(CHAT_TEMPLATE_FILE)
+    if source.generation_config:
+        (output_dir / GENERATION_CONFIG_FILE).write_text(json.dumps(source.generation_config, indent=2), encoding="utf-8")
+        files.append(GENERATION_CONFIG_FILE)
+    return files
+
+
+def _run_instructions(output_dir_name: str = "<this folder>") -> str:
+    return (
+        "```bash\n"
+        "pip install mlx-lm            # macOS (Apple Silicon); on Linux: pip install 'mlx[cpu]' mlx-lm\n"
+        f"mlx_lm.generate --model {output_dir_name} --prompt 'Hello' --max-tokens 64\n"
+        "```\n"
+        "```python\n"
+        "from mlx_lm import load, generate\n"
+        f"model, tokenizer = load('{output_dir_name}')\n"
+        "print(generate(model, tokenizer, prompt='Hello', max_tokens=64))\n"
+        "```\n"
+    )
+
+
+def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
+    """Write ``source`` as an mlx-lm folder into ``output_dir`` (see module doc)."""
+    cfg = source.config
+    check_supported(cfg)
+    plan = plan_for(source, options)
+    context_length = context_length_of(options)
+    shard_bytes = parse_size(options.get("shard_size", DEFAULT_SHARD_BYTES))
+    shards = plan_shards((spec for p in plan for spec in p.specs), shard_bytes)
+    by_name = {p.info.name: p for p in plan}
+
+    writer = ShardedWriter(output_dir, shards)
+    try:
+        for tensor in source.tensors():
+            planned = by_name.get(tensor.name)
+            if planned is None:
+                raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
+            for chunk in encode_chunks(planned, tensor.raw()):
+                for name, (start, arr) in chunk.items():
+                    writer.write(name, arr, start)
+            progress.advance(tensor.nbytes, tensor.name)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    files = list(shards.files)
+    files.append(writer.write_index(total_parameters=cfg.parameter_count()))
+
+    gs = resolve_group_size(options.group_size)
+    default_quant = QuantParams(PRECISION_BITS[options.precision], gs) if options.precision in PRECISION_BITS else None
+    float_dtype = _float_dtype(source, options.precision)
+    config = build_config(cfg, plan, float_dtype=float_dtype, default_quant=default_quant, context_length=context_length)
+    (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=4), encoding="utf-8")
+    files.append(CONFIG_FILE)
+    files += _copy_tokenizer(source, output_dir)
+
+    return _result(cfg, plan, options, files, shards.total_bytes, float_dtype, context_length)
+
+
+def _result(cfg, plan, options, files, total_bytes, float_dtype, context_length) -> ExportResult:
+    quantized = [p for p in plan if p.quant is not None]
+    kept = [p for p in plan if p.info.role.is_matmul and p.quant is None and p.reason]
+    notes = []
+    for p in kept:
+        notes.append(f"{p.module} kept in {float_dtype}: {p.reason}")
+    mode = longrope_mode(cfg, context_length)
+    orig = cfg.rope.original_max_position
+    if mode == LONGROPE_SHORT:
+        notes.append(
+            f"LongRoPE: written for contexts up to {orig} tokens (short factors at every length, exact versus "
+            f"transformers there); prompts longer than {orig} tokens will degrade. Re-export without "
+            "--context-length (or with a larger one) for long contexts."
+        )
+    elif mode is not None:
+        notes.append(
+            f"LongRoPE: mlx-lm applies the long factors at every length, so prompts up to {orig} tokens differ "
+            f"from transformers (which uses the short factors there). Export with --context-length {orig} "
+            "(or less) if you deploy at short contexts."
+        )
+    if cfg.sliding_window is not None:
+        notes.append(f"mlx-lm's phi3 ignores the sliding window ({cfg.sliding_window}); attention is full.")
+    bits = Counter(f"int{p.quant.bits}-g{p.quant.group_size}" for p in quantized)
+    details = {
+        "scheme": scheme_name(options.precision, options.group_size),
+        "float_dtype": float_dtype,
+        "quantized_modules": dict(bits),
+        "unquantized_modules": {p.module: p.reason for p in kept},
+        "weights_bytes": total_bytes,
+        "shards": [f for f in files if f.endswith(".safetensors")],
+        "longrope_factors": mode,
+        "context_length": context_length,
+        "overrides": options.get("overrides"),
+    }
+    return ExportResult(
+        files=files,
+        scheme=details["scheme"],
+        details=details,
+        run_instructions=_run_instructions(),
+        notes=notes,
+    )

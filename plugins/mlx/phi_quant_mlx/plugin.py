@@ -1,0 +1,138 @@
+"""The ``mlx`` backend: the folder layout mlx-lm loads, verified by running it with mlx-lm.
+
+Registered through ``[project.entry-points.phi_quant] mlx = "phi_quant_mlx.plugin"``. Every hook
+also works when called directly (``from phi_quant_mlx import plugin``).
+Options (``--option key=value``): ``overrides=down_proj=8,lm_head=8:32,embed_tokens=off``,
+``shard_size=2GB``, ``context_length=4096`` (same as ``--context-length``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from phi_quant.hookspecs import hookimpl
+from phi_quant.model.tensors import SourceTensor
+from phi_quant.types import (
+    BackendInfo,
+    ExportOptions,
+    ExportResult,
+    FidelityThresholds,
+    HardwareReport,
+    PrecisionSpec,
+    Progress,
+    QuantizedTensor,
+)
+
+from . import __version__
+from .constants import DEFAULT_GROUP_SIZE, QUANT_MODE, module_path
+from .encode import encode_whole
+from .export import export_mlx, scheme_name
+from .hardware import detect
+from .layout import PlannedTensor, parse_overrides, plan_tensors, resolve_group_size
+from .runtime import MLXModel
+
+__all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+
+#: Bounds per precision from the measurements in docs/fidelity.md (worst tiny variant, with
+#: margin), on prompts where mlx-lm and transformers compute the same thing (see the LongRoPE
+#: note there). fp32 is held to top-1 identical and max |dlogit| <= 1e-3.
+THRESHOLDS = {
+    "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
+    "fp16": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
+    "bf16": FidelityThresholds(kl_max=5e-3, top1_min=0.90),
+    "int8": FidelityThresholds(kl_max=5e-3, top1_min=0.90),
+    "int4": FidelityThresholds(kl_max=1e-1, top1_min=0.70),
+}
+
+_DESCRIPTIONS = {
+    "fp32": "float32 safetensors (exact copy of the weights)",
+    "fp16": "float16 safetensors; mlx computes in float16",
+    "bf16": "bfloat16 safetensors (lossless from bf16 checkpoints); mlx computes in bfloat16",
+    "int8": "mlx affine 8-bit, group 64: uint32-packed weights + scale and bias per group (8.5 bits/weight)",
+    "int4": "mlx affine 4-bit, group 64: uint32-packed weights + scale and bias per group (4.5 bits/weight)",
+}
+
+
+@hookimpl
+def backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="mlx",
+        format="MLX safetensors",
+        runtime="mlx-lm",
+        distribution="phi-quant-mlx",
+        version=__version__,
+        description="The folder mlx_lm.load opens (config.json + safetensors shards); affine int4/int8 bit-identical to mx.quantize",
+        install_hint="pip install phi-quant-mlx",
+    )
+
+
+@hookimpl
+def detect_hardware() -> HardwareReport:
+    return detect()
+
+
+@hookimpl
+def supported_precisions() -> list[PrecisionSpec]:
+    quantized = ("int8", "int4")
+    return [
+        PrecisionSpec(
+            precision=p,
+            scheme=scheme_name(p),
+            description=_DESCRIPTIONS[p],
+            schemes=(QUANT_MODE,) if p in quantized else (),
+            thresholds=THRESHOLDS[p],
+            default_group_size=DEFAULT_GROUP_SIZE if p in quantized else None,
+        )
+        for p in ("fp32", "fp16", "bf16", "int8", "int4")
+    ]
+
+
+def _planned(tensor: SourceTensor, options: ExportOptions) -> PlannedTensor:
+    """The export's decision for this one tensor (overrides that name other modules are ignored)."""
+    gs = resolve_group_size(options.group_size)
+    module = module_path(tensor.role, tensor.layer)
+    overrides = [o for o in parse_overrides(options.get("overrides"), gs) if o.matches(module) and tensor.role.is_matmul]
+    return plan_tensors([tensor.info()], options.precision, gs, overrides)[0]
+
+
+@hookimpl
+def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
+    """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``."""
+    planned = _planned(tensor, options)
+    arrays = encode_whole(planned, tensor.raw())
+    arrays = {name[len(planned.module) + 1:]: arr for name, arr in arrays.items()}
+    shape = tuple(tensor.shape)
+    quant = planned.quant
+
+    def dequantize() -> np.ndarray:
+        from phi_quant import quant as q
+
+        if quant is None:
+            w = arrays["weight"]
+            if planned.dtype == "BF16":
+                return (w.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            return w.astype(np.float32).reshape(shape)
+        return q.mlx_dequantize(arrays["weight"], arrays["scales"], arrays["biases"], bits=quant.bits,
+                                group_size=quant.group_size, src_dtype=tensor.dtype).reshape(shape)
+
+    return QuantizedTensor(
+        name=f"{planned.module}.weight",
+        scheme=f"affine-int{quant.bits}-g{quant.group_size}" if quant else planned.dtype.lower(),
+        shape=shape,
+        arrays=arrays,
+        dequantize=dequantize,
+        meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason},
+    )
+
+
+@hookimpl
+def export(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
+    return export_mlx(source, Path(output_dir), options, progress)
+
+
+@hookimpl
+def load_model(path: Path, options: dict) -> MLXModel:
+    return MLXModel(Path(path), options)
+
