@@ -54,7 +54,7 @@ def test_hook_export_writes_manifest_card_and_moves_atomically(manager, npy_back
     assert m["notes"] == ["norms stay float32"]
     card = (out / "README.md").read_text()
     assert "int8" in card and "int8-row" in card and "norms stay float32" in card
-    assert f"phi-quant run {out}" in card and "import numpy as np" in card
+    assert f"phi-quant run {out.name}" in card and "import numpy as np" in card
     assert set(res.files) >= {"phi-quant.json", "README.md", "config.json"}
 
 

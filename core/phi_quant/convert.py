@@ -163,7 +163,7 @@ def convert(
         manifest["output_bytes"] = dir_size(tmp)
         write_manifest(tmp, manifest)
         (tmp / "README.md").write_text(
-            render_model_card(manifest, result.run_instructions, output_name=str(output)), encoding="utf-8"
+            render_model_card(manifest, result.run_instructions, output_name=output.name), encoding="utf-8"
         )
         _move_into_place(tmp, output, force)
     except BaseException:

@@ -60,7 +60,7 @@ def source_record(model: str, source: Any) -> dict[str, Any]:
             files[n] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     weights = sorted(root.glob("*.safetensors"))
     cfg = source.config
-    local = Path(str(model)).expanduser().exists()
+    local = Path(str(model)).expanduser().exists() or str(model).startswith("tiny:")  # tiny: is built locally
     return {
         "model": str(model),
         "path": str(root.resolve()),
