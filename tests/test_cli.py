@@ -59,18 +59,20 @@ def test_plugins_check_runs_the_kit_and_exits_1_on_failure(manager, npy_backend,
     calls = []
 
     def fake_run_kit(backend, **kw):
-        calls.append(backend)
+        calls.append((backend, kw.get("plugin")))
         return [kit.CheckResult("export[phi4-mini-int8]", True, "ok"),
                 kit.CheckResult("fidelity[phi4-mini-int8]", all_pass, "KL 0.001" if all_pass else "KL 0.9 > 0.05")]
 
     monkeypatch.setattr(kit, "run_kit", fake_run_kit)
     res = invoke("plugins", "--check", "npy")
-    assert calls == ["npy"]
+    assert calls == [("npy", None)]
     assert res.exit_code == (0 if all_pass else 1), res.output
     assert ("2/2" if all_pass else "1/2") + " checks passed for npy" in res.stdout
     assert ("FAIL" in res.stdout) is not all_pass
     res = invoke("plugins", "--check", "npy", "--json")
     assert json.loads(res.stdout)["passed"] is all_pass
+    res = invoke("plugins", "--check", "notinstalled", "--plugin", "my_pkg.plugin")
+    assert calls[-1] == ("notinstalled", "my_pkg.plugin")
 
 
 def test_plugins_check_of_a_missing_backend_says_what_to_install(manager):

@@ -30,7 +30,7 @@ def describe_backends() -> dict[str, Any]:
     return {"backends": backends, "failures": failures}
 
 
-def _run_check(name: str, as_json: bool) -> None:
+def _run_check(name: str, as_json: bool, plugin: str | None = None) -> None:
     try:
         from ..testing.kit import run_kit
     except ModuleNotFoundError as exc:
@@ -38,8 +38,9 @@ def _run_check(name: str, as_json: bool) -> None:
             f"the conformance kit is not available ({exc.name} is missing); "
             "install phi-quant with its testing extras: pip install 'phi-quant[test]'"
         ) from exc
-    get_manager().get(name)  # a clear error when the backend is missing
-    results = [(str(c), bool(p), str(m)) for c, p, m in run_kit(name)]
+    if plugin is None:
+        get_manager().get(name)  # a clear error when the backend is missing
+    results = [(str(c), bool(p), str(m)) for c, p, m in (run_kit(name, plugin=plugin) if plugin else run_kit(name))]
     failed = [r for r in results if not r[1]]
     if as_json:
         emit_json({
@@ -57,10 +58,14 @@ def _run_check(name: str, as_json: bool) -> None:
 @click.command("plugins")
 @json_option
 @click.option("--check", "check", metavar="NAME", help="Run the conformance kit against backend NAME.")
-def command(as_json: bool, check: str | None) -> None:
+@click.option("--plugin", "plugin", metavar="MODULE",
+              help="With --check: import this plugin module and check it before it is packaged/installed.")
+def command(as_json: bool, check: str | None, plugin: str | None) -> None:
     """List installed backends: distribution, version, format, runtime and precisions."""
+    if plugin and not check:
+        raise click.UsageError("--plugin needs --check NAME")
     if check:
-        _run_check(check, as_json)
+        _run_check(check, as_json, plugin)
         return
     data = describe_backends()
     if as_json:
