@@ -109,13 +109,22 @@ class _Builder:
         return DecoderGraph(model, self.bank, self.decompression)
 
     def attention_mask(self, input_ids: ov.Output, attention_mask: ov.Output) -> ov.Output:
-        """Additive mask [B, 1, T, S]: causal over past + new tokens, and the padding of ``attention_mask``."""
+        """Additive mask [B, 1, T, S]: causal (and sliding-window) over past + new tokens, and padding.
+
+        LLMPipeline's paged-attention backend replaces this mask with its own causal one; the
+        sliding window then no longer applies (it matters past 2047 tokens on Phi-3-mini-4k).
+        """
         total = ops.gather(ops.shape_of(attention_mask), _i64(1), _i64(0))  # S = past + T
         new = ops.gather(ops.shape_of(input_ids), _i64(1), _i64(0))  # T
         past = ops.subtract(total, new)
         q_pos = ops.unsqueeze(ops.range(past, total, _i64(1), "i64"), _i64([1]))  # [T, 1]
         k_pos = ops.unsqueeze(ops.range(_i64(0), total, _i64(1), "i64"), _i64([0]))  # [1, S]
         causal = ops.less_equal(k_pos, q_pos)  # [T, S]
+        window = self.cfg.sliding_window
+        if window is not None and window < self.cfg.max_position_embeddings:
+            # transformers' sliding-window mask: key j is visible from query i iff j > i - window
+            recent = ops.greater(k_pos, ops.subtract(q_pos, _i64(int(window))))
+            causal = ops.logical_and(causal, recent)
         keep = ops.unsqueeze(ops.not_equal(attention_mask, _i64(0)), _i64([1, 2]))  # [B, 1, 1, S]
         allowed = ops.logical_and(keep, causal)  # [B, 1, T, S]
         return ops.select(allowed, ops.constant(np.float32(0.0)), ops.constant(np.float32(_MASKED)), name="attention_mask_4d")

@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from phi_quant.errors import BadWeightsError
+from phi_quant.model.checks import check_finite
 from phi_quant.model.tensors import SourceTensor
 
 from . import constants as C
 from .schemes import TensorScheme
 
-__all__ = ["pack", "check_finite", "pack_nibbles", "unpack_nibbles", "dequantize"]
-
-_EXP_MASK = {"bf16": (np.uint16, 0x7F80), "f16": (np.uint16, 0x7C00), "f32": (np.uint32, 0x7F800000)}
-
-
-def check_finite(tensor: SourceTensor, raw: np.ndarray) -> None:
-    """Raise :class:`BadWeightsError` naming the tensor if it holds NaN or Inf (checked on the bits)."""
-    utype, mask = _EXP_MASK[tensor.dtype]
-    bits = raw.view(utype)
-    bad = np.flatnonzero((bits & utype(mask)) == utype(mask))
-    if bad.size:
-        idx = np.unravel_index(int(bad[0]), raw.shape)
-        raise BadWeightsError(
-            f"tensor {tensor.name} holds NaN/Inf ({bad.size} values, first at index {tuple(int(i) for i in idx)}); "
-            "the checkpoint is damaged: re-download or re-save it"
-        )
-
+__all__ = ["pack", "pack_nibbles", "unpack_nibbles", "dequantize"]
 
 def _to_float32(tensor: SourceTensor, raw: np.ndarray) -> np.ndarray:
     if tensor.dtype == "bf16":
@@ -60,13 +44,15 @@ def unpack_nibbles(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
 def pack(tensor: SourceTensor, scheme: TensorScheme) -> dict[str, np.ndarray]:
     """Arrays for ``tensor`` under ``scheme``, keyed like :func:`.weights.array_layout`."""
     raw = tensor.raw()
-    check_finite(tensor, raw)
+    check_finite(raw, tensor.name, dtype=tensor.dtype)
     if tensor.role.is_norm or scheme.mode == C.FP32:
         return {"weight": _to_float32(tensor, raw)}
     from phi_quant import quant as q
 
     if scheme.mode == C.FP16:
-        return {"weight": np.asarray(q.to_float16(raw, tensor.dtype))}
+        if hasattr(q, "to_float16"):
+            return {"weight": np.asarray(q.to_float16(raw, tensor.dtype))}
+        return {"weight": _to_float32(tensor, raw).astype(np.float16)}  # round to nearest even, as the kernel
     n, k = raw.shape
     c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype)
     values, scale, zero = np.asarray(c.weight), np.asarray(c.scale), c.zero_point

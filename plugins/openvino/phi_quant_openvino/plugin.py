@@ -1,0 +1,110 @@
+"""phi-quant backend ``openvino``: stateful OpenVINO IR for OpenVINO GenAI (CPU, GPU, NPU).
+
+Precisions: fp32, fp16 (f16 constants decompressed to f32), int8 (NNCF INT8_ASYM per channel, or
+INT8_SYM) and int4 (NNCF INT4_ASYM/INT4_SYM, group 128 by default, embeddings and lm_head at the
+int8 backup). Options: ``--group-size``, ``--symmetric``, ``--option ratio=0.8``,
+``--option all_layers=true``, ``--option backup=int8_sym``, ``--option preset=npu|npu-g128|cpu|gpu``
+(``--target npu`` selects the NPU preset). Details: docs/backends/openvino.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from phi_quant.hookspecs import hookimpl
+from phi_quant.types import (
+    BackendInfo,
+    ExportOptions,
+    ExportResult,
+    FidelityThresholds,
+    HardwareReport,
+    PrecisionSpec,
+    QuantizedTensor,
+)
+
+from . import __version__
+from . import constants as C
+
+__all__ = ["backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+
+#: Bounds from docs/fidelity.md (## OpenVINO), measured on the tiny variants with f32 inference.
+THRESHOLDS = {
+    "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
+    "fp16": FidelityThresholds(kl_max=1e-3, top1_min=0.95, max_abs_logit=0.1),
+    "int8": FidelityThresholds(kl_max=1e-2, top1_min=0.9),
+    "int4": FidelityThresholds(kl_max=0.3, top1_min=0.6),
+}
+
+
+@hookimpl
+def backend_info() -> BackendInfo:
+    return BackendInfo(
+        name="openvino",
+        format="OpenVINO IR",
+        runtime="openvino_genai.LLMPipeline",
+        distribution="phi-quant-openvino",
+        version=__version__,
+        description="stateful OpenVINO IR with NNCF-style compressed weights, for Intel CPU/GPU/NPU",
+        install_hint="pip install phi-quant-openvino",
+    )
+
+
+@hookimpl
+def detect_hardware() -> HardwareReport:
+    from .hardware import detect
+
+    return detect()
+
+
+@hookimpl
+def supported_precisions() -> list[PrecisionSpec]:
+    return [
+        PrecisionSpec("fp32", "fp32", "f32 constants", thresholds=THRESHOLDS["fp32"]),
+        PrecisionSpec("fp16", "fp16", "f16 constants decompressed to f32 (OpenVINO's compress_to_fp16 form)",
+                      thresholds=THRESHOLDS["fp16"]),
+        PrecisionSpec("int8", "int8_asym_cw", "NNCF INT8_ASYM per output channel (--symmetric: INT8_SYM)",
+                      schemes=("int8_sym_cw",), thresholds=THRESHOLDS["int8"]),
+        PrecisionSpec("int4", "int4_asym_g128+int8_asym_cw-emb",
+                      "NNCF INT4_ASYM group 128; embeddings and lm_head INT8_ASYM (--symmetric: INT4_SYM; "
+                      "--option preset=npu: INT4_SYM per channel)",
+                      schemes=("int4_sym_g128", "int4_sym_cw"), thresholds=THRESHOLDS["int4"],
+                      default_group_size=C.DEFAULT_INT4_GROUP),
+    ]
+
+
+@hookimpl
+def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
+    from .packing import dequantize, pack
+    from .schemes import TensorScheme, _fit_group, resolve_options
+
+    opts = resolve_options(options)
+    if tensor.role.is_norm:
+        scheme = TensorScheme(C.FP32)
+    elif tensor.role.value in ("embed", "lm_head") and not opts.all_layers:
+        scheme = opts.backup
+    else:
+        scheme = _fit_group(tensor.info(), opts.primary, opts.backup, [])
+    arrays = pack(tensor, scheme)
+    shape = tuple(tensor.shape)
+    return QuantizedTensor(
+        name=tensor.name,
+        scheme=scheme.label,
+        shape=shape,
+        arrays=arrays,
+        dequantize=(lambda: dequantize(arrays, scheme, shape)) if len(shape) == 2 else (lambda: arrays["weight"]),
+        meta={"mode": scheme.mode, "group_size": scheme.group_size},
+    )
+
+
+@hookimpl
+def export(source, output_dir: Path, options: ExportOptions, progress) -> ExportResult:
+    from .export import export_model
+
+    return export_model(source, Path(output_dir), options, progress)
+
+
+@hookimpl
+def load_model(path: Path, options: dict):
+    from .runtime import OpenVINOModel
+
+    return OpenVINOModel(Path(path), options)
