@@ -205,7 +205,8 @@ def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) 
             )
             attn = scaling.get("attention_factor")
             if attn is None:
-                factor = max_pos / orig
+                # transformers prefers an explicit ``factor``; Phi configs omit it and use the ratio.
+                factor = float(scaling.get("factor") or max_pos / orig)
                 attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
             rope = RopeSpec(
                 theta=theta,

@@ -1,0 +1,183 @@
+"""The safetensors file format, read and written without loading whole files.
+
+A safetensors file is ``u64 header_len | JSON header | data``; the header maps each tensor name
+to ``{"dtype", "shape", "data_offsets": [begin, end]}`` relative to the data section. We parse
+the header ourselves (so every defect becomes a :class:`CheckpointError` naming the file) and
+map one tensor's byte range at a time with :class:`numpy.memmap`: the pages of a tensor leave
+the process's resident set as soon as the caller drops the array, which keeps streaming a
+multi-gigabyte checkpoint at about one tensor of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+__all__ = [
+    "ST_DTYPES",
+    "NUMPY_DTYPES",
+    "HeaderEntry",
+    "SafetensorsHeader",
+    "read_header",
+    "map_bytes",
+    "SafetensorsWriter",
+]
+
+#: safetensors dtype names -> our short names (only the float types a Phi checkpoint holds).
+ST_DTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+_ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+#: numpy storage dtype of each short name (bf16 is carried as its raw 16-bit pattern).
+NUMPY_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
+_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+_MAX_HEADER = 100 * 2**20  # the format's own limit is 100 MB
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    """One tensor of a safetensors file: where its bytes are, in absolute file offsets."""
+
+    name: str
+    dtype: str  # "f32" | "f16" | "bf16"
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+    path: Path  # the file holding it
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    entries: dict[str, HeaderEntry]
+    metadata: dict[str, str]
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Parse and validate a safetensors header; every offset is checked against the file size."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file. Re-download it.")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(
+                    f"{path} has a corrupt safetensors header (declared length {n}, file {size} bytes). Re-download it."
+                )
+            blob = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        header = json.loads(blob.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a corrupt safetensors header ({e}). Re-download it.") from e
+    data_start = 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    entries: dict[str, HeaderEntry] = {}
+    for name, spec in header.items():
+        try:
+            st_dtype = spec["dtype"]
+            shape = tuple(int(d) for d in spec["shape"])
+            begin, end = (int(x) for x in spec["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: header entry {name!r} is malformed ({e}). Re-download the file.") from e
+        if st_dtype not in ST_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {st_dtype}; phi-quant reads F32, F16 and BF16 checkpoints. "
+                "Convert the checkpoint to one of those first."
+            )
+        dtype = ST_DTYPES[st_dtype]
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise CheckpointError(f"{path}: tensor {name!r} has a negative dimension {shape}.")
+            numel *= d
+        if end - begin != numel * _ITEMSIZE[dtype] or begin < 0:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but shape {list(shape)} in {st_dtype} needs "
+                f"{numel * _ITEMSIZE[dtype]}. The header is corrupt; re-download the file."
+            )
+        if data_start + end > size:
+            raise CheckpointError(
+                f"{path} is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}. "
+                "Re-download the file."
+            )
+        entries[name] = HeaderEntry(name, dtype, shape, data_start + begin, end - begin, path)
+    return SafetensorsHeader(path, entries, {str(k): str(v) for k, v in metadata.items()})
+
+
+def map_bytes(path: Path, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only memory-mapped array of one byte range (zero rows/elements give an empty array)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel == 0:
+        return np.zeros(shape, NUMPY_DTYPES[dtype])
+    return np.memmap(path, dtype=NUMPY_DTYPES[dtype], mode="r", offset=offset, shape=shape)
+
+
+class SafetensorsWriter:
+    """Write one safetensors file tensor by tensor, given every name/dtype/shape up front.
+
+    The header must precede the data, so the caller declares the tensors first; then
+    :meth:`write` appends each tensor's bytes (possibly in several chunks) in declared order.
+    """
+
+    def __init__(self, path: Path, specs: Iterable[tuple[str, str, tuple[int, ...]]], metadata: Mapping[str, str] | None = None):
+        self.path = Path(path)
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        self._order: list[tuple[str, int]] = []
+        pos = 0
+        for name, dtype, shape in specs:
+            nbytes = _ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+            header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+            self._order.append((name, nbytes))
+            pos += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # data section 8-byte aligned, as the reference writer does
+        self._f: BinaryIO = open(self.path, "wb")
+        self._f.write(struct.pack("<Q", len(blob)))
+        self._f.write(blob)
+        self._next = 0
+        self._written = 0
+
+    def write(self, name: str, data: np.ndarray | bytes) -> None:
+        """Append bytes of tensor ``name``; call repeatedly to stream a tensor in chunks."""
+        expected, nbytes = self._order[self._next]
+        if name != expected:
+            raise ValueError(f"expected tensor {expected!r} next, got {name!r}")
+        buf = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+        self._f.write(buf)
+        self._written += len(buf)
+        if self._written > nbytes:
+            raise ValueError(f"tensor {name!r}: wrote {self._written} bytes, declared {nbytes}")
+        if self._written == nbytes:
+            self._next += 1
+            self._written = 0
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            self._f.close()
+            raise ValueError(f"{self.path}: {len(self._order) - self._next} declared tensors were not written")
+        self._f.close()
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self._f.close()

@@ -1,0 +1,411 @@
+"""Tiny, seeded Phi checkpoints in the real Hugging Face layout, for tests of every backend.
+
+Each variant keeps the quirks of the model it imitates (fused qkv/gate_up, GQA, LongRoPE with a
+small original context so short and long prompts take different factors, partial rotary, tied
+embeddings, a vocabulary padded beyond the tokenizer, real special tokens and chat templates)
+with dimensions small enough to convert and run in seconds. Every matmul input dimension is a
+multiple of 256, so group sizes 16..256 all divide. Weights are random but scaled so that
+attention and the MLP matter and next-token distributions are far sharper than uniform.
+
+Only numpy, sentencepiece and tokenizers are used here: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..model.safetensors_io import SafetensorsWriter
+from . import tiny_tokenizers as tt
+
+__all__ = [
+    "VARIANTS",
+    "DTYPES",
+    "FACTORY_VERSION",
+    "VariantSpec",
+    "variant_spec",
+    "make_checkpoint",
+    "cached_checkpoint",
+    "make_large_checkpoint",
+    "float32_to_bf16_bits",
+]
+
+VARIANTS = ("phi3-mini", "phi3.5-longrope", "phi4", "phi4-mini")
+DTYPES = ("bf16", "f16", "f32")
+_TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
+
+#: Bump when the produced checkpoints change; the cache key also hashes this module's sources.
+FACTORY_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Shape and quirks of one tiny variant."""
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab_size: int
+    theta: float
+    tokenizer: str  # "spm" | "phi4" | "phi4-mini"
+    max_position: int
+    original_max_position: int | None = None
+    longrope: bool = False
+    partial_rotary: float = 1.0
+    tied: bool = False
+    sliding_window: int | None = None
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary)
+
+
+_SPECS = {
+    "phi3-mini": VariantSpec("phi3-mini", 256, 2, 4, 4, 64, 512, 512, 10000.0, "spm", 4096, 4096,
+                             sliding_window=2047),
+    "phi3.5-longrope": VariantSpec("phi3.5-longrope", 256, 2, 4, 4, 64, 512, 512, 10000.0, "spm", 4096, 64,
+                                   longrope=True, sliding_window=262144),
+    "phi4": VariantSpec("phi4", 512, 2, 8, 2, 64, 1024, 640, 250000.0, "phi4", 16384, 16384),
+    "phi4-mini": VariantSpec("phi4-mini", 256, 2, 4, 2, 64, 512, 640, 10000.0, "phi4-mini", 4096, 64,
+                             longrope=True, partial_rotary=0.75, tied=True, sliding_window=262144),
+}
+
+_SPM_BASE = 480  # SentencePiece pieces (3 specials + 256 bytes + merges); 11 added tokens follow
+_BPE_BASE = 600  # byte-level BPE: 256 bytes + merges
+
+
+def variant_spec(variant: str) -> VariantSpec:
+    if variant not in _SPECS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return _SPECS[variant]
+
+
+# -- numbers -------------------------------------------------------------------------------------
+
+def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (nearest, ties to even) and return the 16-bit patterns as uint16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bf16":
+        return float32_to_bf16_bits(x)
+    if dtype == "f16":
+        return x.astype(np.float16)
+    return x.astype(np.float32)
+
+
+def _rope_factors(n: int) -> tuple[list[float], list[float]]:
+    """Short/long LongRoPE factors shaped like Phi-3.5's: ~1 for fast dims, growing for slow ones."""
+    t = np.linspace(0.0, 1.0, n)
+    short = 1.0 + 0.6 * t**3 + 0.02 * np.sin(7.0 * t)
+    long = 1.0 + 0.08 + 39.0 * t**2.2
+    return [round(float(v), 4) for v in short], [round(float(v), 4) for v in long]
+
+
+# -- config files --------------------------------------------------------------------------------
+
+def _tokenizer_files(spec: VariantSpec) -> tt.TokenizerFiles:
+    model_max = spec.max_position
+    if spec.tokenizer == "spm":
+        return tt.build_sentencepiece(base_size=_SPM_BASE, model_max_length=model_max)
+    return tt.build_byte_level(flavour=spec.tokenizer, base_size=_BPE_BASE, vocab_size=spec.vocab_size,
+                               model_max_length=model_max)
+
+
+def _config_dicts(spec: VariantSpec, tok: tt.TokenizerFiles, dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    ids = tok.added_tokens
+    if spec.tokenizer == "spm":
+        bos, eos, pad = 1, ids["<|endoftext|>"], ids["<|endoftext|>"]
+        gen_eos: Any = [ids["<|endoftext|>"], ids["<|assistant|>"], ids["<|end|>"]]
+    elif spec.tokenizer == "phi4":
+        bos, eos, pad = ids["<|endoftext|>"], ids["<|im_end|>"], spec.vocab_size - 1
+        gen_eos = eos
+    else:
+        bos = eos = pad = ids["<|endoftext|>"]
+        gen_eos = [ids["<|end|>"], ids["<|endoftext|>"]]
+    config: dict[str, Any] = {
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos,
+        "embd_pdrop": 0.0,
+        "eos_token_id": eos,
+        "hidden_act": "silu",
+        "hidden_size": spec.hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": spec.intermediate,
+        "max_position_embeddings": spec.max_position,
+        "model_type": "phi3",
+        "num_attention_heads": spec.heads,
+        "num_hidden_layers": spec.layers,
+        "num_key_value_heads": spec.kv_heads,
+        "original_max_position_embeddings": spec.original_max_position,
+        "pad_token_id": pad,
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": spec.theta,
+        "sliding_window": spec.sliding_window,
+        "tie_word_embeddings": spec.tied,
+        "torch_dtype": _TORCH_DTYPE[dtype],
+        "transformers_version": "4.49.0",
+        "use_cache": True,
+        "vocab_size": spec.vocab_size,
+    }
+    if spec.partial_rotary != 1.0:
+        config["partial_rotary_factor"] = spec.partial_rotary
+        config.update({"full_attn_mod": 1, "interpolate_factor": 1, "lm_head_bias": False, "mlp_bias": False})
+    if spec.longrope:
+        short, long = _rope_factors(spec.rotary_dim // 2)
+        config["rope_scaling"] = {"long_factor": long, "short_factor": short, "type": "longrope"}
+    generation = {"_from_model_config": True, "bos_token_id": bos, "eos_token_id": gen_eos, "pad_token_id": pad,
+                  "transformers_version": "4.49.0"}
+    return config, generation
+
+
+# -- weights -------------------------------------------------------------------------------------
+
+def _tensor_shapes(spec: VariantSpec) -> list[tuple[str, tuple[int, ...]]]:
+    h, i, v = spec.hidden, spec.intermediate, spec.vocab_size
+    qkv = (spec.heads + 2 * spec.kv_heads) * spec.head_dim
+    out = [("model.embed_tokens.weight", (v, h))]
+    for n in range(spec.layers):
+        p = f"model.layers.{n}."
+        out += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "self_attn.qkv_proj.weight", (qkv, h)),
+            (p + "self_attn.o_proj.weight", (h, spec.heads * spec.head_dim)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "mlp.gate_up_proj.weight", (2 * i, h)),
+            (p + "mlp.down_proj.weight", (h, i)),
+        ]
+    out.append(("model.norm.weight", (h,)))
+    if not spec.tied:
+        out.append(("lm_head.weight", (v, h)))
+    return out
+
+
+# Init scales, chosen by measurement (see tests/test_factory.py): attention scores with a standard
+# deviation of a few units (so attention is selective), block outputs comparable to the residual,
+# and logits spread enough that the top token takes a large share of the probability.
+_QK_SCALE = 1.2
+_V_SCALE = 1.0
+_O_SCALE = 1.0
+_GATE_SCALE = 1.5
+_DOWN_SCALE = 1.0
+_LOGIT_SCALE = 4.0
+
+
+def _init_tensor(rng: np.random.Generator, spec: VariantSpec, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    h = spec.hidden
+    if len(shape) == 1:  # RMSNorm weights: around 1, not exactly 1, so a backend that drops them is caught
+        return rng.uniform(0.7, 1.3, size=shape).astype(np.float32)
+    std = rng.standard_normal(shape, dtype=np.float32)
+    if name.endswith("embed_tokens.weight"):
+        return std * (_LOGIT_SCALE / np.sqrt(h) if spec.tied else 1.0)
+    if name == "lm_head.weight":
+        return std * (_LOGIT_SCALE / np.sqrt(h))
+    if name.endswith("qkv_proj.weight"):
+        q, kv = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
+        scale = np.full((shape[0], 1), _QK_SCALE / np.sqrt(h), np.float32)
+        scale[q + kv:] = _V_SCALE / np.sqrt(h)
+        return std * scale
+    if name.endswith("o_proj.weight"):
+        return std * (_O_SCALE / np.sqrt(shape[1]))
+    if name.endswith("gate_up_proj.weight"):
+        return std * (_GATE_SCALE / np.sqrt(h))
+    if name.endswith("down_proj.weight"):
+        return std * (_DOWN_SCALE / np.sqrt(shape[1]))
+    raise AssertionError(name)
+
+
+def _shard_plan(names: list[str], num_shards: int) -> list[list[str]]:
+    num_shards = max(1, min(num_shards, len(names)))
+    per = -(-len(names) // num_shards)
+    return [names[k : k + per] for k in range(0, len(names), per)]
+
+
+def _write_shards(
+    out: Path, specs: list[tuple[str, tuple[int, ...]]], dtype: str, num_shards: int,
+    produce: "callable[[str, tuple[int, ...]], Iterator[np.ndarray]]",
+) -> None:
+    """Write tensors into ``num_shards`` safetensors files (+ index when > 1), one tensor at a time."""
+    shapes = dict(specs)
+    plan = _shard_plan([n for n, _ in specs], num_shards)
+    files = (["model.safetensors"] if len(plan) == 1 else
+             [f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors" for k in range(len(plan))])
+    weight_map: dict[str, str] = {}
+    total = 0
+    for fname, names in zip(files, plan):
+        decl = [(n, dtype, shapes[n]) for n in names]
+        with SafetensorsWriter(out / fname, decl, metadata={"format": "pt"}) as w:
+            for n in names:
+                for chunk in produce(n, shapes[n]):
+                    w.write(n, chunk)
+                weight_map[n] = fname
+                total += int(np.prod(shapes[n])) * (4 if dtype == "f32" else 2)
+    if len(plan) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer(out: Path, tok: tt.TokenizerFiles) -> None:
+    _write_json(out / "tokenizer.json", tok.tokenizer_json)
+    _write_json(out / "tokenizer_config.json", tok.tokenizer_config)
+    _write_json(out / "special_tokens_map.json", tok.special_tokens_map)
+    if tok.sentencepiece_model is not None:
+        (out / "tokenizer.model").write_bytes(tok.sentencepiece_model)
+        base = _SPM_BASE
+        _write_json(out / "added_tokens.json", {k: v for k, v in tok.added_tokens.items() if v >= base})
+
+
+def make_checkpoint(variant: str, out_dir: str | os.PathLike, *, seed: int = 0, dtype: str = "bf16",
+                    num_shards: int = 2) -> Path:
+    """Write a tiny ``variant`` checkpoint into ``out_dir`` (created if missing) and return its path.
+
+    ``num_shards=1`` writes a single ``model.safetensors``; more writes ``model-0000k-of-0000n``
+    shards with ``model.safetensors.index.json``, as Hugging Face does for large models.
+    """
+    spec = variant_spec(variant)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer_files(spec)
+    assert tok.size <= spec.vocab_size, (tok.size, spec.vocab_size)
+    config, generation = _config_dicts(spec, tok, dtype)
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", generation)
+    _write_tokenizer(out, tok)
+
+    # One generator per tensor, seeded by (seed, variant, name): shard layout never changes values.
+    def produce(name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        key = int.from_bytes(hashlib.sha256(f"{seed}/{variant}/{name}".encode()).digest()[:8], "little")
+        yield _encode(_init_tensor(np.random.default_rng(key), spec, name, shape), dtype)
+
+    _write_shards(out, _tensor_shapes(spec), dtype, num_shards, produce)
+    return out
+
+
+# -- the cache -----------------------------------------------------------------------------------
+
+def _compute_source_digest() -> str:
+    h = hashlib.sha256(FACTORY_VERSION.encode())
+    for mod in (__file__, tt.__file__):
+        h.update(Path(mod).read_bytes())
+    h.update(tt.corpus_text().encode())
+    return h.hexdigest()[:12]
+
+
+# Taken once at import: a process keys the cache by the code it actually runs, even if the
+# source file is edited while it runs.
+_SOURCE_DIGEST = _compute_source_digest()
+
+
+def cache_root() -> Path:
+    """Where :func:`cached_checkpoint` keeps checkpoints: ``$PHI_QUANT_TEST_CACHE`` or the temp dir."""
+    base = os.environ.get("PHI_QUANT_TEST_CACHE") or os.path.join(tempfile.gettempdir(), "phi-quant-test-cache")
+    return Path(base) / f"factory-{FACTORY_VERSION}-{_SOURCE_DIGEST}"
+
+
+def cached_checkpoint(variant: str, dtype: str = "bf16") -> Path:
+    """The tiny ``variant`` checkpoint (seed 0, 2 shards), built once and shared by all test processes.
+
+    Built in a private temporary directory and renamed into place, so concurrent pytest workers
+    never see a half-written checkpoint; the loser of a race discards its copy.
+    """
+    variant_spec(variant)
+    root = cache_root()
+    target = root / f"{variant}-{dtype}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-{dtype}-", dir=root))
+    try:
+        make_checkpoint(variant, tmp, dtype=dtype)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -- a large checkpoint for streaming/RSS tests --------------------------------------------------
+
+def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000_000, *, dtype: str = "bf16",
+                          seed: int = 0, shard_bytes: int = 500_000_000) -> Path:
+    """Write a Phi-3-shaped checkpoint of at least ``min_bytes`` of weights, one chunk at a time.
+
+    hidden 2048, 32 heads of 64, intermediate 8192, vocab 32064 (padded like Phi-3's) and as many
+    layers as ``min_bytes`` needs; the largest tensor is the 64 MiB (bf16) fused gate_up. Values are
+    random bit patterns with a fixed exponent range (cheap to make, finite, small). Memory use is
+    one 8 MiB chunk, never a whole tensor.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    item = 4 if dtype == "f32" else 2
+    base = variant_spec("phi3-mini")
+    h, inter, vocab = 2048, 8192, 32064
+    per_layer = (2 * h + 3 * h * h + h * h + 2 * inter * h + h * inter) * item
+    fixed = (2 * vocab * h + h) * item
+    layers = max(1, -(-(min_bytes - fixed) // per_layer))
+    spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
+                       sliding_window=2047)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer_files(base)
+    config, generation = _config_dicts(spec, tok, dtype)
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", generation)
+    _write_tokenizer(out, tok)
+    rng = np.random.default_rng(seed)
+    chunk = 4 * 2**20
+
+    def produce(name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        n = int(np.prod(shape))
+        if len(shape) == 1:
+            yield _encode(np.ones(shape, np.float32), dtype)
+            return
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            if dtype == "f32":
+                bits = rng.integers(0, 2**32, size=m, dtype=np.uint32)
+                yield ((bits & np.uint32(0x807FFFFF)) | np.uint32(0x3B800000)).view(np.float32)
+            else:
+                bits = rng.integers(0, 2**16, size=m, dtype=np.uint16)
+                # sign + mantissa random, exponent fixed at 2^-8: magnitudes in [0.0039, 0.0078)
+                mask, expo = (0x807F, 0x3B80) if dtype == "bf16" else (0x83FF, 0x1C00)
+                yield (bits & np.uint16(mask)) | np.uint16(expo)
+
+    specs = _tensor_shapes(spec)
+    total = sum(int(np.prod(s)) * item for _, s in specs)
+    _write_shards(out, specs, dtype, max(2, -(-total // shard_bytes)), produce)
+    return out
+
+
+def bundled_file(name: str) -> str:
+    """Text of a file under ``phi_quant/data`` (used by prompts and tests)."""
+    return resources.files("phi_quant").joinpath("data").joinpath(name).read_text(encoding="utf-8")
