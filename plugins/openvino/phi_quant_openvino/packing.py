@@ -1,44 +1,24 @@
 """One checkpoint tensor -> the arrays its IR constants hold, byte for byte.
 
-The integer math is the core kernel's (``phi_quant.quant.nncf_compress``, NNCF's rules); this
-module only lays the results out as OpenVINO stores them: 4-bit values two per byte, element 0 in
-the low nibble, the grouped shapes of :func:`.weights.array_layout`, scales as f16.
+The math is the core kernel's (``phi_quant.quant``: ``nncf_compress`` follows NNCF's rules,
+``pack_4bit`` OpenVINO's u4/i4 layout with element 0 in the low nibble, ``to_float16`` rounds to
+nearest even); this module picks the call per scheme and names the arrays as
+:func:`.weights.array_layout` does.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from phi_quant import quant as q
+from phi_quant.errors import UnsupportedPrecisionError
 from phi_quant.model.checks import check_finite
 from phi_quant.model.tensors import SourceTensor
 
 from . import constants as C
 from .schemes import TensorScheme
 
-__all__ = ["pack", "pack_nibbles", "unpack_nibbles", "dequantize"]
-
-def _to_float32(tensor: SourceTensor, raw: np.ndarray) -> np.ndarray:
-    if tensor.dtype == "bf16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
-
-
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """4-bit values (one per byte, any int dtype) -> bytes with element 2i in the low nibble."""
-    flat = values.reshape(-1).astype(np.uint8) & 0x0F
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
-
-
-def unpack_nibbles(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
-    out = np.empty(packed.size * 2, dtype=np.uint8)
-    out[0::2] = packed & 0x0F
-    out[1::2] = packed >> 4
-    out = out[:count]
-    if signed:
-        return ((out.astype(np.int16) ^ 8) - 8).astype(np.int8)
-    return out
+__all__ = ["pack", "dequantize"]
 
 
 def pack(tensor: SourceTensor, scheme: TensorScheme) -> dict[str, np.ndarray]:
@@ -46,42 +26,41 @@ def pack(tensor: SourceTensor, scheme: TensorScheme) -> dict[str, np.ndarray]:
     raw = tensor.raw()
     check_finite(raw, tensor.name, dtype=tensor.dtype)
     if tensor.role.is_norm or scheme.mode == C.FP32:
-        return {"weight": _to_float32(tensor, raw)}
-    from phi_quant import quant as q
-
+        return {"weight": q.to_float32(raw, tensor.dtype, name=tensor.name)}
     if scheme.mode == C.FP16:
-        if hasattr(q, "to_float16"):
-            return {"weight": np.asarray(q.to_float16(raw, tensor.dtype))}
-        return {"weight": _to_float32(tensor, raw).astype(np.float16)}  # round to nearest even, as the kernel
-    n, k = raw.shape
-    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype)
-    values, scale, zero = np.asarray(c.weight), np.asarray(c.scale), c.zero_point
-    groups = k // scheme.group_size if scheme.group_size else 1
-    out: dict[str, np.ndarray] = {}
-    bits = C.BITS[scheme.mode]
-    out["weight"] = pack_nibbles(values) if bits == 4 else values.reshape(-1).view(np.uint8)
-    out["scale"] = scale.astype(np.float16).reshape(n, groups, 1) if scheme.group_size else scale.astype(np.float16).reshape(n, 1)
-    if zero is not None:
-        zero = np.asarray(zero)
-        out["zero_point"] = pack_nibbles(zero) if bits == 4 else zero.reshape(-1).astype(np.uint8)
+        half = q.to_float16(raw, tensor.dtype, name=tensor.name)
+        if not np.isfinite(half).all():
+            raise UnsupportedPrecisionError(
+                f"tensor {tensor.name} has values beyond float16's range (±65504); export it at fp32 or int8"
+            )
+        return {"weight": half}
+    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype, name=tensor.name)
+    four_bit = C.BITS[scheme.mode] == 4
+    out = {
+        "weight": q.pack_4bit(c.weight) if four_bit else np.ascontiguousarray(c.weight).view(np.uint8),
+        "scale": np.ascontiguousarray(c.scale, dtype=np.float16),
+    }
+    if c.zero_point is not None:
+        out["zero_point"] = q.pack_4bit(c.zero_point) if four_bit else np.ascontiguousarray(c.zero_point, dtype=np.uint8)
     return out
 
 
 def dequantize(arrays: dict[str, np.ndarray], scheme: TensorScheme, shape: tuple[int, int]) -> np.ndarray:
-    """float32 [N, K] of what the IR computes from ``arrays`` (Convert f16, Subtract, Multiply, Convert)."""
+    """float32 [N, K] of what the IR computes from ``arrays``: ((q - zp) in f16) * scale, as f32."""
     if scheme.mode in (C.FP32, C.FP16):
         return arrays["weight"].astype(np.float32).reshape(shape)
     n, k = shape
     g = scheme.group_size or k
     signed = scheme.mode in (C.INT4_SYM, C.INT8_SYM)
-    if C.BITS[scheme.mode] == 4:
-        w = unpack_nibbles(arrays["weight"], n * k, signed)
+    four_bit = C.BITS[scheme.mode] == 4
+    if four_bit:
+        w = q.unpack_4bit(arrays["weight"], n * k, signed=signed)
     else:
         w = arrays["weight"].view(np.int8 if signed else np.uint8)
     w = w.reshape(n, k // g, g).astype(np.float16)
     if "zero_point" in arrays:
         zp = arrays["zero_point"]
-        zp = unpack_nibbles(zp, n * (k // g), False) if C.BITS[scheme.mode] == 4 else zp
+        zp = q.unpack_4bit(zp, n * (k // g)) if four_bit else zp
         w = w - zp.reshape(n, k // g, 1).astype(np.float16)
     w = w * arrays["scale"].reshape(n, k // g, 1)
     return w.reshape(n, k).astype(np.float32)

@@ -2,9 +2,11 @@
 through ``openvino_genai.LLMPipeline`` (greedy) and the tokenizer IRs.
 
 The CPU plugin runs f32 graphs in bf16 on CPUs with AMX or AVX512-BF16 unless told otherwise, and
-keeps its KV cache in a reduced precision; both would blur what the weights alone cost. We ask for
-f32 inference and an f32 KV cache unless ``options`` say otherwise (``inference_precision`` /
-``kv_cache_precision``: "bf16", "f16", "u8", or "default" to leave the device's choice).
+keeps its KV cache in a reduced precision, and quantizes activations to int8 before matmuls with
+compressed weights; all three would blur what the weights alone cost. We ask for f32 inference,
+an f32 KV cache and no dynamic quantization unless ``options`` say otherwise
+(``inference_precision``: "bf16", "f16" or "default" for the device's choice, which also restores
+the other two defaults; ``kv_cache_precision``; ``dynamic_quantization_group_size``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def compile_properties(options: dict[str, Any]) -> dict[str, Any]:
     kv = str(options.get("kv_cache_precision", "f32" if precision == "f32" else "default"))
     if kv != "default" and device == C.CPU:
         props["KV_CACHE_PRECISION"] = kv
+    dq = options.get("dynamic_quantization_group_size", 0 if precision == "f32" else None)
+    if dq is not None and device == C.CPU:
+        # the CPU plugin quantizes activations to int8 for compressed-weight matmuls by default;
+        # 0 turns that off, so int8/int4 results show the weights' error alone
+        props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = int(dq)
     threads = options.get("threads")
     if threads and device == C.CPU:
         props["INFERENCE_NUM_THREADS"] = int(threads)

@@ -31,6 +31,7 @@ PRESETS = {
 }
 
 _SMALLEST_GROUP = 16
+_LARGEST_GROUP = 256
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,10 @@ def resolve_options(options: ExportOptions) -> ResolvedOptions:
         raise UnsupportedPrecisionError(f"ratio must be in (0, 1], got {ratio}; it is the share of int4 layers")
     all_layers = _truthy(options.get("all_layers", False))
     gs = options.group_size
-    if gs is not None and gs != -1 and (gs < _SMALLEST_GROUP or gs & (gs - 1)):
+    if gs is not None and gs != -1 and (gs < _SMALLEST_GROUP or gs > _LARGEST_GROUP or gs & (gs - 1)):
         raise UnsupportedPrecisionError(
-            f"group size {gs} is not supported: use a power of two >= {_SMALLEST_GROUP}, or -1 for per-channel"
+            f"group size {gs} is not supported: use a power of two from {_SMALLEST_GROUP} to {_LARGEST_GROUP}, "
+            "or -1 for one scale per output channel"
         )
     group = None if gs == -1 else gs
     if options.scheme:
