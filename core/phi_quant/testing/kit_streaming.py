@@ -1,0 +1,90 @@
+"""The kit's streaming check: convert a large generated checkpoint in a fresh process, measure peak RSS.
+
+The checkpoint (about 1.1 GB of bf16 weights, 2.2 GB as float32) is far larger than the bound, so
+a backend that gathers the model in memory cannot pass; one that streams needs about the largest
+tensor (64 MiB) plus its runtime's imports. It is generated once per machine and cached next to
+the tiny checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import types
+from pathlib import Path
+from ..types import ExportOptions
+
+__all__ = ["large_checkpoint", "measure_conversion_rss"]
+
+_CODE = """
+import importlib, json, sys
+from phi_quant.convert import convert
+from phi_quant.errors import BackendNotInstalledError
+from phi_quant.plugins import get_manager
+from phi_quant.types import ExportOptions
+
+backend, module, checkpoint, out, options = json.loads({args!r})
+if module:
+    try:
+        get_manager().get(backend)
+    except BackendNotInstalledError:
+        get_manager().register(importlib.import_module(module), backend)
+convert(checkpoint, backend, ExportOptions(**json.loads(options)), out)
+"""
+
+
+def large_checkpoint() -> Path:
+    """The large generated checkpoint, built on first use (atomically, safe for parallel runs)."""
+    from .factory import cache_root, make_large_checkpoint
+
+    root = cache_root()
+    target = root / "large-bf16"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".large-bf16-", dir=root))
+    try:
+        make_large_checkpoint(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _plugin_module(backend: str) -> str:
+    """The backend's plugin module name when it is a module (so the child can register it too)."""
+    from ..plugins import get_manager
+
+    plugin = getattr(get_manager().get(backend), "_plugin", None)
+    return plugin.__name__ if isinstance(plugin, types.ModuleType) else ""
+
+
+def measure_conversion_rss(backend: str, options: ExportOptions, workdir: Path,
+                           timeout: float = 900) -> tuple[float, float, str]:
+    """Convert the large checkpoint with ``backend`` in a subprocess.
+
+    :returns: (peak RSS in MiB, checkpoint weights in MiB, error text or "").
+    """
+    from .rss import run_with_peak_rss
+
+    checkpoint = large_checkpoint()
+    weights_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**20
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "out"
+    args = [backend, _plugin_module(backend), str(checkpoint), str(out), json.dumps(dataclasses.asdict(options))]
+    try:
+        result = run_with_peak_rss(_CODE.format(args=json.dumps(args)), timeout=timeout)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    error = ""
+    if result.returncode != 0:
+        lines = result.output.strip().splitlines()
+        error = lines[-1] if lines else f"exit status {result.returncode}"
+    return result.peak_rss / 2**20, weights_mb, error

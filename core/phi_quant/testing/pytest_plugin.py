@@ -1,0 +1,99 @@
+"""pytest plugin of phi-quant: options of the conformance kit and its per-check report.
+
+Loaded automatically wherever phi-quant is installed (entry point ``pytest11: phi_quant``); with
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, pass ``-p phi_quant``. Do not also list it in
+``pytest_plugins``: pytest would register the same module twice. The checks themselves live in
+:class:`phi_quant.testing.kit.BackendConformance`.
+
+Options (command line / ini):
+
+- ``--phi-quant-backend NAME`` / ``phi_quant_backend = NAME``: the backend a
+  ``BackendConformance`` subclass without a ``backend`` attribute checks.
+- ``--phi-quant-variants a,b`` and ``--phi-quant-precisions p,q``: narrow the parametrisation.
+- ``--phi-quant-skip-streaming`` / ``phi_quant_streaming = false``: skip the slow peak-RSS check
+  (or deselect it with ``-m "not phi_quant_streaming"``).
+- ``--phi-quant-report PATH``: write every check's outcome as JSON (used by ``run_kit``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend"]
+
+
+def pytest_addoption(parser: Any) -> None:
+    group = parser.getgroup("phi-quant", "phi-quant backend conformance kit")
+    group.addoption("--phi-quant-backend", dest="phi_quant_backend", metavar="NAME",
+                    help="backend checked by a BackendConformance class that names none")
+    group.addoption("--phi-quant-variants", dest="phi_quant_variants", metavar="LIST",
+                    help="comma-separated tiny checkpoint variants to check (default: all)")
+    group.addoption("--phi-quant-precisions", dest="phi_quant_precisions", metavar="LIST",
+                    help="comma-separated precisions to check (default: all the backend declares)")
+    group.addoption("--phi-quant-skip-streaming", dest="phi_quant_skip_streaming", action="store_true",
+                    help="skip the conformance kit's slow peak-RSS check")
+    group.addoption("--phi-quant-report", dest="phi_quant_report", metavar="PATH",
+                    help="write each conformance check's outcome to PATH as JSON")
+    parser.addini("phi_quant_backend", "backend checked by a BackendConformance class that names none", default="")
+    parser.addini("phi_quant_streaming", "run the conformance kit's peak-RSS check", type="bool", default=True)
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "phi_quant_streaming: the conformance kit's peak-RSS check (slow); "
+        "deselect with -m 'not phi_quant_streaming'")
+    path = config.getoption("phi_quant_report", default=None)
+    if path:
+        config.pluginmanager.register(_JsonReport(Path(path)), "phi_quant_kit_report")
+
+
+class _JsonReport:
+    """Collects ``{name, passed, message}`` per test: the message is the failure or the measurement."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        name = report.nodeid.rsplit("::", 1)[-1]
+        name = name[5:] if name.startswith("test_") else name
+        if report.when == "call" or report.outcome != "passed":
+            if name in self.results and report.when == "teardown" and report.outcome == "passed":
+                return
+            self.results.setdefault(name, {"name": name, "passed": True, "message": ""})
+            entry = self.results[name]
+            if report.failed:
+                entry["passed"] = False
+                entry["message"] = _crash(report)
+            elif report.skipped:
+                entry["message"] = "skipped: " + _crash(report)
+            else:
+                entry["message"] = "; ".join(str(v) for k, v in report.user_properties if k == "result")
+
+    def pytest_sessionfinish(self, session: Any) -> None:
+        self.path.write_text(json.dumps(list(self.results.values()), indent=1))
+
+
+def _crash(report: Any) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # skips: (file, line, reason)
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        return crash.message.splitlines()[0] if crash.message else ""
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""
+
+
+@pytest.fixture
+def phi_quant_backend(request: Any) -> Any:
+    """The backend named by ``--phi-quant-backend`` or the ``phi_quant_backend`` ini option."""
+    from phi_quant.plugins import get_manager
+
+    name = request.config.getoption("phi_quant_backend") or request.config.getini("phi_quant_backend")
+    if not name:
+        pytest.skip("no backend named: pass --phi-quant-backend NAME or set phi_quant_backend in the ini file")
+    return get_manager().get(name)
