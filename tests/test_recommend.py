@@ -75,3 +75,22 @@ def test_machine_profile_uses_detected_hardware(phi35):
     assert p.memory_bytes == 24 * GIB and p.backends[0] == "onnx"
     assert machine_profile(16 * GIB, apple_silicon=True).backends[0] == "mlx"
     assert estimate_memory(phi35, "int4", 1024).kv_cache * 4 == estimate_memory(phi35, "int4", 4096).kv_cache
+
+
+def test_cli_recommend_iot_vs_ai_pc_and_refusal():
+    import json
+
+    from click.testing import CliRunner
+
+    from phi_quant.cli import cli
+
+    runner = CliRunner()
+    iot = runner.invoke(cli, ["recommend", "tiny:phi4-mini", "--target", "iot", "--json"])
+    pc = runner.invoke(cli, ["recommend", "tiny:phi4-mini", "--target", "ai-pc", "--json"])
+    assert iot.exit_code == 0 and pc.exit_code == 0, iot.output + pc.output
+    iot_r, pc_r = json.loads(iot.output), json.loads(pc.output)
+    assert iot_r["precision"] == "int4" and pc_r["precision"] == "fp16"
+    assert iot_r["reason"] != pc_r["reason"] and "-o tiny-phi4-mini-llamacpp-int4" in iot_r["command"]
+    refused = runner.invoke(cli, ["recommend", "tiny:phi4-mini", "--target", "iot", "--precision", "fp16",
+                                  "--memory", "0.1"])
+    assert refused.exit_code == 2 and "fp16 does not fit" in refused.output

@@ -257,7 +257,8 @@ def recommend(
     opt_args = " ".join(
         f"{_CLI_FLAGS[k]} {v}" if k in _CLI_FLAGS else f"--option {k}={v}" for k, v in opts.items()
     )
-    command = f"phi-quant quantize {model_name} --backend {b} --precision {p} -o {model_name.split('/')[-1]}-{b}-{p}"
+    stem = model_name.rstrip("/").split("/")[-1].replace(":", "-")
+    command = f"phi-quant quantize {model_name} --backend {b} --precision {p} -o {stem}-{b}-{p}"
     if context_length != 4096:
         command += f" --context-length {context_length}"
     if opt_args:
