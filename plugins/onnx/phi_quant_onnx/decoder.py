@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from phi_quant.errors import UnsupportedModelError
+from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
 from phi_quant.model.tensors import SourceTensor, TensorRole
 
@@ -59,8 +59,8 @@ class AttentionPlan:
     reason: str
 
 
-def attention_plan(config: PhiConfig, target: str = "cpu") -> AttentionPlan:
-    """Pick how attention and rotary are expressed for this head shape and target."""
+def attention_plan(config: PhiConfig, target: str = "cpu", rotary: str = "auto") -> AttentionPlan:
+    """Pick how attention and rotary are expressed for this head shape, target and user choice."""
     head = config.head_dim
     half = config.rope.rotary_dim // 2
     if head % C.GQA_HEAD_MULTIPLE:
@@ -70,9 +70,16 @@ def attention_plan(config: PhiConfig, target: str = "cpu") -> AttentionPlan:
         )
     if target == "dml":
         return AttentionPlan("rotary_op", "DirectML runs rotary as a separate RotaryEmbedding op (as the builder does)")
+    if rotary == "op":
+        return AttentionPlan("rotary_op", "RotaryEmbedding ops requested (--option rotary=op)")
     fits = head % C.GQA_ROTARY_HEAD_MULTIPLE == 0 and half % C.GQA_ROTARY_HALF_MULTIPLE == 0 and half <= head // 2
     if fits:
         return AttentionPlan("gqa_rotary", "rotary fused into GroupQueryAttention")
+    if rotary == "fused":
+        raise UnsupportedPrecisionError(
+            f"--option rotary=fused: ONNX Runtime's GroupQueryAttention cannot rotate head_size {head} with a "
+            f"cos/sin width of {half} (needs head_size % 16 == 0, width % 8 == 0 and <= head_size/2); use rotary=auto"
+        )
     return AttentionPlan(
         "rotary_op",
         f"GroupQueryAttention's fused rotary needs head_size % 16 == 0 and a cos/sin width (rotary_dim/2 = {half}) "
@@ -105,7 +112,7 @@ class Phi3OnnxDecoder:
         self.settings = settings
         self.writer = writer
         self.g = GraphBuilder()
-        self.plan = attention_plan(config, settings.target)
+        self.plan = attention_plan(config, settings.target, settings.rotary)
         self.io_kind = settings.io_dtype
         self.io_type = ONNX_FLOAT_TYPES[self.io_kind][0]
         self.context_length = int(settings.context_length or config.max_position_embeddings)

@@ -41,6 +41,7 @@ class OnnxGenaiModel:
         self.genai_config = json.loads(cfg_file.read_text(encoding="utf-8"))
         model_cfg = self.genai_config["model"]
         self.vocab_size = int(model_cfg["vocab_size"])
+        self.vocab_size_out = self.vocab_size  # rows of the graph's logits output
         self.context_length = int(options.get("context_length") or model_cfg["context_length"])
         eos = model_cfg.get("eos_token_id")
         self.eos_ids = [int(x) for x in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
@@ -78,8 +79,23 @@ class OnnxGenaiModel:
             raise ValueError(f"{len(ids)} tokens exceed the context length {self.context_length}")
         gen = self._generator(len(ids) + 1)
         gen.append_tokens(np.asarray(ids, dtype=np.int32))
-        out = np.asarray(gen.get_output(C.LOGITS), dtype=np.float32)
-        return out.reshape(len(ids), -1)[:, : self.vocab_size].copy()
+        out = np.array(gen.get_output(C.LOGITS), dtype=np.float32)
+        return out.reshape(len(ids), -1)[:, : self.vocab_size]
+
+    def incremental_logits(self, ids: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+        """Logits through the KV cache: float32 [1 + len(continuation), vocab].
+
+        Row 0 is the last position of the prompt run; row i is the step that appended
+        ``continuation[i-1]`` alone, reading every earlier position from genai's KV cache.
+        """
+        ids, continuation = [int(x) for x in ids], [int(x) for x in continuation]
+        gen = self._generator(len(ids) + len(continuation) + 1)
+        gen.append_tokens(np.asarray(ids, dtype=np.int32))
+        rows = [np.array(gen.get_output(C.LOGITS), dtype=np.float32).reshape(-1, self.vocab_size_out)[-1]]
+        for tok in continuation:
+            gen.append_tokens(np.asarray([tok], dtype=np.int32))
+            rows.append(np.array(gen.get_output(C.LOGITS), dtype=np.float32).reshape(-1, self.vocab_size_out)[-1])
+        return np.stack(rows)[:, : self.vocab_size]
 
     def generate_ids(self, ids: Sequence[int], max_new_tokens: int = 32) -> list[int]:
         """Greedy continuation of ``ids`` (new tokens only), stopping at EOS or ``max_new_tokens``."""

@@ -4,7 +4,9 @@ Every refusal happens here, before a byte is written, with a message naming the 
 Backend options (``--option key=value``): ``block_size`` (MatMulNBits block, default 32; also
 ``--group-size``), ``accuracy_level`` (0-4, default 4 on cpu, 0 elsewhere), ``lm_head`` and
 ``embeddings`` (storage of those two tensors: int4, int8, fp16, fp32, bf16), ``context_length``
-(rows of the rotary caches and genai's default max_length; also ``--context-length``).
+(rows of the rotary caches and genai's default max_length; also ``--context-length``),
+``rotary`` (auto, fused or op: where the rotary embedding runs; auto fuses it into attention
+whenever ONNX Runtime's kernel accepts the head shape).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ __all__ = ["OnnxSettings", "settings_from_options", "STORAGE_KINDS", "KNOWN_EXTR
 
 #: How one weight can be stored: float copies, or MatMulNBits blocks.
 STORAGE_KINDS = ("fp32", "fp16", "bf16", "int8", "int4")
-KNOWN_EXTRA = ("block_size", "accuracy_level", "lm_head", "embeddings", "context_length", "symmetric", "target")
+KNOWN_EXTRA = ("block_size", "accuracy_level", "lm_head", "embeddings", "context_length", "symmetric", "target", "rotary")
+ROTARY_CHOICES = ("auto", "fused", "op")
 DEFAULT_BLOCK_SIZE = 32
 
 
@@ -40,6 +43,7 @@ class OnnxSettings:
     symmetric: bool = True
     accuracy_level: int = 4
     context_length: int | None = None
+    rotary: str = "auto"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -145,7 +149,11 @@ def settings_from_options(options: ExportOptions, config: PhiConfig | None = Non
         ctx = int(ctx)
         if ctx <= 0:
             raise UnsupportedPrecisionError(f"context_length must be positive, got {ctx}")
+    rotary = str(options.get("rotary", "auto")).lower()
+    if rotary not in ROTARY_CHOICES:
+        raise UnsupportedPrecisionError(f"--option rotary={rotary!r} is not one of {', '.join(ROTARY_CHOICES)}")
     return OnnxSettings(
+        rotary=rotary,
         precision=precision,
         target=target,
         io_dtype=io_dtype,
