@@ -33,7 +33,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("peak_rss_bytes", "run RSS (MiB)", "mib"),
 )
 
-_MARKERS = {"llamacpp": "o", "onnx": "s", "openvino": "^", "mlx": "D", "reference": "x"}
+_MARKERS = {"llamacpp": "o", "onnx": "s", "openvino": "^", "mlx": "D", "reference": "X"}
 _COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "bf16": "#17becf", "int8": "#ff7f0e", "int4": "#d62728"}
 
 
