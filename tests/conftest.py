@@ -1,7 +1,7 @@
 """Shared fixtures for the core tests: a clean plugin manager and fake in-process backends.
 
 The fake ``npy`` backend is a complete, honest backend: it quantizes (fp32 copy or int8 per-row),
-streams tensors into ``.npy`` files, and loads them back into the numpy oracle, so ``convert``,
+streams tensors into ``.npz`` files, and loads them back into the numpy oracle, so ``convert``,
 ``run`` and ``eval`` can be tested end to end without any vendor runtime.
 """
 
@@ -38,7 +38,10 @@ class NpyModel:
         from phi_quant.reference import ReferenceModel
 
         self.config = normalize_config(json.loads((path / "config.json").read_text()))
-        weights = {f.stem: np.load(f) for f in sorted((path / "weights").glob("*.npy"))}
+        weights = {}
+        for f in sorted((path / "weights").glob("*.npz")):
+            with np.load(f) as a:
+                weights[f.stem] = a["w"] if "w" in a else a["q"].astype(np.float32) * a["scale"]
         self.ref = ReferenceModel(self.config, weights=weights)
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
 
@@ -61,7 +64,7 @@ class NpyModel:
 
 
 class NpyBackend:
-    """Fake backend writing one ``.npy`` per tensor; ``fail_after=N`` raises at the N-th tensor."""
+    """Fake backend writing one ``.npz`` per tensor (quantized arrays as stored); ``fail_after=N`` raises at the N-th tensor."""
 
     def __init__(self, name: str = "npy", *, fail_after: int | None = None, contract: str = HOOK_CONTRACT_VERSION,
                  interrupt: bool = False):
@@ -112,8 +115,8 @@ class NpyBackend:
                     raise KeyboardInterrupt
                 raise RuntimeError("injected failure in the middle of export")
             qt = self.quantize(t, options)
-            rel = f"weights/{t.name}.npy"
-            np.save(output_dir / rel, qt.dequantize())
+            rel = f"weights/{t.name}.npz"
+            np.savez(output_dir / rel, **qt.arrays)
             files.append(rel)
             progress.advance(t.nbytes, t.name)
         shutil.copy(source.path / "config.json", output_dir / "config.json")
@@ -121,7 +124,7 @@ class NpyBackend:
         files += ["config.json", "tokenizer.json"]
         scheme = "f32" if options.precision == "fp32" else "int8-row"
         return ExportResult(files=files, scheme=scheme, details={"tensors": len(files) - 2},
-                            run_instructions="```python\nimport numpy as np  # load weights/*.npy\n```",
+                            run_instructions="```python\nimport numpy as np  # load weights/*.npz\n```",
                             notes=["norms stay float32"])
 
     @hookimpl

@@ -41,7 +41,7 @@ def test_hook_export_writes_manifest_card_and_moves_atomically(manager, npy_back
     assert leftovers(out.parent, {"out"}) == [], "temporary directory left behind"
     # the backend streamed every tensor and reported the bytes it consumed
     assert progress.done == progress.total > 0 and progress.finished
-    assert len(list((out / "weights").glob("*.npy"))) == len(progress.items)
+    assert len(list((out / "weights").glob("*.npz"))) == len(progress.items)
     m = read_manifest(out)
     assert m["backend"]["name"] == "npy" and m["precision"] == "int8" and m["scheme"] == "int8-row"
     assert m["options"]["extra"] == {"note": 3}
@@ -185,3 +185,20 @@ def test_npy_fake_matches_the_oracle_at_fp32(tiny, tmp_path, manager, npy_backen
         ids = src.hf_tokenizer().encode("The quick brown fox", add_special_tokens=False).ids
         np.testing.assert_allclose(model.logits(ids), ref.logits(ids), rtol=0, atol=1e-5)
     model.close()
+
+
+def test_eval_refuses_the_wrong_reference_and_warns_about_a_changed_one(manager, npy_backend, tiny, tmp_path):
+    out = tmp_path / "out"
+    convert(tiny, "npy", ExportOptions("fp32"), out)
+    res = invoke("eval", out, "--reference", "tiny:phi3-mini")
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --reference tiny:phi3-mini has"), lines
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny, changed)
+    cfg = json.loads((changed / "config.json").read_text())
+    cfg["comment"] = "edited after conversion"
+    (changed / "config.json").write_text(json.dumps(cfg))
+    res = invoke("eval", out, "--reference", changed, "--json", "--max-text-tokens", "16", "--gen-tokens", "2")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["warnings"] == ["config.json of the reference differs from the one npy output was made from"]

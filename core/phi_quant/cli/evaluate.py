@@ -10,23 +10,25 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 import click
 import numpy as np
 
-from ..manifest import MANIFEST_NAME
+from ..errors import BadInputError
+from ..manifest import MANIFEST_NAME, read_manifest
 from ._common import emit_json, fmt_bytes, json_option
 from .run import open_output
 
-__all__ = ["command", "evaluate", "bundled_text", "output_size"]
+__all__ = ["command", "evaluate", "eval_prompts", "bundled_text", "output_size"]
 
 
 def bundled_text() -> str:
-    """The English text shipped with phi-quant for perplexity."""
-    return resources.files("phi_quant").joinpath("data/eval_text.txt").read_text(encoding="utf-8")
+    """The English passage shipped with phi-quant for perplexity."""
+    from ..fidelity import eval_text
+
+    return eval_text()
 
 
 def output_size(path: Path) -> int:
@@ -41,10 +43,48 @@ def _peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _prompts_for(config: Any) -> list[str]:
-    from ..testing.prompts import test_prompts
+def eval_prompts(reference: str, source: Any) -> list[str]:
+    """The test prompts: the tiny variant's own set, or the same kinds rendered for any checkpoint."""
+    from ..convert import TINY_PREFIX
+    from ..testing import prompts as tp
 
-    return list(test_prompts(config))
+    if str(reference).startswith(TINY_PREFIX):
+        return list(tp.test_prompts(str(reference)[len(TINY_PREFIX):]))
+    out = [tp.ASCII_PROMPT, tp.UNICODE_PROMPT, tp.EMOJI_PROMPT]
+    template = getattr(source, "chat_template", None)
+    if template:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        tc = getattr(source, "tokenizer_config", {}) or {}
+        tokens = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in tc.items()
+                  if k in ("bos_token", "eos_token")}
+        messages = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Write one sentence about the sea."}]
+        try:
+            out.append(ImmutableSandboxedEnvironment().from_string(template).render(
+                messages=messages, add_generation_prompt=True, **tokens))
+        except Exception:  # noqa: BLE001 - an odd template only costs the chat prompt
+            pass
+    if source.config.rope.is_longrope:
+        out.append(tp.LONG_PROMPT)
+    return out
+
+
+def provenance_warnings(manifest: dict[str, Any], reference: str, source: Any) -> list[str]:
+    """Say so when the reference is not the checkpoint the output was converted from."""
+    from ..manifest import source_record
+
+    made_from = manifest.get("source", {})
+    now = source_record(str(reference), source)
+    warnings = []
+    for name, entry in made_from.get("files", {}).items():
+        current = now["files"].get(name)
+        if current is not None and current["sha256"] != entry.get("sha256"):
+            warnings.append(f"{name} of the reference differs from the one {manifest['backend']['name']} output was made from")
+    if made_from.get("weights_bytes") and made_from["weights_bytes"] != now["weights_bytes"]:
+        warnings.append(f"the reference has {now['weights_bytes']} bytes of weights, the output was made from "
+                        f"{made_from['weights_bytes']}")
+    return warnings
 
 
 def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_tokens: int = 256,
@@ -54,9 +94,17 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
     from ..fidelity import compare_logits, perplexity
     from ..reference import ReferenceModel
 
+    manifest_only = read_manifest(output)
     with open_source(reference) as src:
+        made_from = manifest_only.get("source", {}).get("parameters")
+        if made_from is not None and made_from != src.config.parameter_count():
+            raise BadInputError(
+                f"--reference {reference} has {src.config.parameter_count():,} parameters but {output} was converted "
+                f"from a model with {made_from:,}; pass the checkpoint it was made from "
+                f"({manifest_only['source'].get('model')})"
+            )
         tok = src.hf_tokenizer()
-        prompts = _prompts_for(src.config)
+        prompts = eval_prompts(reference, src)
         seqs: list[list[int]] = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
         seqs = [s for s in seqs if len(s) >= 2]
         text_ids = tok.encode(text if text is not None else bundled_text(), add_special_tokens=False).ids[:max_text_tokens]
@@ -79,6 +127,7 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
         finally:
             model.close()
         peak_rss = _peak_rss_bytes()
+        warnings = provenance_warnings(manifest, reference, src)
 
         ref_model = ReferenceModel.from_source(src)
         ref = [np.asarray(ref_model.logits(ids), dtype=np.float32) for ids in seqs]
@@ -106,6 +155,7 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
             "generated_tokens": n_gen,
         },
         "memory": {"peak_rss_bytes": peak_rss},
+        "warnings": warnings,
     }
 
 
@@ -128,6 +178,8 @@ def command(output, reference, text_file, max_text_tokens, gen_tokens, context_l
         emit_json(r)
         return
     f, s = r["fidelity"], r["speed"]
+    for w in r["warnings"]:
+        click.echo(f"Warning: {w}", err=True)
     click.echo(f"{r['backend']} {r['precision']} ({r['scheme']}), {fmt_bytes(r['size_bytes'])}")
     click.echo(f"KL(oracle||model) mean {f['kl_mean']:.3g}, max {f['kl_max']:.3g}; top-1 agreement "
                f"{100 * f['top1_agreement']:.1f}%; cosine {f['cosine_mean']:.5f}; max |dlogit| {f['max_abs_diff']:.3g} "
