@@ -40,7 +40,7 @@ def _to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType) -> np.ndarray:
+def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "tensor") -> np.ndarray:
     """Encode a 2-D block of rows (stored dtype, bf16 as uint16) as ggml ``ggml_type`` bytes."""
     import phi_quant.quant as q
 
@@ -48,11 +48,11 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType) -> np.ndarray:
     if t == GGMLType.F32:
         return _to_f32(raw, dtype).view(np.uint8)
     if t == GGMLType.F16:
-        return np.asarray(q.to_float16(raw, src_dtype=dtype)).view(np.uint8)
+        return np.asarray(q.to_float16(raw, src_dtype=dtype, name=name)).view(np.uint8)
     if t == GGMLType.BF16:
-        return np.asarray(q.to_bfloat16(raw, src_dtype=dtype)).view(np.uint8)
+        return np.asarray(q.to_bfloat16(raw, src_dtype=dtype, name=name)).view(np.uint8)
     if t in (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1):
-        out = np.asarray(q.ggml_quantize(raw, t.name, src_dtype=dtype))
+        out = np.asarray(q.ggml_quantize(raw, t.name, src_dtype=dtype, name=name))
         return out.view(np.uint8).reshape(raw.shape[0], -1)
     raise ValueError(f"{t.name} is not made by phi-quant's kernel")
 
@@ -62,7 +62,7 @@ def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[
     raw = tensor.raw()
     if raw.ndim == 1:
         check_finite(raw, tensor.dtype, tensor.name)
-        yield _to_f32(raw, tensor.dtype).view(np.uint8) if ggml_type == GGMLType.F32 else encode_rows(raw[None, :], tensor.dtype, ggml_type)
+        yield _to_f32(raw, tensor.dtype).view(np.uint8) if ggml_type == GGMLType.F32 else encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name)
         return
     rows = raw.reshape(-1, raw.shape[-1])
     row_bytes = rows.shape[1] * rows.dtype.itemsize
@@ -70,7 +70,7 @@ def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[
     for r0 in range(0, rows.shape[0], step):
         block = rows[r0 : r0 + step]
         check_finite(block, tensor.dtype, tensor.name)
-        yield encode_rows(block, tensor.dtype, ggml_type)
+        yield encode_rows(block, tensor.dtype, ggml_type, tensor.name)
 
 
 def row_bytes(ggml_type: GGMLType, k: int) -> int:

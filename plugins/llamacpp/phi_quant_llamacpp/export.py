@@ -147,6 +147,11 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         notes.append(f"{scheme} made by llama.cpp's llama_model_quantize from a lossless {lossless} GGUF (removed)")
 
     counts = Counter(types.values())
+    if cfg.sliding_window and cfg.sliding_window < cfg.max_position_embeddings:
+        notes.append(
+            f"sliding window {cfg.sliding_window}: llama.cpp runs Phi-3 models with full attention (its Phi SWA is "
+            f"disabled), so prompts longer than {cfg.sliding_window} tokens differ from transformers"
+        )
     if cfg.rope.is_longrope:
         notes.append(
             f"LongRoPE: llama.cpp uses the long factors for the whole run when loaded with a context above "

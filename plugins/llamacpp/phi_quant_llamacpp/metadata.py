@@ -20,8 +20,7 @@ __all__ = ["model_metadata", "model_name"]
 def model_name(config: PhiConfig, tokenizer_json_has_phi3_rstrip: bool) -> str:
     """``general.name``. llama.cpp switches on Phi-3's right-strip of special tokens when the
     name contains "phi-3"/"phi3", so the name is chosen from the tokenizer, not the family label."""
-    base = config.family.replace("/", "or").replace(" ", "")
-    base = base.replace("phi-3", "phi_3").replace("phi3", "phi_3")
+    base = config.family.replace("phi-3", "Phi 3").replace("phi3", "Phi 3")
     return f"phi-3 ({base})" if tokenizer_json_has_phi3_rstrip else base
 
 

@@ -1,0 +1,13 @@
+"""phi-quant's conformance kit run against this backend (every variant x declared precision).
+
+The kit's streaming check converts its generated ~1.1 GB checkpoint to Q4_0 (int4) in a
+subprocess and requires peak RSS below 600 MiB.
+"""
+
+from phi_quant.testing.kit import BackendConformance
+
+
+class TestLlamaCppConformance(BackendConformance):
+    backend = "llamacpp"
+    rss_limit_mb = 600.0
+    streaming_precisions = ("int4",)

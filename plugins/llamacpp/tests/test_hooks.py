@@ -1,0 +1,66 @@
+"""The hooks as the core sees them: discovery by entry point, reports, refusals, atomic export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.types import ExportOptions, NullProgress
+from phi_quant_llamacpp import plugin
+
+
+def test_entry_point_is_registered():
+    from importlib.metadata import entry_points
+
+    eps = {e.name: e for e in entry_points(group="phi_quant")}
+    assert eps["llamacpp"].load() is plugin
+
+
+def test_reports():
+    info = plugin.backend_info()
+    assert (info.name, info.format, info.distribution) == ("llamacpp", "GGUF", "phi-quant-llamacpp")
+    hw = plugin.detect_hardware()
+    assert hw.available and hw.devices[0]["type"] == "cpu" and "system_info" in hw.details
+    assert isinstance(hw.details["supports_gpu_offload"], bool)
+    specs = {s.precision: s for s in plugin.supported_precisions()}
+    assert specs["int4"].scheme == "Q4_0" and "Q4_K_M" in specs["int4"].schemes
+    assert all(s.thresholds is not None for s in specs.values())
+
+
+def test_refusals(sources, tmp_path):
+    src = sources("phi4-mini")
+    with pytest.raises(UnsupportedPrecisionError, match="belongs to --precision int4"):
+        plugin.export(source=src, output_dir=tmp_path, options=ExportOptions(precision="int8", scheme="Q4_K_M"), progress=NullProgress())
+    with pytest.raises(UnsupportedPrecisionError, match="matched no tensor"):
+        plugin.export(source=src, output_dir=tmp_path, options=ExportOptions(precision="int4", extra={"tensor_types": "nonexistent=Q8_0"}), progress=NullProgress())
+    with pytest.raises(UnsupportedPrecisionError, match="needs llama.cpp's quantizer"):
+        plugin.export(source=src, output_dir=tmp_path, options=ExportOptions(precision="int4", extra={"tensor_types": "token_embd=Q6_K"}), progress=NullProgress())
+    assert not list(tmp_path.iterdir())
+
+
+def test_per_tensor_override(sources, tmp_path):
+    import gguf
+
+    src = sources("phi3-mini")
+    opts = ExportOptions(precision="int4", extra={"tensor_types": "token_embd=Q8_0,output=F16"})
+    (tmp_path / "a").mkdir()
+    res = plugin.export(source=src, output_dir=tmp_path / "a", options=opts, progress=NullProgress())
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "a" / res.files[0])).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["output.weight"] == "F16" and types["blk.0.attn_qkv.weight"] == "Q4_0"
+    (tmp_path / "b").mkdir()
+    opts = ExportOptions(precision="int4", scheme="Q4_K_M", extra={"tensor_types": "token_embd=Q8_0"})
+    res = plugin.export(source=src, output_dir=tmp_path / "b", options=opts, progress=NullProgress())
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "b" / res.files[0])).tensors}
+    assert types["token_embd.weight"] == "Q8_0"
+    assert [p.name for p in (tmp_path / "b").iterdir()] == res.files, "the lossless temporary GGUF must be removed"
+
+
+@pytest.mark.parametrize("scheme", ["Q4_K_M", "Q6_K"])
+def test_quantize_hook_k_quants_dequantize_close(sources, scheme):
+    src = sources("phi4-mini")
+    t = next(t for t in src.tensors() if t.role.value == "gate_up")
+    q = plugin.quantize(tensor=t, options=ExportOptions(precision="int4" if scheme == "Q4_K_M" else "int8", scheme=scheme))
+    w = t.to_float32()
+    err = np.abs(q.dequantize() - w).max() / np.abs(w).max()
+    assert q.shape == w.shape and err < 0.2
