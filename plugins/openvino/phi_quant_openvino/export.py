@@ -21,9 +21,10 @@ from phi_quant.types import ExportOptions, ExportResult, Progress
 from . import constants as C
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
-from .packing import dequantize, pack
+from .packing import dequantize, pack, row_chunks
 from .schemes import TensorScheme, plan_weights, resolve_options
 from .tokenizer_ir import write_tokenizer_irs
+from .weights import array_layout, packed_nbytes
 
 __all__ = ["export_model", "run_instructions"]
 
@@ -35,11 +36,19 @@ def _sensitivity(source, candidates: set[str]) -> dict[str, float]:
     for t in source.tensors():
         if t.name not in candidates:
             continue
-        w = t.to_float32()
-        err = (dequantize(pack(t, backup), backup, t.shape) - w) ** 2
-        scores[t.name] = 1.0 / (float(err.mean(axis=1).max()) + float(np.finfo(np.float32).eps))
-        del w, err
+        worst = 0.0
+        for r0, r1 in row_chunks(t):
+            w = _rows_f32(t, r0, r1)
+            err = (dequantize(pack(t, backup, (r0, r1)), backup, (r1 - r0, t.shape[1])) - w) ** 2
+            worst = max(worst, float(err.mean(axis=1).max()))
+        scores[t.name] = 1.0 / (worst + float(np.finfo(np.float32).eps))
     return scores
+
+
+def _rows_f32(t, r0: int, r1: int) -> np.ndarray:
+    from phi_quant import quant as q
+
+    return q.to_float32(t.raw()[r0:r1], t.dtype)
 
 
 def _generation_config(source) -> dict:
@@ -91,10 +100,14 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
             if not keys:
                 raise ExportFailedError(f"internal error: tensor {t.name} has no constant in the IR")
             scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
-            arrays = pack(t, scheme)
-            for key in keys:
-                writer.write(t.name, key, arrays[key])
-            del arrays
+            layout = array_layout(scheme, t.shape) if t.role.is_matmul else {"weight": ("f32", t.shape)}
+            for r0, r1 in row_chunks(t):
+                arrays = pack(t, scheme, (r0, r1))
+                for key in keys:
+                    ov_type, shape = layout[key]
+                    per_row = int(np.prod(shape)) // t.shape[0] if len(t.shape) > 1 else 0
+                    writer.write(t.name, key, arrays[key], at=packed_nbytes(ov_type, (r0 * per_row,)))
+                del arrays
             progress.advance(t.nbytes, t.name)
         missing = writer.missing()
         if missing:

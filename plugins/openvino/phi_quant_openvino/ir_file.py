@@ -78,27 +78,29 @@ class BinWriter:
         self._fd = os.open(bin_path, os.O_WRONLY)
         self._slots: dict[tuple[str, str], Slot] = {(s.tensor_name, s.key): s for s in slots}
         self._offsets = offsets
-        self._written: set[str] = set()
+        self._written: dict[str, int] = {}
 
     def keys_for(self, tensor_name: str) -> list[str]:
         return [k for (t, k) in self._slots if t == tensor_name]
 
-    def write(self, tensor_name: str, key: str, array: np.ndarray) -> None:
+    def write(self, tensor_name: str, key: str, array: np.ndarray, at: int = 0) -> None:
+        """Write ``array``'s bytes ``at`` bytes into the constant of (tensor, key)."""
         slot = self._slots[(tensor_name, key)]
         data = np.ascontiguousarray(array)
-        if data.nbytes != slot.nbytes:
+        if at + data.nbytes > slot.nbytes:
             raise ExportFailedError(
-                f"internal error: {slot.const_name} packs to {data.nbytes} bytes, the IR expects {slot.nbytes}"
+                f"internal error: {slot.const_name} gets bytes up to {at + data.nbytes}, the IR holds {slot.nbytes}"
             )
         view = memoryview(data.reshape(-1).view(np.uint8))
-        offset = self._offsets[slot.const_name]
+        offset = self._offsets[slot.const_name] + at
         while view:
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
-        self._written.add(slot.const_name)
+        self._written[slot.const_name] = self._written.get(slot.const_name, 0) + data.nbytes
 
     def missing(self) -> list[str]:
-        return sorted(s.const_name for s in self._slots.values() if s.const_name not in self._written)
+        """Constants not (completely) written yet."""
+        return sorted(s.const_name for s in self._slots.values() if self._written.get(s.const_name, 0) != s.nbytes)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -18,12 +18,33 @@ from phi_quant.model.tensors import SourceTensor
 from . import constants as C
 from .schemes import TensorScheme
 
-__all__ = ["pack", "dequantize"]
+__all__ = ["pack", "dequantize", "row_chunks", "CHUNK_ELEMENTS"]
 
 
-def pack(tensor: SourceTensor, scheme: TensorScheme) -> dict[str, np.ndarray]:
-    """Arrays for ``tensor`` under ``scheme``, keyed like :func:`.weights.array_layout`."""
+#: Elements converted per chunk: rows are independent in every scheme (scales run along K), so
+#: a big tensor is packed a few MB at a time and the temporaries never reach the tensor's size.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) of about CHUNK_ELEMENTS each; r0 is even so 4-bit data starts on a byte."""
+    n = tensor.shape[0]
+    per_row = int(np.prod(tensor.shape[1:])) if len(tensor.shape) > 1 else 1
+    rows = max(2, (CHUNK_ELEMENTS // max(per_row, 1)) // 2 * 2)
+    if len(tensor.shape) == 1:
+        return [(0, n)]
+    return [(r, min(n, r + rows)) for r in range(0, n, rows)]
+
+
+def byte_offset(ov_type_bits: int, elements_before: int) -> int:
+    return elements_before * ov_type_bits // 8
+
+
+def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`."""
     raw = tensor.raw()
+    if rows is not None and len(tensor.shape) > 1:
+        raw = raw[rows[0] : rows[1]]
     check_finite(raw, tensor.name, dtype=tensor.dtype)
     if tensor.role.is_norm or scheme.mode == C.FP32:
         return {"weight": q.to_float32(raw, tensor.dtype, name=tensor.name)}

@@ -130,7 +130,11 @@ def resolve_options(options: ExportOptions) -> ResolvedOptions:
         if preset:
             raise UnsupportedPrecisionError(f"preset {preset!r} is an int4 preset; use --precision int4")
         mode = C.INT8_SYM if options.symmetric else C.INT8_ASYM
-        s = TensorScheme(mode, group)
+        if group is not None:
+            raise UnsupportedPrecisionError(
+                "OpenVINO int8 is per output channel (NNCF's int8 modes take no group size); drop --group-size"
+            )
+        s = TensorScheme(mode)
         return ResolvedOptions(precision, s, s, 1.0, True, None)
     if precision == "int4":
         if preset:
