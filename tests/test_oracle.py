@@ -1,0 +1,97 @@
+"""The numpy oracle against transformers' Phi3ForCausalLM, and the HF tokenizer against tokenizers.
+
+The oracle is only worth trusting if an independent implementation agrees with it: every tiny
+variant, every test prompt (on the LongRoPE variants one shorter and one longer than the
+original context, so both factor sets are compared), float32 and eager attention on both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from phi_quant.model.source import open_model  # noqa: E402
+from phi_quant.reference import ReferenceModel  # noqa: E402
+from phi_quant.testing.factory import VARIANTS, cached_checkpoint  # noqa: E402
+from phi_quant.testing.prompts import chat_prompt, test_prompts  # noqa: E402
+
+TOLERANCE = 1e-4
+
+_cache: dict[str, tuple] = {}
+
+
+def _models(variant: str):
+    """(source, oracle, transformers model, tokenizers.Tokenizer), built once per variant."""
+    if variant not in _cache:
+        path = cached_checkpoint(variant)
+        src = open_model(path)
+        hf = transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        _cache[variant] = (src, ReferenceModel.from_source(src), hf.eval(), src.hf_tokenizer())
+    return _cache[variant]
+
+
+def _hf_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_oracle_logits_match_transformers(variant):
+    src, ref, hf, tok = _models(variant)
+    lengths = []
+    for prompt in test_prompts(variant):
+        ids = tok.encode(prompt, add_special_tokens=False).ids
+        lengths.append(len(ids))
+        ours, theirs = ref.logits(ids), _hf_logits(hf, ids)
+        assert ours.shape == (len(ids), src.config.vocab_size) and ours.dtype == np.float32
+        diff = float(np.abs(ours - theirs).max())
+        print(f"{variant} {len(ids):4d} tokens: max |dlogit| {diff:.2e}")
+        assert diff <= TOLERANCE, (variant, prompt[:40], diff)
+    orig = src.config.rope.original_max_position
+    if src.config.rope.is_longrope:  # both factor sets were exercised
+        assert min(lengths) <= orig < max(lengths), (lengths, orig)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v in ("phi3.5-longrope", "phi4-mini")])
+def test_longrope_factor_choice_is_visible(variant):
+    """Picking the wrong factor set moves the logits far beyond the tolerance (so the test above bites)."""
+    src, ref, hf, tok = _models(variant)
+    long_ids = tok.encode(test_prompts(variant)[-1], add_special_tokens=False).ids
+    rope = src.config.rope
+    wrong = dataclasses.replace(src.config, rope=dataclasses.replace(rope, original_max_position=len(long_ids)))
+    wrong_logits = ReferenceModel(wrong, ref.w).logits(long_ids)
+    assert np.abs(wrong_logits - _hf_logits(hf, long_ids)).max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_generation_matches_transformers(variant):
+    src, ref, hf, tok = _models(variant)
+    ids = tok.encode(test_prompts(variant)[0], add_special_tokens=False).ids
+    ours = ref.generate(ids, max_new_tokens=6)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, use_cache=False,
+                          eos_token_id=None, pad_token_id=src.config.pad_token_id)
+    assert ours == out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hf_tokenizer_agrees_with_tokenizers(variant):
+    """transformers' AutoTokenizer and PreTrainedTokenizerFast produce the ids of tokenizer.json."""
+    src, _, _, tok = _models(variant)
+    auto = transformers.AutoTokenizer.from_pretrained(src.path)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(src.path / "tokenizer.json"))
+    for prompt in test_prompts(variant):
+        want = tok.encode(prompt, add_special_tokens=False).ids
+        assert auto.encode(prompt, add_special_tokens=False) == want, prompt
+        assert fast.encode(prompt, add_special_tokens=False) == want, prompt
+        assert auto.decode(want) == tok.decode(want, skip_special_tokens=False)
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Write one sentence about the sea."}]
+    assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_prompt(variant)
+    for name in ("<|end|>", "<|user|>", "<|assistant|>") if "<|end|>" in auto.get_vocab() else ("<|im_end|>",):
+        assert auto.convert_tokens_to_ids(name) == tok.token_to_id(name)
