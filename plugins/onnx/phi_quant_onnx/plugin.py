@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from phi_quant.hookspecs import hookimpl
+from phi_quant.quant import matmulnbits_dequantize
 from phi_quant.model.tensors import SourceTensor, TensorRole
 from phi_quant.types import (
     BackendInfo,
@@ -29,18 +30,21 @@ from .export import export_model
 from .hardware import detect
 from .runtime import OnnxGenaiModel
 from .settings import DEFAULT_BLOCK_SIZE, settings_from_options
-from .weights import check_finite, dequantize_nbits, pack_nbits
+from .weights import check_finite, pack_nbits
 
 __all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
-#: Bounds per precision (default options, cpu target), from the measurements recorded in
-#: docs/fidelity.md (worst tiny variant, with margin). fp32 is held to the issue's hard bound.
+#: Bounds per precision (default options, cpu target): the worst tiny variant measured in
+#: docs/fidelity.md (bf16 and f32 checkpoints) with a 2-3x margin. fp32 is held to the issue's hard
+#: bound. The tiny random models are far more sensitive to 4-bit weights than real ones (KL 0.3-1.6
+#: there); the int4/int8 graphs themselves are checked much tighter against the oracle run on the
+#: dequantized weights (tests/test_variants.py).
 THRESHOLDS = {
     "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
-    "fp16": FidelityThresholds(kl_max=1e-4, top1_min=0.97),
-    "bf16": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
-    "int8": FidelityThresholds(kl_max=1e-3, top1_min=0.95),
-    "int4": FidelityThresholds(kl_max=5e-2, top1_min=0.80),
+    "fp16": FidelityThresholds(kl_max=1e-4, top1_min=0.98),
+    "bf16": FidelityThresholds(kl_max=2e-3, top1_min=0.95),
+    "int8": FidelityThresholds(kl_max=3e-2, top1_min=0.85),
+    "int4": FidelityThresholds(kl_max=4.0, top1_min=0.30),
 }
 
 _DESCRIPTIONS = {
@@ -111,11 +115,11 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
     role = TensorRole(tensor.role)
     kind = _storage_for(role, settings)
     shape = tuple(tensor.shape)
-    w = tensor.to_float32()
-    check_finite(w, tensor)
     if kind in ("int4", "int8"):
         bits = settings.bits(kind)
-        B, scales, zp = pack_nbits(w.reshape(shape[0], -1), bits, settings.block_size, settings.symmetric)
+        B, scales, zp = pack_nbits(
+            tensor.raw(), tensor.dtype, bits, settings.block_size, settings.symmetric, settings.io_dtype, tensor.name
+        )
         arrays = {"B": B, "scales": scales}
         if zp is not None:
             arrays["zero_points"] = zp
@@ -125,9 +129,11 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
             scheme=settings.nbits_scheme(kind),
             shape=shape,
             arrays=arrays,
-            dequantize=lambda: dequantize_nbits(B, scales, zp, bits=bits, block_size=settings.block_size, k=k),
+            dequantize=lambda: matmulnbits_dequantize(B, scales, zp, bits=bits, block_size=settings.block_size, k=k),
             meta={"bits": bits, "block_size": settings.block_size, "symmetric": settings.symmetric, "K": k, "N": shape[0]},
         )
+    w = tensor.to_float32()
+    check_finite(w, tensor)
     transposed = role.is_matmul and role != TensorRole.EMBED
     stored = convert(np.ascontiguousarray(w.T) if transposed else w, "f32", kind)
 

@@ -31,7 +31,6 @@ __all__ = [
     "write_float_transposed",
     "write_nbits",
     "pack_nbits",
-    "dequantize_nbits",
     "check_finite",
     "CHUNK_ELEMENTS",
 ]
@@ -99,26 +98,29 @@ class NBitsTensors:
 
 
 def pack_nbits(
-    w: np.ndarray, bits: int, block_size: int, symmetric: bool
+    rows: np.ndarray, src_dtype: str, bits: int, block_size: int, symmetric: bool, scale_kind: str = "fp32",
+    name: str = "tensor",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MatMulNBits B/scales/zero_points of float32 rows ``[n, K]`` through phi-quant's kernel.
+    """MatMulNBits B/scales/zero_points of raw rows ``[n, K]`` through phi-quant's kernel.
 
-    Returns ``B`` uint8 ``[n, k_blocks, blob]``, ``scales`` float32 ``[n, k_blocks]`` and packed
-    ``zero_points`` uint8 ``[n, zp_cols]`` (None when symmetric: the runtime then uses 2^(bits-1)).
+    Returns ``B`` uint8 ``[n, k_blocks, blob]``, ``scales`` ``[n, k_blocks]`` in the activation
+    type (float32, or float16 for fp16 targets: the kernel quantizes with the scale as stored, as
+    onnxruntime's own quantizer does) and packed ``zero_points`` uint8 (None when symmetric: the
+    runtime then uses 2^(bits-1)). The kernel raises BadWeightsError on NaN/Inf.
     """
     try:
         from phi_quant.quant import matmulnbits_quantize
     except ImportError as exc:  # pragma: no cover - the core always ships the kernel
         raise KernelError(f"phi_quant.quant.matmulnbits_quantize is unavailable: {exc}") from exc
-    B, scales, zp = matmulnbits_quantize(w, bits=bits, block_size=block_size, symmetric=symmetric)
-    n, k = w.shape
+    scale_dtype = {"fp32": "f32", "fp16": "f16"}[scale_kind]
+    B, scales, zp = matmulnbits_quantize(
+        rows, bits=bits, block_size=block_size, symmetric=symmetric, src_dtype=src_dtype, scale_dtype=scale_dtype, name=name
+    )
+    n, k = rows.shape
     k_blocks = -(-k // block_size)
     B = np.asarray(B, dtype=np.uint8).reshape(n, k_blocks, block_size * bits // 8)
-    scales = np.asarray(scales, dtype=np.float32).reshape(n, k_blocks)
-    if symmetric:
-        zp = None
-    else:
-        zp = np.asarray(zp, dtype=np.uint8).reshape(n, -1)
+    scales = np.asarray(scales).reshape(n, k_blocks)
+    zp = None if symmetric or zp is None else np.asarray(zp, dtype=np.uint8).reshape(n, -1)
     return B, scales, zp
 
 
@@ -142,16 +144,14 @@ def write_nbits(
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
     for r0 in range(0, n, step):
-        rows = to_float32(raw[r0 : r0 + step], tensor.dtype)
-        check_finite(rows, tensor)
-        B, scales, zp = pack_nbits(rows, bits, block_size, symmetric)
+        B, scales, zp = pack_nbits(raw[r0 : r0 + step], tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name)
         writer.write(B)
         scales_parts.append(scales)
         if zp is not None:
             zp_parts.append(zp)
     b_proto = writer.end()
     scales_all = np.concatenate(scales_parts, axis=0)
-    scales_proto = writer.add(f"{prefix}.scales", convert(scales_all, "f32", scale_kind), ONNX_FLOAT_TYPES[scale_kind][0])
+    scales_proto = writer.add(f"{prefix}.scales", scales_all, ONNX_FLOAT_TYPES[scale_kind][0])
     zp_proto = writer.add(f"{prefix}.zero_points", np.concatenate(zp_parts, axis=0)) if zp_parts else None
     gather = TensorProto()
     gather.CopyFrom(b_proto)
@@ -160,21 +160,3 @@ def write_nbits(
     gather.dims.extend([n, k_blocks * blob])
     return NBitsTensors(b_proto, scales_proto, zp_proto, gather, n, k, bits, block_size)
 
-
-def dequantize_nbits(
-    B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *, bits: int, block_size: int, k: int
-) -> np.ndarray:
-    """float32 [N, K] that MatMulNBits computes with: (q - zero_point) * scale per block."""
-    n, k_blocks, _ = B.shape
-    if bits == 4:
-        q = np.stack([B & 0x0F, B >> 4], axis=-1).reshape(n, k_blocks, block_size)
-    else:
-        q = B.reshape(n, k_blocks, block_size)
-    if zero_points is None:
-        zp = np.full((n, k_blocks), 1 << (bits - 1), dtype=np.float32)
-    elif bits == 4:
-        zp = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(n, -1)[:, :k_blocks].astype(np.float32)
-    else:
-        zp = zero_points.reshape(n, -1)[:, :k_blocks].astype(np.float32)
-    w = (q.astype(np.float32) - zp[..., None]) * scales.astype(np.float32)[..., None]
-    return w.reshape(n, k_blocks * block_size)[:, :k]

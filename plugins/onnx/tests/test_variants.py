@@ -61,3 +61,29 @@ def test_longrope_prompts_cover_both_caches(variant, sources, oracle):
     assert rope.is_longrope
     lengths = [len(ids) for _, ids, _ in oracle(variant)[1]]
     assert min(lengths) <= rope.original_max_position < max(lengths)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_quantized_graph_equals_oracle_on_dequantized_weights(variant, precision, sources, exported, oracle):
+    """With accuracy_level 0 (no activation quantization) the MatMulNBits / GatherBlockQuantized
+    graph must compute exactly what the oracle computes on the weights our quantize hook dequantizes:
+    this checks packing, shapes and tied sharing far tighter than the end-to-end KL bound."""
+    from phi_quant.reference import ReferenceModel
+    from phi_quant.types import ExportOptions
+
+    src = sources(variant)
+    tied = src.config.tie_word_embeddings
+    hook_options = ExportOptions(precision=precision, extra={"embeddings": precision if tied else "fp16"})
+    weights = {t.name: plugin.quantize(tensor=t, options=hook_options).dequantize() for t in src.tensors()}
+    deq = ReferenceModel(src.config, weights)
+    out, result = exported(variant, precision, accuracy_level=0)
+    assert result.details["embeddings"] == (precision if tied else "fp16")
+    model = plugin.load_model(path=out, options={})
+    try:
+        for _, ids, _ in oracle(variant)[1]:
+            want, got = deq.logits(ids), model.logits(ids)
+            assert np.abs(want - got).max() <= 1e-3
+            assert (want.argmax(-1) == got.argmax(-1)).all()
+    finally:
+        model.close()
