@@ -39,8 +39,8 @@ THRESHOLDS = {
     "fp32": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
     "fp16": FidelityThresholds(kl_max=1e-6, top1_min=0.99, max_abs_logit=1e-3),
     "bf16": FidelityThresholds(kl_max=1e-6, top1_min=1.0, max_abs_logit=1e-3),
-    "int8": FidelityThresholds(kl_max=1e-2, top1_min=0.95),
-    "int4": FidelityThresholds(kl_max=1.5, top1_min=0.25),
+    "int8": FidelityThresholds(kl_max=2e-2, top1_min=0.90),
+    "int4": FidelityThresholds(kl_max=3.0, top1_min=0.25),
 }
 
 _DESCRIPTIONS = {

@@ -20,6 +20,7 @@ import numpy as np
 
 from phi_quant import quant
 from phi_quant.errors import BadWeightsError, UnsupportedPrecisionError
+from phi_quant.model.checks import check_finite
 from phi_quant.model.tensors import SourceTensor
 from phi_quant.types import ExportOptions, QuantizedTensor
 
@@ -70,28 +71,29 @@ def resolve_scheme(options: ExportOptions) -> Scheme:
             raise UnsupportedPrecisionError(
                 f"unknown {base.precision} scheme {options.scheme!r}; write it as int{base.bits}_sym_g64 or int{base.bits}_asym_g32")
         group, symmetric = int(m["group"]), m["kind"] == "sym"
-    if group < 16 or group & (group - 1):
-        raise UnsupportedPrecisionError(f"group size {group} must be a power of two of at least 16")
+    if group not in quant.MATMULNBITS_BLOCK_SIZES:
+        raise UnsupportedPrecisionError(f"group size {group} is not one of {quant.MATMULNBITS_BLOCK_SIZES}")
     return Scheme(base.precision, base.bits, group, symmetric)
 
 
 def encode(tensor: SourceTensor, scheme: Scheme) -> QuantizedTensor:
     """Quantize one source tensor; refuses NaN/Inf with an error naming the tensor."""
-    w = tensor.to_float32()
-    if not np.isfinite(w).all():
-        raise BadWeightsError(f"tensor {tensor.name} holds NaN or Inf values; the checkpoint is damaged, "
-                              "re-download or re-save it")
-    stored = "fp32" if w.ndim == 1 else scheme.name
+    check_finite(tensor)  # on the stored bytes, without a float copy
+    raw, src = tensor.raw(), tensor.dtype
+    stored = "fp32" if len(tensor.shape) == 1 else scheme.name
     if stored == "fp32":
-        arrays = {"weight": w}
+        arrays = {"weight": quant.to_float32(raw, src)}
     elif stored == "fp16":
-        arrays = {"weight": w.astype(np.float16)}
+        arrays = {"weight": quant.to_float16(raw, src)}
+        if not np.isfinite(arrays["weight"]).all():
+            raise BadWeightsError(f"tensor {tensor.name} has values beyond the fp16 range; export bf16 or fp32")
     elif stored == "bf16":
-        arrays = {"weight": tensor.raw().copy() if tensor.dtype == "bf16" else quant.to_bfloat16(w, "f32")}
+        arrays = {"weight": quant.to_bfloat16(raw, src)}
     else:
         blocks, scales, zero_points = quant.matmulnbits_quantize(
-            w, bits=scheme.bits, block_size=scheme.group_size, symmetric=scheme.symmetric)
-        arrays = {"blocks": blocks, "scales": np.asarray(scales, np.float32)}
+            raw, bits=scheme.bits, block_size=scheme.group_size, symmetric=scheme.symmetric,
+            src_dtype=src, name=tensor.name)
+        arrays = {"blocks": blocks, "scales": scales}
         if zero_points is not None:
             arrays["zero_points"] = zero_points
     shape = tuple(tensor.shape)
@@ -104,20 +106,6 @@ def decode(arrays: dict[str, np.ndarray], scheme: str, shape: tuple[int, ...]) -
         return (arrays["weight"].astype(np.uint32) << 16).view(np.float32).reshape(shape)
     if "weight" in arrays:
         return arrays["weight"].astype(np.float32).reshape(shape)
-    bits = int(scheme[3])
-    blocks, scales = arrays["blocks"], arrays["scales"]
-    rows, n_blocks, group = blocks.shape[0], blocks.shape[1], blocks.shape[2] * 8 // bits
-    q = _unpack(blocks, bits).reshape(rows, n_blocks, group).astype(np.float32)
-    if "zero_points" in arrays:
-        zero = _unpack(arrays["zero_points"], bits)[:, :n_blocks].astype(np.float32)
-    else:
-        zero = np.full((rows, n_blocks), 2 ** (bits - 1), np.float32)
-    w = (q - zero[..., None]) * scales[..., None]
-    return w.reshape(rows, n_blocks * group)[:, : shape[-1]].reshape(shape)
-
-
-def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 -> one value per element; for 4 bits the low nibble comes first."""
-    if bits == 8:
-        return packed
-    return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    m = _INT_SCHEME.match(scheme)
+    return quant.matmulnbits_dequantize(arrays["blocks"], arrays["scales"], arrays.get("zero_points"),
+                                        bits=int(m["bits"]), block_size=int(m["group"]), k=shape[-1]).reshape(shape)
