@@ -1,0 +1,240 @@
+"""Every way a checkpoint can be broken gives one clear error that says what to do next."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from phi_quant.errors import BadWeightsError, CheckpointError, UnsupportedModelError
+from phi_quant.model.checks import check_finite
+from phi_quant.model.safetensors_io import read_header
+from phi_quant.model.source import open_model
+from phi_quant.testing.factory import cached_checkpoint, make_checkpoint
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A private, writable copy of the tiny phi3-mini checkpoint (2 shards)."""
+    path = tmp_path / "ck"
+    shutil.copytree(cached_checkpoint("phi3-mini"), path)
+    return path
+
+
+def _shard(path, k=1):
+    return path / f"model-0000{k}-of-00002.safetensors"
+
+
+def _edit_config(path, **change):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(change)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_truncated_shard(ckpt):
+    f = _shard(ckpt, 2)
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match=r"truncated.*Re-download"):
+        open_model(ckpt)
+
+
+def test_file_shorter_than_its_header(ckpt):
+    _shard(ckpt).write_bytes(b"\x01\x02\x03")
+    with pytest.raises(CheckpointError, match="truncated"):
+        open_model(ckpt)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: struct.pack("<Q", 10**9) + b[8:],  # header length beyond the file
+        lambda b: b[:8] + b"{not json" + b[17:],  # header bytes are not JSON
+        lambda b: b[:8] + b"\xff\xfe" + b[10:],  # not UTF-8
+    ],
+    ids=["length", "json", "utf8"],
+)
+def test_corrupt_header(ckpt, mangle):
+    f = _shard(ckpt)
+    f.write_bytes(mangle(f.read_bytes()))
+    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
+        open_model(ckpt)
+
+
+def _rewrite_header(f, edit):
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    f.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n :])
+
+
+def test_offsets_that_disagree_with_the_shape(ckpt):
+    def edit(h):
+        h["model.embed_tokens.weight"]["shape"] = [512, 255]
+
+    _rewrite_header(_shard(ckpt), edit)
+    with pytest.raises(CheckpointError, match=r"model.embed_tokens.weight.*spans bytes"):
+        open_model(ckpt)
+
+
+def test_unsupported_dtype_in_header(ckpt):
+    def edit(h):
+        h["model.norm.weight"] = dict(h.get("model.norm.weight") or h["model.layers.1.input_layernorm.weight"], dtype="F8_E4M3")
+
+    _rewrite_header(_shard(ckpt, 2), edit)
+    with pytest.raises(CheckpointError, match="F8_E4M3"):
+        read_header(_shard(ckpt, 2))
+
+
+def test_bad_config_json(ckpt):
+    (ckpt / "config.json").write_text('{"architectures": ["Phi3ForCausalLM"],')
+    with pytest.raises(CheckpointError, match=r"config.json is not valid JSON"):
+        open_model(ckpt)
+
+
+def test_bad_index_json(ckpt):
+    (ckpt / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="no weight_map"):
+        open_model(ckpt)
+
+
+def test_missing_shard(ckpt):
+    _shard(ckpt, 2).unlink()
+    with pytest.raises(CheckpointError, match=r"shard model-00002-of-00002.safetensors .* missing.*fetch it again"):
+        open_model(ckpt)
+
+
+def test_index_references_a_tensor_its_shard_lacks(ckpt):
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.9.mlp.down_proj.weight"] = "model-00001-of-00002.safetensors"
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model.layers.9.mlp.down_proj.weight"):
+        open_model(ckpt)
+
+
+def test_missing_tensor_and_wrong_shape(ckpt):
+    _edit_config(ckpt, tie_word_embeddings=False, intermediate_size=256)
+    with pytest.raises(CheckpointError, match=r"gate_up_proj.weight has shape \[1024, 256\] but config.json implies \[512, 256\]"):
+        open_model(ckpt)
+
+
+def test_untied_config_without_lm_head(tmp_path):
+    path = tmp_path / "ck"
+    shutil.copytree(cached_checkpoint("phi4-mini"), path)
+    _edit_config(path, tie_word_embeddings=False)
+    with pytest.raises(CheckpointError, match=r"lm_head.weight is missing .*tie_word_embeddings=false"):
+        open_model(path)
+
+
+def test_no_weights_at_all(ckpt):
+    for f in ckpt.glob("model*"):
+        f.unlink()
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        open_model(ckpt)
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "consolidated.pt"])
+def test_pickle_checkpoints_are_refused_without_unpickling(ckpt, name, tmp_path):
+    for f in ckpt.glob("model*"):
+        f.unlink()
+    # A pickle that would run code if it were ever loaded.
+    marker = tmp_path / "pwned"
+    (ckpt / name).write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    for target in (ckpt, ckpt / name):
+        with pytest.raises(CheckpointError, match=r"pickled PyTorch checkpoint.*never unpickles.*safetensors"):
+            open_model(target)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "arch, model_type",
+    [("Phi3SmallForCausalLM", "phi3small"), ("PhiMoEForCausalLM", "phimoe"), ("PhiForCausalLM", "phi"),
+     ("LlamaForCausalLM", "llama")],
+)
+def test_other_architectures_are_refused_by_name(ckpt, arch, model_type):
+    _edit_config(ckpt, architectures=[arch], model_type=model_type)
+    with pytest.raises(UnsupportedModelError) as e:
+        open_model(ckpt)
+    assert arch in str(e.value) and "Supported: Phi3ForCausalLM" in str(e.value)
+
+
+def test_split_projection_checkpoints_are_refused(ckpt, tmp_path):
+    """A Llama-style checkpoint mislabeled as Phi3 (separate q/k/v) is named as such."""
+    def edit(h):
+        h["model.layers.0.self_attn.q_proj.weight"] = h.pop("model.layers.0.self_attn.qkv_proj.weight")
+
+    _rewrite_header(_shard(ckpt), edit)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.0.self_attn.q_proj.weight"] = index["weight_map"].pop(
+        "model.layers.0.self_attn.qkv_proj.weight")
+    index["weight_map"].pop("model.layers.1.self_attn.qkv_proj.weight")
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    for f in ckpt.glob("model-00002*"):
+        _rewrite_header(f, lambda h: h.pop("model.layers.1.self_attn.qkv_proj.weight", None))
+    with pytest.raises(UnsupportedModelError, match="fused qkv_proj"):
+        open_model(ckpt)
+
+
+def test_not_a_directory_or_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        open_model(tmp_path / "nope" / "deeper" / "x")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        open_model(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="pass the checkpoint directory"):
+        open_model(tmp_path / "weights.safetensors")
+
+
+def test_hub_id_while_offline_says_how_to_pass_a_directory(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(**kwargs):
+        assert kwargs["repo_id"] == "microsoft/Phi-4-mini-instruct"
+        assert "*.safetensors" in kwargs["allow_patterns"] and not any(".bin" in p for p in kwargs["allow_patterns"])
+        raise LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"microsoft/Phi-4-mini-instruct.*local directory"):
+        open_model("microsoft/Phi-4-mini-instruct")
+
+
+def test_hub_download_goes_through_snapshot_download(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        return str(cached_checkpoint("phi4"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.chdir(tmp_path)
+    src = open_model("someone/tiny-phi4", revision="abc123")
+    assert seen["revision"] == "abc123" and src.config.is_gqa
+
+
+def test_nan_and_inf_weights_are_named(tmp_path):
+    path = make_checkpoint("phi4", tmp_path / "ck", num_shards=1)
+    name = "model.layers.1.mlp.down_proj.weight"
+    offset = read_header(path / "model.safetensors").entries[name].offset
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[offset + 2 * 77 : offset + 2 * 78] = np.array([0x7FC0], np.uint16).tobytes()  # bf16 NaN
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with open_model(path) as src:
+        for other in src.tensors(split=True):
+            if other.name != name:
+                check_finite(other)
+        with pytest.raises(BadWeightsError, match=r"model.layers.1.mlp.down_proj.weight holds 1 NaN/Inf"):
+            check_finite(src.tensor("down", 1))
+    with pytest.raises(BadWeightsError, match="my-tensor"):
+        check_finite(np.array([1.0, np.inf], np.float32), "my-tensor")
+    with pytest.raises(BadWeightsError):
+        check_finite(np.array([1.0, np.nan], np.float16), "h")
+    check_finite(np.array([0x7F7F, 0xFF7F], np.uint16), "max-bf16", dtype="bf16")  # largest finite values pass

@@ -1,0 +1,76 @@
+"""Streaming: reading every byte of a >= 1 GB checkpoint costs about one tensor of memory."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+
+from phi_quant.model.safetensors_io import read_header
+from phi_quant.testing.factory import make_large_checkpoint
+from phi_quant.testing.rss import run_with_peak_rss
+
+RSS_LIMIT = 400 * 2**20
+
+_READ_ALL = """
+import numpy as np
+from phi_quant.model.source import open_model
+total, nbytes, biggest = 0, 0, 0
+with open_model({path!r}) as src:
+    for t in src.tensors({split}):
+        flat = t.raw().reshape(-1)
+        for start in range(0, flat.size, 1 << 22):  # touch every element
+            total += int(flat[start:start + (1 << 22)].sum(dtype=np.uint64))
+        nbytes += flat.nbytes
+        biggest = max(biggest, flat.nbytes)
+        del flat
+print(nbytes, total, biggest)
+"""
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    path = tmp_path_factory.mktemp("large-ckpt")
+    make_large_checkpoint(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _checksum(path) -> tuple[int, int]:
+    """Sum of every stored 16-bit word, read straight from the files (independent of ModelSource)."""
+    total = nbytes = 0
+    for f in sorted(path.glob("*.safetensors")):
+        for e in read_header(f).entries.values():
+            with open(f, "rb") as fh:
+                fh.seek(e.offset)
+                left = e.nbytes
+                while left:
+                    chunk = np.frombuffer(fh.read(min(left, 1 << 23)), np.uint16)
+                    total += int(chunk.sum(dtype=np.uint64))
+                    left -= chunk.nbytes
+            nbytes += e.nbytes
+    return nbytes, total
+
+
+@pytest.mark.parametrize("split", ["split=False", "split=True"])
+def test_reading_every_tensor_of_1gb_stays_under_400mb(large, split):
+    result = run_with_peak_rss(textwrap.dedent(_READ_ALL.format(path=str(large), split=split)), timeout=300)
+    assert result.returncode == 0, result.output
+    nbytes, total, biggest = (int(x) for x in result.output.split())
+    print(f"{split}: read {nbytes / 1e9:.2f} GB, largest tensor {biggest / 2**20:.0f} MiB, "
+          f"peak RSS {result.peak_rss / 2**20:.0f} MiB")
+    assert nbytes >= 1_100_000_000
+    assert result.peak_rss < RSS_LIMIT
+    if split == "split=False":
+        assert (nbytes, total) == _checksum(large)  # every byte really was read, and read right
+
+
+def test_the_measurement_can_fail(large):
+    """Keeping every tensor alive must blow the limit: the RSS number is real, not a constant."""
+    code = _READ_ALL.format(path=str(large), split="").replace("        del flat\n", "        keep.append(flat)\n")
+    code = "keep = []\n" + code
+    result = run_with_peak_rss(textwrap.dedent(code), timeout=300)
+    assert result.returncode == 0, result.output
+    assert result.peak_rss > 1_000_000_000
