@@ -199,3 +199,23 @@ def test_progress_is_silent_when_quiet_or_not_a_terminal(capsys):
 
     assert isinstance(make_progress(quiet=True), NullProgress)
     assert isinstance(make_progress(stream=io.StringIO()), NullProgress)
+
+
+def test_progress_bar_on_a_terminal_counts_bytes():
+    import io
+
+    from phi_quant.progress import TqdmProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = make_progress(stream=stream, description="convert")
+    assert isinstance(bar, TqdmProgress)
+    bar.start(3 * 1024**2, "npy int8")
+    bar.advance(1024**2, "model.embed_tokens.weight")
+    bar.advance(2 * 1024**2, "lm_head.weight")
+    bar.finish()
+    text = stream.getvalue()
+    assert "npy int8" in text and "3.00M/3.00M" in text
