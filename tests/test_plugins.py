@@ -82,6 +82,8 @@ def test_broken_plugins_are_reported_by_name_and_others_keep_working(site):
     assert [p.precision for p in mgr.get("fakegood").precisions()] == ["int4", "fp16"]
     with pytest.raises(PluginError, match="fakeold.*hook contract 0.3"):
         mgr.get("fakeold")
+    with pytest.raises(PluginError, match="could not be imported.*pip install --force-reinstall phi-quant-fakebroken"):
+        mgr.get("fakebroken")
 
 
 def test_cli_plugins_lists_failures_and_still_works(site, monkeypatch):

@@ -340,8 +340,10 @@ class PhiQuant:
             return self._backends[name]
         for f in self._failures:
             if f.name == name:
-                hint = f"pip install --force-reinstall {f.distribution}" if f.distribution else "fix the plugin"
-                raise PluginError(name, f"{f.error} (try: {hint})")
+                hint = ""
+                if f.error.startswith("could not be imported") and f.distribution:
+                    hint = f" (try: pip install --force-reinstall {f.distribution})"
+                raise PluginError(name, f"{f.error}{hint}")
         installed = ", ".join(sorted(self._backends)) or "none"
         allow = ""
         if self._allow is not None:
