@@ -54,11 +54,11 @@ def fidelity() -> None:
 
 
 def large() -> None:
-    from phi_quant.testing.factory import make_large_checkpoint
+    from phi_quant.testing.kit_streaming import large_checkpoint
     from phi_quant.testing.rss import run_with_peak_rss
 
     with tempfile.TemporaryDirectory() as d:
-        ckpt = Path(make_large_checkpoint(Path(d) / "ckpt"))
+        ckpt = large_checkpoint()  # generated once, cached with the tiny checkpoints
         size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
         print(f"checkpoint {size / 1e9:.2f} GB")
         print("| scheme | seconds | MB/s (source) | peak RSS MiB | output MB |")
@@ -75,9 +75,9 @@ def large() -> None:
                     plugin.export(source=src, output_dir=Path({str(out)!r}), options=ExportOptions(precision={precision!r}, scheme={scheme!r}), progress=NullProgress())
             """)
             t0 = time.perf_counter()
-            peak = run_with_peak_rss(code)
+            result = run_with_peak_rss(code, check=True)
             dt = time.perf_counter() - t0
-            peak = getattr(peak, "peak_rss", peak)
+            peak = result.peak_rss
             osize = sum(f.stat().st_size for f in out.iterdir())
             print(f"| {scheme} | {dt:.1f} | {size / 1e6 / dt:.0f} | {peak / 2**20:.0f} | {osize / 1e6:.0f} |")
             sys.stdout.flush()
