@@ -46,32 +46,111 @@ def _missing() -> None:
         )
 
 
+_DTYPE = {"f32": 0, "f16": 1, "bf16": 2}
+_NP = {"f32": np.float32, "f16": np.uint16, "bf16": np.uint16}
+_GGML = {"Q4_0": (2, 18), "Q4_1": (3, 20), "Q8_0": (8, 34)}
+
+
+def _src(w: np.ndarray):
+    """Pointer and row stride (in elements) of a 2-D array with adjacent elements in each row."""
+    return ffi.cast("const void *", w.ctypes.data), w.strides[0] // w.itemsize
+
+
+def _ptr(a: np.ndarray | None):
+    return ffi.NULL if a is None else ffi.cast("void *", a.ctypes.data)
+
+
+def _check(rc: int, bad, name: str) -> None:
+    if rc == 0:
+        return
+    if rc == lib.PQ_ERR_NONFINITE:
+        raise _checks.not_finite(name, int(bad[0]))
+    if rc == lib.PQ_ERR_NOMEM:
+        raise MemoryError(f"tensor {name}: the quantization kernel could not allocate its row buffers")
+    raise KernelError(f"tensor {name}: the quantization kernel rejected its arguments (code {rc}); this is a bug")
+
+
 def convert(w, src, dst, threads):
+    """Dense array of ``w``'s values in ``dst`` (f16/bf16 as uint16 bits), any number of dims."""
     if lib is None:
         _missing()
         return None
-    return None
+    shape = w.shape
+    flat = np.ascontiguousarray(w).reshape(-1, shape[-1] if w.ndim and shape[-1] else 1) if w.size else None
+    if flat is None:
+        return np.zeros(shape, _NP[dst])
+    out = np.empty(flat.shape, _NP[dst])
+    p, stride = _src(flat)
+    rc = lib.pq_convert(p, _DTYPE[src], flat.shape[0], flat.shape[1], stride, _DTYPE[dst], _ptr(out), threads)
+    _check(rc, None, "tensor")
+    return out.reshape(shape)
 
 
 def ggml(w, src, scheme, threads, name):
     if lib is None:
         _missing()
-    return None
+        return None
+    n, k = w.shape
+    code, nbytes = _GGML[scheme]
+    out = np.empty((n, k // 32 * nbytes), np.uint8)
+    bad = ffi.new("int64_t *")
+    p, stride = _src(w)
+    rc = lib.pq_ggml_quantize(p, _DTYPE[src], n, k, stride, code, _ptr(out), threads, bad)
+    _check(rc, bad, name)
+    return out
 
 
 def matmulnbits(w, src, bits, block_size, symmetric, scale_dtype, threads, name):
     if lib is None:
         _missing()
-    return None
+        return None
+    n, k = w.shape
+    kb = -(-k // block_size)
+    B = np.empty((n, kb, block_size * bits // 8), np.uint8)
+    scales = np.empty((n, kb), np.float32 if scale_dtype == "f32" else np.float16)
+    zp = None if symmetric else np.empty((n, (kb * bits + 7) // 8), np.uint8)
+    bad = ffi.new("int64_t *")
+    p, stride = _src(w)
+    rc = lib.pq_matmulnbits_quantize(p, _DTYPE[src], n, k, stride, bits, block_size, int(symmetric),
+                                     _DTYPE[scale_dtype], _ptr(B), _ptr(scales), _ptr(zp), threads, bad)
+    _check(rc, bad, name)
+    return B, scales, zp
 
 
 def mlx(w, src, bits, group_size, scale_dtype, threads, name):
     if lib is None:
         _missing()
-    return None
+        return None
+    n, k = w.shape
+    wq = np.empty((n, k * bits // 32), np.uint32)
+    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
+    scales = np.empty((n, k // group_size), sdt)
+    biases = np.empty((n, k // group_size), sdt)
+    bad = ffi.new("int64_t *")
+    p, stride = _src(w)
+    rc = lib.pq_mlx_quantize(p, _DTYPE[src], n, k, stride, bits, group_size, _DTYPE[scale_dtype],
+                             _ptr(wq), _ptr(scales), _ptr(biases), threads, bad)
+    _check(rc, bad, name)
+    return wq, scales, biases
 
 
 def nncf(w, src, mode, group_size, threads, name):
+    """(q, float32 scale, int32 zero point or None) shaped like :func:`reference.nncf`."""
     if lib is None:
         _missing()
-    return None
+        return None
+    bits, sym = {"int4_sym": (4, True), "int4_asym": (4, False), "int8_sym": (8, True), "int8_asym": (8, False)}[mode]
+    n, k = w.shape
+    g = k if group_size is None else group_size
+    q = np.empty((n, k), np.int8 if sym else np.uint8)
+    scale = np.empty((n, k // g), np.float32)
+    zp = None if sym else np.empty((n, k // g), np.uint8)
+    bad = ffi.new("int64_t *")
+    p, stride = _src(w)
+    rc = lib.pq_nncf_quantize(p, _DTYPE[src], n, k, stride, bits, int(sym), g, _ptr(q), _ptr(scale), _ptr(zp),
+                              threads, bad)
+    _check(rc, bad, name)
+    if group_size is None:
+        return q, scale, None if zp is None else zp.astype(np.int32)
+    shape = (n, k // g, 1)
+    return q.reshape(n, k // g, g), scale.reshape(shape), None if zp is None else zp.reshape(shape).astype(np.int32)

@@ -69,7 +69,8 @@ def roundf(v: np.ndarray) -> np.ndarray:
     """C ``roundf``: nearest integer, halves away from zero (exact in float32)."""
     a = np.abs(v)
     f = np.floor(a)
-    r = f + (a - f >= F32(0.5)).astype(F32)
+    with np.errstate(invalid="ignore"):
+        r = f + (a - f >= F32(0.5)).astype(F32)
     return np.copysign(r, v).astype(F32)
 
 
@@ -99,7 +100,11 @@ def ggml_q8_0(w: np.ndarray) -> np.ndarray:
     d = amax / F32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-    q = _nan_to_zero(roundf(x * inv)).astype(np.int8)
+    with np.errstate(invalid="ignore"):
+        v = x * inv
+    a = np.abs(v)
+    r = roundf(np.where(a < F32(2**30), a, F32(0)))  # a non-finite product (1/d overflowed) gives 0
+    q = np.where(v < 0, -r, r).astype(np.int8)
     return np.concatenate([store_scale(d, "f16").view(np.uint8), q.view(np.uint8)], axis=-1).reshape(w.shape[0], -1)
 
 
@@ -109,9 +114,9 @@ def _split_half_nibbles(q: np.ndarray) -> np.ndarray:
 
 
 def _trunc_to_nibble(v: np.ndarray) -> np.ndarray:
-    """``MIN(15, (int8_t)v)`` for the non-negative ``v`` ggml produces (NaN -> 0)."""
-    v = _nan_to_zero(v)
-    return np.clip(np.trunc(np.clip(v, F32(0), F32(100))), 0, 15).astype(np.uint8)
+    """``MIN(15, (int8_t)v)`` for the non-negative ``v`` ggml produces; NaN/Inf give 0 (as on x86)."""
+    v = np.where(v < F32(2**30), v, F32(0))
+    return np.trunc(np.clip(v, F32(0), F32(15))).astype(np.uint8)
 
 
 def ggml_q4_0(w: np.ndarray) -> np.ndarray:
@@ -119,10 +124,12 @@ def ggml_q4_0(w: np.ndarray) -> np.ndarray:
     x = _blocks(w, 32)
     imax = np.abs(x).argmax(axis=-1)[..., None]
     mx = np.take_along_axis(x, imax, axis=-1)
+    mx = np.where(np.abs(mx) == 0, F32(0), mx)  # an all-zero block keeps ggml's initial +0
     d = mx / F32(-8)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-    q = _trunc_to_nibble(x * inv + F32(8.5))
+    with np.errstate(invalid="ignore"):
+        q = _trunc_to_nibble(x * inv + F32(8.5))
     return np.concatenate([store_scale(d, "f16").view(np.uint8), _split_half_nibbles(q)], axis=-1).reshape(w.shape[0], -1)
 
 

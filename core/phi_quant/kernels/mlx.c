@@ -1,0 +1,62 @@
+/* mlx affine quantization, as mx.quantize computes it on the CPU. */
+#include "pq_internal.h"
+
+typedef struct {
+    const void *src;
+    int dtype, bits, group, scale_dtype;
+    int64_t k, stride;
+    uint32_t *wq;
+    void *scales, *biases;
+} mlx_ctx;
+
+PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
+    const mlx_ctx *c = (const mlx_ctx *)vctx;
+    const float nbins = (float)((1 << c->bits) - 1);
+    const int per_word = 32 / c->bits;
+    const int64_t groups = c->k / c->group;
+    const int64_t words = c->k / per_word;
+    float q[128];
+    for (int64_t r = r0; r < r1; r++) {
+        const void *row = pq_row_ptr(c->src, c->dtype, r, c->stride);
+        const float *x = pq_row_f32(row, c->dtype, c->k, buf);
+        uint32_t *out = c->wq + (size_t)r * (size_t)words;
+        for (int64_t g = 0; g < groups; g++) {
+            const float *xg = x + g * c->group;
+            float min, max;
+            if (pq_minmax(xg, c->group, &min, &max)) return r;
+            const int use_min = pq_absf(min) > pq_absf(max);
+            float scale = (max - min) / nbins;
+            scale = scale < 1e-7f ? 1e-7f : scale;
+            scale = use_min ? scale : -scale;
+            const float edge = use_min ? min : max;
+            const float q0 = pq_rint(edge / scale);
+            float bias = 0.0f;
+            if (q0 != 0.0f) {
+                scale = edge / q0;
+                bias = edge;
+            }
+            for (int j = 0; j < c->group; j++) q[j] = pq_clampf(pq_rint((xg[j] - bias) / scale), 0.0f, nbins);
+            uint32_t *og = out + g * (c->group / per_word);
+            for (int w = 0; w < c->group / per_word; w++) {
+                uint32_t word = 0;
+                for (int e = 0; e < per_word; e++) word |= (uint32_t)q[w * per_word + e] << (e * c->bits);
+                og[w] = word;
+            }
+            pq_store_scale(c->scales, r * groups + g, c->scale_dtype, scale);
+            pq_store_scale(c->biases, r * groups + g, c->scale_dtype, bias);
+        }
+    }
+    return -1;
+}
+
+int pq_mlx_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                    int bits, int group, int scale_dtype,
+                    uint32_t *wq, void *scales, void *biases, int threads, int64_t *bad_row) {
+    if (!src || !wq || !scales || !biases || n < 1 || k < 1 || row_stride < k || src_dtype < 0 || src_dtype > 2)
+        return PQ_ERR_ARGS;
+    if ((bits != 4 && bits != 8) || (group != 32 && group != 64 && group != 128) || k % group)
+        return PQ_ERR_ARGS;
+    if (scale_dtype < 0 || scale_dtype > 2) return PQ_ERR_ARGS;
+    mlx_ctx c = {src, src_dtype, bits, group, scale_dtype, k, row_stride, wq, scales, biases};
+    return pq_parallel_rows(n, threads, src_dtype == PQ_F32 ? 0 : k, mlx_rows, &c, bad_row);
+}

@@ -1,0 +1,64 @@
+/*
+ * phi-quant kernel: the one public header of the C quantizers.
+ *
+ * Every entry point reads a row-major [n, k] weight straight from its stored dtype
+ * (PQ_F32, PQ_F16 or PQ_BF16; rows `row_stride` elements apart, so a memory-mapped
+ * safetensors view or a row slice is read in place), splits rows across `threads`
+ * POSIX threads (each row is independent, so results never depend on the thread count)
+ * and writes the format's bytes. Rounding follows each vendor's reference exactly;
+ * phi_quant/quant/reference.py is the specification.
+ *
+ * Return codes: PQ_OK, PQ_ERR_NONFINITE (*bad_row = first row holding NaN/Inf),
+ * PQ_ERR_ARGS (an argument the Python wrapper should have refused), PQ_ERR_NOMEM.
+ *
+ * The declarations between the CDEF markers are read verbatim by core/kernel_build.py.
+ */
+#ifndef PHI_QUANT_KERNEL_H
+#define PHI_QUANT_KERNEL_H
+
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+#define PQ_OK 0
+#define PQ_ERR_NONFINITE 1
+#define PQ_ERR_ARGS 2
+#define PQ_ERR_NOMEM 3
+
+#define PQ_F32 0
+#define PQ_F16 1
+#define PQ_BF16 2
+
+#define PQ_GGML_Q4_0 2
+#define PQ_GGML_Q4_1 3
+#define PQ_GGML_Q8_0 8
+
+/* ggml blocks of 32: k % 32 == 0; dst holds n * (k/32) * block_bytes bytes. */
+int pq_ggml_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                     int ggml_type, uint8_t *dst, int threads, int64_t *bad_row);
+
+/* ONNX Runtime MatMulNBits: B [n, kb, block*bits/8], scales [n, kb] (PQ_F32 or PQ_F16),
+   zero_points [n, ceil(kb*bits/8)] (NULL when symmetric). kb = ceil(k / block). */
+int pq_matmulnbits_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                            int bits, int block, int symmetric, int scale_dtype,
+                            uint8_t *B, void *scales, uint8_t *zero_points, int threads, int64_t *bad_row);
+
+/* mlx affine: wq uint32 [n, k*bits/32], scales and biases [n, k/group] in scale_dtype. */
+int pq_mlx_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                    int bits, int group, int scale_dtype,
+                    uint32_t *wq, void *scales, void *biases, int threads, int64_t *bad_row);
+
+/* NNCF integer compression, group = k for per-channel: q [n, k] (int8 when symmetric,
+   uint8 otherwise), scale float32 [n, k/group], zero_point uint8 [n, k/group] (NULL when symmetric). */
+int pq_nncf_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                     int bits, int symmetric, int group,
+                     uint8_t *q, float *scale, uint8_t *zero_point, int threads, int64_t *bad_row);
+
+/* Plain conversion to PQ_F32, PQ_F16 or PQ_BF16 (round to nearest even); dst is [n, k] dense. */
+int pq_convert(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+               int dst_dtype, void *dst, int threads);
+
+/* Largest thread count the kernel will start (callers may ask for more). */
+int pq_max_threads(void);
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,3 @@
+from setuptools import setup
+
+setup(cffi_modules=["core/kernel_build.py:ffibuilder"])
