@@ -74,3 +74,15 @@ def test_the_measurement_can_fail(large):
     result = run_with_peak_rss(textwrap.dedent(code), timeout=300)
     assert result.returncode == 0, result.output
     assert result.peak_rss > 1_000_000_000
+
+
+def test_peak_rss_is_the_childs_own():
+    """A parent holding 300 MB must not inflate the child's figure (vfork + exec carries the parent's
+    high-water mark into ru_maxrss on Linux); the child's own allocation must show up."""
+    ballast = np.ones(300 * 2**20 // 8)
+    small = run_with_peak_rss("print('hi')")
+    big = run_with_peak_rss("import numpy as np\na = np.ones(200 * 2**20 // 8)\nprint(a.sum())")
+    assert small.returncode == 0 and small.output.strip() == "hi"
+    assert small.peak_rss < 100 * 2**20 < 200 * 2**20 < big.peak_rss < 300 * 2**20
+    assert run_with_peak_rss("import sys; sys.exit(4)").returncode == 4
+    del ballast

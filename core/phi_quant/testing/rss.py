@@ -1,8 +1,12 @@
 """Peak resident memory of Python code run in a fresh interpreter (for streaming tests and benches).
 
-On POSIX the child is reaped with ``os.wait4``, whose ``ru_maxrss`` is the kernel's own peak for
-exactly that process (and any children it waited for): no sampling, no missed spikes. Where
-``wait4`` is missing (Windows) we fall back to polling with psutil.
+The number is the kernel's own high-water mark of the child's address space (``VmHWM`` in
+``/proc/self/status``), read by the child itself at exit: no sampling, no missed spikes. We do
+not trust ``ru_maxrss`` from ``wait4``/``RUSAGE_CHILDREN`` on Linux: ``exec`` folds the memory of
+the process image it replaces into that figure, and with ``vfork`` that image is the *parent's*
+(a pytest process holding torch reports hundreds of MB before the child has done anything). It
+is used only when the child could not report (killed, or no ``/proc``: macOS, where it is exact);
+on Windows psutil polls the working set.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Mapping, NamedTuple
@@ -30,35 +35,59 @@ def _maxrss_bytes(ru_maxrss: int) -> int:
     return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
 
 
+_WRAPPER = """
+import atexit, runpy, sys
+def _report(path=sys.argv[2]):
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        with open(path, "w") as out:
+            out.write(str(kb * 1024))
+    except (OSError, StopIteration, ValueError):
+        pass
+atexit.register(_report)
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
 def run_with_peak_rss(code: str, *, timeout: float | None = None, env: Mapping[str, str] | None = None,
                       cwd: str | os.PathLike | None = None, check: bool = False) -> RssResult:
-    """Run ``code`` with ``python -c`` in a subprocess; return its exit code, peak RSS and output.
+    """Run ``code`` as ``__main__`` in a fresh Python; return its exit code, peak RSS and output.
 
     ``check=True`` raises :class:`subprocess.CalledProcessError` (with the output) on a non-zero
     exit. On timeout the child is killed and the result has returncode -9.
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=dict(env) if env is not None else None, cwd=cwd,
-    )
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    timer = threading.Timer(timeout, proc.kill) if timeout else None
-    if timer:
-        timer.start()
-    try:
-        if hasattr(os, "wait4"):
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            peak = _maxrss_bytes(usage.ru_maxrss)
-        else:  # pragma: no cover - Windows
-            peak = _poll_peak(proc)
-    finally:
+    with tempfile.TemporaryDirectory(prefix="phi-quant-rss-") as tmp:
+        script, report = os.path.join(tmp, "main.py"), os.path.join(tmp, "peak")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(code)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRAPPER, script, report], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None, cwd=cwd,
+        )
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
-            timer.cancel()
-    reader.join()
-    proc.stdout.close()  # type: ignore[union-attr]
+            timer.start()
+        try:
+            if hasattr(os, "wait4"):
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                peak = _maxrss_bytes(usage.ru_maxrss)
+            else:  # pragma: no cover - Windows
+                peak = _poll_peak(proc)
+        finally:
+            if timer:
+                timer.cancel()
+        reader.join()
+        proc.stdout.close()  # type: ignore[union-attr]
+        try:
+            with open(report) as f:
+                peak = int(f.read())
+        except (OSError, ValueError):
+            pass  # the child died before reporting: keep the (upper-bound) rusage figure
     output = b"".join(chunks).decode("utf-8", "replace")
     if check and proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, [sys.executable, "-c", "..."], output=output)

@@ -96,9 +96,9 @@ def corpus_text() -> str:
     ).read_text(encoding="utf-8")
 
 
-def _added_token(content: str, idx: int, special: bool = True) -> dict[str, Any]:
+def _added_token(content: str, idx: int, special: bool = True, rstrip: bool = False) -> dict[str, Any]:
     return {
-        "id": idx, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+        "id": idx, "content": content, "single_word": False, "lstrip": False, "rstrip": rstrip,
         "normalized": False, "special": special,
     }
 
@@ -146,10 +146,11 @@ def _sentencepiece_to_json(model: bytes, added: list[dict[str, Any]]) -> dict[st
             if left in vocab and right in vocab:
                 merges.append((-scores[pid], pid, vocab[left], vocab[right], left, right))
     merges.sort()
+    # As in Phi-3's tokenizer.json: </s> is not special and swallows whitespace after it.
     specials = [
         _added_token(sp.id_to_piece(0), 0),
         _added_token(sp.id_to_piece(1), 1),
-        _added_token(sp.id_to_piece(2), 2),
+        _added_token(sp.id_to_piece(2), 2, special=False, rstrip=True),
     ]
     return {
         "version": "1.0",
@@ -197,9 +198,9 @@ def _sentencepiece_to_json(model: bytes, added: list[dict[str, Any]]) -> dict[st
 def build_sentencepiece(*, base_size: int = 480, model_max_length: int = 4096) -> TokenizerFiles:
     """Phi-3-style tokenizer: SentencePiece BPE + byte fallback, <unk>/<s>/</s>, Phi-3 added tokens."""
     model = _train_sentencepiece(base_size)
-    added = [_added_token(t, base_size + i) for i, t in enumerate(PHI3_ADDED)]
-    # Real Phi-3 marks the placeholders and chat tokens special except <|endoftext|>'s siblings; all
-    # are "special" for decoding purposes in tokenizer.json.
+    # Phi-3's chat tokens (all but <|endoftext|>) have rstrip: the newline the chat template puts
+    # after <|user|>, <|end|>, ... is absorbed into the special token and never becomes a token.
+    added = [_added_token(t, base_size + i, rstrip=t != "<|endoftext|>") for i, t in enumerate(PHI3_ADDED)]
     tj = _sentencepiece_to_json(model, added)
     all_added = tj["added_tokens"]
     config = {
