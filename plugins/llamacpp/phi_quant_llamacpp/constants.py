@@ -11,7 +11,7 @@ from enum import IntEnum
 __all__ = [
     "GGUF_MAGIC", "GGUF_VERSION", "ALIGNMENT", "QUANTIZATION_VERSION", "ARCH",
     "ValueType", "GGMLType", "FileType", "TokenType", "BLOCK_SIZES",
-    "Key", "TensorName", "PRE_TOKENIZERS", "GPT2_PATTERN",
+    "Key", "TensorName", "LLAMA_EOG_TEXTS", "PRE_TOKENIZERS", "GPT2_PATTERN",
     "KERNEL_TYPES", "LLAMA_QUANTIZER_SCHEMES", "SCHEME_FILE_TYPES", "PRECISION_SCHEMES",
 ]
 
@@ -140,6 +140,13 @@ class Key:
     ADD_EOS = "tokenizer.ggml.add_eos_token"
     ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
     CHAT_TEMPLATE = "tokenizer.chat_template"
+    #: Our own key (llama.cpp ignores it): every id the HF generation config stops at, so
+    #: phi-quant's runtime stops where transformers does even when GGUF has no key for an id.
+    STOP_IDS = "phi_quant.stop_token_ids"
+
+
+#: Token texts llama.cpp itself treats as end-of-generation (``llama-vocab.cpp``), Phi-relevant subset.
+LLAMA_EOG_TEXTS = ("<|endoftext|>", "<|end|>", "</s>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>")
 
 
 class TensorName:

@@ -51,6 +51,18 @@ def resolve_scheme(options: ExportOptions) -> str:
     return scheme
 
 
+def _stop_ids(source) -> tuple[int, ...]:
+    """Ids generation stops at in transformers: generation_config's eos ids, else config's."""
+    gen = (getattr(source, "generation_config", None) or {}).get("eos_token_id")
+    if gen is None:
+        return tuple(source.config.eos_token_ids)
+    return tuple(gen) if isinstance(gen, list) else (int(gen),)
+
+
+def _truthy(value: object) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
 def gguf_filename(source_path: Path, scheme: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source_path).name).strip("-.") or "model"
     return f"{stem}-{scheme}.gguf"
@@ -114,6 +126,7 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         config_eos=cfg.eos_token_ids,
         config_pad=cfg.pad_token_id,
         chat_template=source.chat_template,
+        stop_ids=_stop_ids(source),
     )
     infos = source.tensor_infos()
     name = model_name(cfg, _has_phi3_rstrip(source.tokenizer_files))
@@ -140,7 +153,7 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         try:
             lossless_path = tmp / f"lossless-{lossless}.gguf"
             _write_stream(source, lossless_path, metadata, plan, rope, progress)
-            llama_quantize_file(lossless_path, out_path, scheme, overrides, options.threads)
+            llama_quantize_file(lossless_path, out_path, scheme, overrides, options.threads, _truthy(options.get("verbose")))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         types = _read_types(out_path)

@@ -9,6 +9,9 @@ from phi_quant.types import HardwareReport
 
 __all__ = ["detect"]
 
+#: Entries of ggml's system info that describe the build, not the CPU.
+_BUILD_FLAGS = {"LLAMAFILE", "OPENMP", "REPACK", "KLEIDIAI", "ACCELERATE"}
+
 
 def detect() -> HardwareReport:
     """Never raises: a missing or broken llama-cpp-python gives ``available=False`` with a note."""
@@ -17,7 +20,8 @@ def detect() -> HardwareReport:
     except Exception as e:  # noqa: BLE001 - any import failure means "not usable"
         return HardwareReport(backend="llamacpp", available=False, notes=[f"llama-cpp-python not importable: {e}"])
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
+    flags = {m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)}
+    features = sorted(flags - _BUILD_FLAGS)
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     devices = [{"name": "CPU", "type": "cpu", "threads": os.cpu_count(), "features": features}]
     accelerators = []
@@ -38,5 +42,6 @@ def detect() -> HardwareReport:
             "system_info": info.strip(),
             "supports_gpu_offload": gpu,
             "supports_mmap": bool(llama_cpp.llama_supports_mmap()),
+            "build_flags": sorted(flags & _BUILD_FLAGS),
         },
     )

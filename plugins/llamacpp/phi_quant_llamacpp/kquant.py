@@ -9,6 +9,7 @@ higher) apply, and ``tensor_types`` overrides are passed through as its tensor-t
 from __future__ import annotations
 
 import ctypes
+import logging
 import re
 from pathlib import Path
 
@@ -33,9 +34,11 @@ def override_patterns(overrides: dict[str, str]) -> list[tuple[str, int]]:
     return out
 
 
-def llama_quantize_file(src: Path, dst: Path, scheme: str, overrides: dict[str, str], threads: int | None = None) -> None:
-    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's mix for ``scheme``."""
+def llama_quantize_file(src: Path, dst: Path, scheme: str, overrides: dict[str, str], threads: int | None = None,
+                        verbose: bool = False) -> None:
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's mix for ``scheme`` (its log only if ``verbose``)."""
     import llama_cpp
+    from llama_cpp._logger import logger
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(SCHEME_FILE_TYPES[scheme])
@@ -53,6 +56,13 @@ def llama_quantize_file(src: Path, dst: Path, scheme: str, overrides: dict[str, 
         arr[len(pairs)].pattern = None
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(arr)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    level = logger.level
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        logger.setLevel(level)
     if rc != 0:
-        raise ExportFailedError(f"llama.cpp's quantizer failed (code {rc}) making {scheme}; run with --verbose to see its log")
+        raise ExportFailedError(
+            f"llama.cpp's quantizer failed (code {rc}) making {scheme}; pass --option verbose=true to see its log"
+        )

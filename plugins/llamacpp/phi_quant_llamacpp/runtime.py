@@ -78,6 +78,7 @@ class LlamaCppModel:
         self._token_text = lambda i: bytes(tokens.parts[tokens.data[i]]).decode("utf-8", "replace")
         self.bos_id = scalar(Key.BOS_ID)
         self.eos_id = scalar(Key.EOS_ID)
+        self.stop_ids = set(f[Key.STOP_IDS].contents()) if Key.STOP_IDS in f else set()
         del reader
         self._llm = None
         self._llm_key: tuple | None = None
@@ -127,13 +128,17 @@ class LlamaCppModel:
         self._llm_key = key
         return self._llm
 
+    def _loaded(self):
+        """Whichever context is open (tokenization does not depend on the context size)."""
+        return self._llm if self._llm is not None else self._ensure(1)
+
     # -- LoadedModel ------------------------------------------------------------------------
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Ids for ``text``; special tokens written in the text are recognised (``<|user|>``)."""
-        return list(self._ensure(1).tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True))
+        return list(self._loaded().tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=True))
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self._ensure(1).detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+        return self._loaded().detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), vocab] logits from one full-sequence run (every position)."""
@@ -148,7 +153,9 @@ class LlamaCppModel:
     def is_end(self, token: int) -> bool:
         import llama_cpp
 
-        return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(self._llm.model), int(token)))
+        if int(token) in self.stop_ids:
+            return True
+        return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(self._loaded().model), int(token)))
 
     def render_chat(self, prompt: str) -> str:
         """The prompt in the model's chat template (the one stored in the GGUF)."""

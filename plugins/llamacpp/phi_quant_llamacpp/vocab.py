@@ -15,7 +15,7 @@ from typing import Any
 
 from phi_quant.errors import UnsupportedModelError
 
-from .constants import GPT2_PATTERN, PRE_TOKENIZERS, Key, TokenType, ValueType
+from .constants import GPT2_PATTERN, LLAMA_EOG_TEXTS, PRE_TOKENIZERS, Key, TokenType, ValueType
 from .gguf_file import Typed
 
 __all__ = ["GGUFVocab", "build_vocab", "pre_tokenizer_name"]
@@ -166,6 +166,7 @@ def build_vocab(
     config_eos: tuple[int, ...] = (),
     config_pad: int | None = None,
     chat_template: str | None = None,
+    stop_ids: tuple[int, ...] = (),
 ) -> GGUFVocab:
     """Build the GGUF tokenizer metadata, padding unused ids up to ``vocab_size`` embedding rows."""
     if "tokenizer.json" not in tokenizer_files:
@@ -257,6 +258,16 @@ def build_vocab(
     add_bos = post_bos is not None
     if post_bos is None and tj.get("post_processor") is None:
         add_bos = bool(tokenizer_config.get("add_bos_token", False))
+    stops = sorted({int(i) for i in stop_ids if 0 <= int(i) < len(tokens)})
+    if stops:
+        md[Key.STOP_IDS] = Typed(stops, ValueType.UINT32)
+        ends = {eos, eot} | {table[t] for t in LLAMA_EOG_TEXTS if t in table}
+        missing = [f"{i} {tokens[i]!r}" for i in stops if i not in ends]
+        if missing:
+            notes.append(
+                f"generation_config stops at {', '.join(missing)} too; GGUF has no key for that, so llama.cpp "
+                f"tools will not stop there (phi-quant run does: {Key.STOP_IDS})"
+            )
     md[Key.ADD_BOS] = add_bos
     md[Key.ADD_EOS] = False
     if chat_template:

@@ -40,6 +40,9 @@ def test_header_describes_the_variant(variant, sources, exported):
     else:
         assert TensorName.ROPE_FACTORS_LONG not in names
     assert len(r.fields[Key.TOKENS].data) == cfg.vocab_size
+    eos = sources(variant).generation_config.get("eos_token_id", cfg.eos_token_ids)
+    assert sorted(r.fields[Key.STOP_IDS].contents()) == sorted(eos if isinstance(eos, (list, tuple)) else [eos])
+    assert r.fields[Key.EOS_ID].contents() in r.fields[Key.STOP_IDS].contents()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
