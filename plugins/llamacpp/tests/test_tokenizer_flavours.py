@@ -1,0 +1,64 @@
+"""Phi-3 tokenizer flavours the tiny factory does not produce by default, checked against HF ids.
+
+- chat tokens that strip the whitespace after them (``rstrip``, as in the published Phi-3
+  tokenizers): llama.cpp does this only for models whose general.name says "phi-3";
+- a SentencePiece-BPE tokenizer.json without ``tokenizer.model``: scores from merge ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from phi_quant.model.source import open_model
+from phi_quant.testing.factory import cached_checkpoint
+from phi_quant.types import ExportOptions, NullProgress
+from phi_quant_llamacpp import plugin
+
+TEXTS = [
+    "<|user|>\nHello there<|end|>\n<|assistant|>\n",
+    "<|system|>  spaced   out\t<|end|>\n\n<|user|> x <|end|><|assistant|>",
+    "plain text, no specials: héllo 😀",
+    " leading and trailing  ",
+    "</s> after eos <s> bos <|endoftext|> done",
+]
+
+
+def _variant_copy(tmp_path, edit):
+    src = cached_checkpoint("phi3-mini")
+    dst = tmp_path / "phi3-variant"
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+def _export_and_compare(path, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open_model(path) as src:
+        res = plugin.export(source=src, output_dir=out, options=ExportOptions(precision="int8"), progress=NullProgress())
+        tok = src.hf_tokenizer()
+        with plugin.load_model(path=out, options={}) as model:
+            for text in TEXTS:
+                assert model.tokenize(text) == tok.encode(text, add_special_tokens=False).ids, text
+    return res
+
+
+def test_phi3_rstrip_chat_tokens(tmp_path):
+    def edit(d):
+        p = d / "tokenizer.json"
+        tj = json.loads(p.read_text(encoding="utf-8"))
+        for a in tj["added_tokens"]:
+            if a["special"] and a["content"] not in ("<unk>", "<s>", "<|endoftext|>"):
+                a["rstrip"] = True
+        p.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+
+    res = _export_and_compare(_variant_copy(tmp_path, edit), tmp_path)
+    assert "phi-3" in res.details["general.name"]
+
+
+def test_spm_scores_from_tokenizer_json_alone(tmp_path):
+    res = _export_and_compare(_variant_copy(tmp_path, lambda d: (d / "tokenizer.model").unlink()), tmp_path)
+    assert any("merge ranks" in n for n in res.notes)
