@@ -202,6 +202,51 @@ def test_reference_passes_and_broken_backends_fail_the_matching_checks_by_name(k
     assert f"test_export[missing-precision-{v}-fp32]" in _ids(kit_outcomes, "TestMissingPrecision", "passed")
 
 
+HOARDER = '''
+"""Copies every tensor of the stream before writing anything: correct output, memory grows with the model."""
+import dataclasses
+
+from phi_quant.hookspecs import hookimpl
+from phi_quant_reference import plugin as ref
+
+
+@hookimpl
+def backend_info():
+    return dataclasses.replace(ref.backend_info(), name="hoarder")
+
+
+@hookimpl
+def supported_precisions():
+    return [s for s in ref.supported_precisions() if s.precision == "fp16"]
+
+
+@hookimpl
+def export(source, output_dir, options, progress):
+    hoard = [t.raw().copy() for t in source.tensors()]
+    return ref.export(source=source, output_dir=output_dir, options=options, progress=progress)
+'''
+
+
+def test_a_backend_that_holds_the_model_fails_the_streaming_check(pytester, manager, reference_importable,
+                                                                  monkeypatch):
+    pytester.makepyfile(hoarder=HOARDER, test_hoarder=(
+        "from phi_quant.testing.kit import BackendConformance\n\n\n"
+        "class TestHoarder(BackendConformance):\n    backend = 'hoarder'\n"))
+    pytester.syspathinsert()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pytester.path), str(REFERENCE_SRC)]))
+    import hoarder
+
+    manager.register(hoarder, "hoarder")
+    try:
+        run = pytester.inline_run("-p", "phi_quant", "-k", "test_streaming")
+    finally:
+        sys.modules.pop("hoarder", None)
+    failed = [r for r in run.getreports("pytest_runtest_logreport") if r.failed]
+    assert [r.nodeid.split("::")[-1] for r in failed] == ["test_streaming[hoarder-fp16]"]
+    message = failed[0].longrepr.reprcrash.message
+    assert "peak RSS grew by" in message and "> 600 MiB" in message, message
+
+
 def test_run_kit_reports_each_check_by_name_from_a_subprocess(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(REFERENCE_SRC), os.environ.get("PYTHONPATH", "")])}
     results = run_kit("reference", variants=[VARIANT], precisions=["fp32", "int4"], streaming=False,

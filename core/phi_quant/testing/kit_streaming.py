@@ -1,9 +1,10 @@
-"""The kit's streaming check: convert a large generated checkpoint in a fresh process, measure peak RSS.
+"""The kit's streaming check: convert large generated checkpoints in fresh processes, measure peak RSS.
 
-The checkpoint (about 1.1 GB of bf16 weights, 2.2 GB as float32) is far larger than the bound, so
-a backend that gathers the model in memory cannot pass; one that streams needs about the largest
-tensor (64 MiB) plus its runtime's imports. It is generated once per machine and cached next to
-the tiny checkpoints.
+Two checkpoints with the same tensor shapes and different numbers of layers (about 0.55 and
+1.1 GB of bf16 weights) are converted. A streaming backend needs about its largest tensor plus
+its runtime's imports on both, so its peak stays put; one that keeps the model, or even just its
+quantized output, in memory grows with the layer count. The checkpoints are generated once per
+machine and cached next to the tiny checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import types
 from pathlib import Path
 from ..types import ExportOptions
 
-__all__ = ["large_checkpoint", "measure_conversion_rss"]
+__all__ = ["LARGE_BYTES", "SMALL_BYTES", "large_checkpoint", "measure_conversion_rss"]
+
+#: Weight bytes of the two generated checkpoints.
+LARGE_BYTES = 1_100_000_000
+SMALL_BYTES = 550_000_000
 
 _CODE = """
 import importlib, json, sys
@@ -36,18 +41,18 @@ convert(checkpoint, backend, ExportOptions(**json.loads(options)), out)
 """
 
 
-def large_checkpoint() -> Path:
-    """The large generated checkpoint, built on first use (atomically, safe for parallel runs)."""
+def large_checkpoint(min_bytes: int = LARGE_BYTES) -> Path:
+    """A generated checkpoint of ``min_bytes``, built on first use (atomically, safe for parallel runs)."""
     from .factory import cache_root, make_large_checkpoint
 
     root = cache_root()
-    target = root / "large-bf16"
+    target = root / f"large-bf16-{min_bytes}"
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".large-bf16-", dir=root))
     try:
-        make_large_checkpoint(tmp)
+        make_large_checkpoint(tmp, min_bytes)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -66,15 +71,15 @@ def _plugin_module(backend: str) -> str:
     return plugin.__name__ if isinstance(plugin, types.ModuleType) else ""
 
 
-def measure_conversion_rss(backend: str, options: ExportOptions, workdir: Path,
+def measure_conversion_rss(backend: str, options: ExportOptions, workdir: Path, min_bytes: int = LARGE_BYTES,
                            timeout: float = 900) -> tuple[float, float, str]:
-    """Convert the large checkpoint with ``backend`` in a subprocess.
+    """Convert the generated checkpoint of ``min_bytes`` with ``backend`` in a subprocess.
 
     :returns: (peak RSS in MiB, checkpoint weights in MiB, error text or "").
     """
     from .rss import run_with_peak_rss
 
-    checkpoint = large_checkpoint()
+    checkpoint = large_checkpoint(min_bytes)
     weights_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**20
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "out"
