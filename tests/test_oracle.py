@@ -95,3 +95,23 @@ def test_hf_tokenizer_agrees_with_tokenizers(variant):
     assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_prompt(variant)
     for name in ("<|end|>", "<|user|>", "<|assistant|>") if "<|end|>" in auto.get_vocab() else ("<|im_end|>",):
         assert auto.convert_tokens_to_ids(name) == tok.token_to_id(name)
+
+
+def test_sliding_window_mask_matches_transformers(tmp_path):
+    """Phi-3-mini's sliding window (2047) never bites on short prompts; shrink it to 8 to compare the mask."""
+    import json
+    import shutil
+
+    path = tmp_path / "sw"
+    shutil.copytree(cached_checkpoint("phi3-mini"), path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["sliding_window"] = 8
+    (path / "config.json").write_text(json.dumps(cfg))
+    with open_model(path) as src:
+        ref, tok = ReferenceModel.from_source(src), src.hf_tokenizer()
+    hf = transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = tok.encode(test_prompts("phi3-mini")[0], add_special_tokens=False).ids
+    ours = ref.logits(ids)
+    assert np.abs(ours - _hf_logits(hf, ids)).max() <= TOLERANCE
+    full = _models("phi3-mini")[1].logits(ids)
+    assert np.abs(ours[:8] - full[:8]).max() < TOLERANCE < np.abs(ours[8:] - full[8:]).max()
