@@ -85,6 +85,20 @@ def _nan_to_zero(v: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(v), F32(0), v)
 
 
+def _first(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The first element of each block equal to ``target`` (keepdims): C's ``if (v < min) min = v``
+    scan keeps the first of equal values, which matters only for -0.0 versus +0.0."""
+    return np.take_along_axis(x, np.argmax(x == target, axis=-1)[..., None], axis=-1)
+
+
+def block_min(x: np.ndarray) -> np.ndarray:
+    return _first(x, x.min(axis=-1, keepdims=True))
+
+
+def block_max(x: np.ndarray) -> np.ndarray:
+    return _first(x, x.max(axis=-1, keepdims=True))
+
+
 def _blocks(w: np.ndarray, size: int) -> np.ndarray:
     n, k = w.shape
     return w.reshape(n, k // size, size)
@@ -98,8 +112,8 @@ def ggml_q8_0(w: np.ndarray) -> np.ndarray:
     x = _blocks(w, 32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
     d = amax / F32(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(F32)
     with np.errstate(invalid="ignore"):
         v = x * inv
     a = np.abs(v)
@@ -126,8 +140,8 @@ def ggml_q4_0(w: np.ndarray) -> np.ndarray:
     mx = np.take_along_axis(x, imax, axis=-1)
     mx = np.where(np.abs(mx) == 0, F32(0), mx)  # an all-zero block keeps ggml's initial +0
     d = mx / F32(-8)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(F32)
     with np.errstate(invalid="ignore"):
         q = _trunc_to_nibble(x * inv + F32(8.5))
     return np.concatenate([store_scale(d, "f16").view(np.uint8), _split_half_nibbles(q)], axis=-1).reshape(w.shape[0], -1)
@@ -136,8 +150,8 @@ def ggml_q4_0(w: np.ndarray) -> np.ndarray:
 def ggml_q4_1(w: np.ndarray) -> np.ndarray:
     """ggml ``quantize_row_q4_1_ref``: ``half d; half m; u8 qs[16]``, d = (max-min)/15, m = min."""
     x = _blocks(w, 32)
-    mn = x.min(axis=-1, keepdims=True)
-    mx = x.max(axis=-1, keepdims=True)
+    mn = block_min(x)
+    mx = block_max(x)
     with np.errstate(over="ignore", invalid="ignore"):
         d = (mx - mn) / F32(15)
         inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(F32)
@@ -181,8 +195,8 @@ def matmulnbits(
     pad = kb * block_size - k
     x = np.pad(w, ((0, 0), (0, pad))).reshape(n, kb, block_size)
     valid = (np.arange(kb * block_size) < k).reshape(kb, block_size)
-    mn = np.where(valid, x, F32(np.inf)).min(axis=-1)
-    mx = np.where(valid, x, F32(-np.inf)).max(axis=-1)
+    mn = block_min(np.where(valid, x, F32(np.inf)))[..., 0]
+    mx = block_max(np.where(valid, x, F32(-np.inf)))[..., 0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if symmetric:
             extreme = np.where(np.abs(mx) > np.abs(mn), mx, mn)
@@ -247,8 +261,8 @@ def mlx_affine(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "f3
     n, k = w.shape
     x = _blocks(w, group_size)
     nbins = F32((1 << bits) - 1)
-    mn = x.min(axis=-1, keepdims=True)
-    mx = x.max(axis=-1, keepdims=True)
+    mn = block_min(x)
+    mx = block_max(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         mask = np.abs(mn) > np.abs(mx)
         scale = np.maximum((mx - mn) / nbins, F32(1e-7)).astype(F32)
@@ -298,8 +312,8 @@ def nncf(w: np.ndarray, mode: str, group_size: int | None) -> tuple[np.ndarray, 
     n, k = w.shape
     x = w if group_size is None else w.reshape(n, k // group_size, group_size)
     eps = F32(np.finfo(F32).eps)
-    mn = x.min(axis=-1, keepdims=True)
-    mx = x.max(axis=-1, keepdims=True)
+    mn = block_min(x)
+    mx = block_max(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if sym:
             factor = F32(1 << (bits - 1))
