@@ -238,3 +238,10 @@ def test_nan_and_inf_weights_are_named(tmp_path):
     with pytest.raises(BadWeightsError):
         check_finite(np.array([1.0, np.nan], np.float16), "h")
     check_finite(np.array([0x7F7F, 0xFF7F], np.uint16), "max-bf16", dtype="bf16")  # largest finite values pass
+
+
+def test_duplicate_tensors_without_an_index(ckpt):
+    (ckpt / "model.safetensors.index.json").unlink()
+    shutil.copy(_shard(ckpt, 1), ckpt / "consolidated.safetensors")
+    with pytest.raises(CheckpointError, match=r"stored twice .*remove the stray file"):
+        open_model(ckpt)

@@ -130,8 +130,14 @@ class ModelSource:
                     "the download is incomplete: fetch it again"
                 )
             for name, entry in read_header(f).entries.items():
-                if weight_map is None or weight_map.get(name) == shard:
-                    entries[name] = entry
+                if weight_map is not None and weight_map.get(name) != shard:
+                    continue
+                if name in entries:
+                    raise CheckpointError(
+                        f"tensor {name} is stored twice ({entries[name].path.name} and {shard}) and there is no "
+                        "model.safetensors.index.json to say which one counts; remove the stray file"
+                    )
+                entries[name] = entry
         if weight_map is not None:
             missing = sorted(n for n in weight_map if n not in entries)
             if missing:

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -243,7 +243,7 @@ def _shard_plan(names: list[str], num_shards: int) -> list[list[str]]:
 
 def _write_shards(
     out: Path, specs: list[tuple[str, tuple[int, ...]]], dtype: str, num_shards: int,
-    produce: "callable[[str, tuple[int, ...]], Iterator[np.ndarray]]",
+    produce: Callable[[str, tuple[int, ...]], Iterator[np.ndarray]],
 ) -> None:
     """Write tensors into ``num_shards`` safetensors files (+ index when > 1), one tensor at a time."""
     shapes = dict(specs)
