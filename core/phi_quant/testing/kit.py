@@ -122,8 +122,9 @@ def _plan(cls: type, config: Any, module: Any = None) -> KitPlan:
         return plans[cls]
     from .factory import VARIANTS
 
-    backend = (cls.backend or getattr(module, "phi_quant_backend", None) or _option(config, "phi_quant_backend")
-               or _ini(config, "phi_quant_backend") or "")
+    module_backend = getattr(module, "phi_quant_backend", None)
+    backend = (cls.backend or (module_backend if isinstance(module_backend, str) else None)
+               or _option(config, "phi_quant_backend") or _ini(config, "phi_quant_backend") or "")
     plan = KitPlan(backend=backend)
     plan.variants = _split(_option(config, "phi_quant_variants")) or list(cls.variants or VARIANTS)
     if not backend:
@@ -269,15 +270,16 @@ class BackendConformance:
         size = sum(f.stat().st_size for f in record.path.rglob("*") if f.is_file())
         record_property("result", f"{len(record.files)} files, {size / 1e6:.1f} MB in {record.seconds:.1f} s")
 
-    def test_progress(self, kit: KitSession, case: tuple[str, str]) -> None:
+    def test_progress(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         record = kit.export(*case)
         kit.require_export(*case)
         assert record.progress_total > 0 and record.progress_done == record.progress_total, (
             f"export reported {record.progress_done} of {record.progress_total} source bytes through "
             f"progress.advance ({record.progress_items} calls); call progress.advance(t.nbytes, t.name) per source tensor"
         )
+        record_property("result", f"{record.progress_done} bytes in {record.progress_items} calls")
 
-    def test_load(self, kit: KitSession, case: tuple[str, str]) -> None:
+    def test_load(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         variant, precision = case
         model = kit.model(variant, precision)
         vocab = json.loads((kit.checkpoint(variant) / "config.json").read_text())["vocab_size"]
@@ -288,8 +290,9 @@ class BackendConformance:
         assert np.isfinite(logits).all(), "logits hold NaN or Inf"
         text = model.generate(kit.prompts(variant)[0], max_new_tokens=4)
         assert isinstance(text, str), f"generate returned {type(text).__name__}, expected str"
+        record_property("result", f"logits float32 {list(logits.shape)}; generated {text[:30]!r}")
 
-    def test_tokenizer(self, kit: KitSession, case: tuple[str, str]) -> None:
+    def test_tokenizer(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         variant, precision = case
         model = kit.model(variant, precision)
         mismatches = []
@@ -300,6 +303,8 @@ class BackendConformance:
                 mismatches.append(f"prompt {i} ({prompt[:30]!r}...): first difference at token {at}: "
                                   f"got {got[at:at + 4]}, Hugging Face {want[at:at + 4]}")
         assert not mismatches, "; ".join(mismatches)
+        ids = kit.prompt_ids(variant)
+        record_property("result", f"same ids on {len(ids)} prompts ({sum(map(len, ids))} tokens)")
 
     def test_fidelity(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         variant, precision = case
@@ -353,7 +358,7 @@ class BackendConformance:
         assert err <= bound, f"{qt.scheme}: dequantized relative RMS error {err:.3g} > {bound}"
 
     # -- atomic output and bad inputs ------------------------------------------------------------
-    def test_atomic_output(self, kit: KitSession, precision: str, monkeypatch: Any) -> None:
+    def test_atomic_output(self, kit: KitSession, precision: str, monkeypatch: Any, record_property: Any) -> None:
         from .. import convert as convert_module
         from ..model.source import open_model
 
@@ -394,6 +399,7 @@ class BackendConformance:
         if _listing(checkpoint) != before:
             problems.append("wrote into the source checkpoint")
         assert not problems, "after a failure mid-export: " + "; ".join(problems)
+        record_property("result", f"failed after {after} tensors; nothing left behind")
 
     def _poisoned(self, kit: KitSession, kind: str, precision: str) -> None:
         from ..convert import convert

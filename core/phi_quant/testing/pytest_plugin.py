@@ -52,30 +52,36 @@ def pytest_configure(config: Any) -> None:
 
 
 class _JsonReport:
-    """Collects ``{name, passed, message}`` per test: the message is the failure or the measurement."""
+    """Collects ``{name, passed, message}`` per test: the message is the failure or the measurement.
+
+    ``name`` is the test's name without ``test_`` (``fidelity[reference-phi4-mini-int4]``),
+    prefixed with its class when the run holds several classes.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.results: dict[str, dict[str, Any]] = {}
 
     def pytest_runtest_logreport(self, report: Any) -> None:
-        name = report.nodeid.rsplit("::", 1)[-1]
-        name = name[5:] if name.startswith("test_") else name
-        if report.when == "call" or report.outcome != "passed":
-            if name in self.results and report.when == "teardown" and report.outcome == "passed":
-                return
-            self.results.setdefault(name, {"name": name, "passed": True, "message": ""})
-            entry = self.results[name]
-            if report.failed:
-                entry["passed"] = False
-                entry["message"] = _crash(report)
-            elif report.skipped:
-                entry["message"] = "skipped: " + _crash(report)
-            else:
-                entry["message"] = "; ".join(str(v) for k, v in report.user_properties if k == "result")
+        if report.when != "call" and report.outcome == "passed":
+            return  # setup and teardown only matter when they fail or skip
+        entry = self.results.setdefault(report.nodeid, {"passed": True, "message": ""})
+        if report.failed:
+            entry.update(passed=False, message=_crash(report))
+        elif report.skipped:
+            entry["message"] = "skipped: " + _crash(report)
+        elif entry["passed"]:
+            entry["message"] = "; ".join(str(v) for k, v in report.user_properties if k == "result")
 
     def pytest_sessionfinish(self, session: Any) -> None:
-        self.path.write_text(json.dumps(list(self.results.values()), indent=1))
+        parts = {nodeid: nodeid.split("::") for nodeid in self.results}
+        one_class = len({tuple(p[:-1]) for p in parts.values() if len(p) > 2}) <= 1
+        out = []
+        for nodeid, entry in self.results.items():
+            test = parts[nodeid][-1].removeprefix("test_")
+            name = test if one_class or len(parts[nodeid]) < 3 else f"{parts[nodeid][-2]}::{test}"
+            out.append({"name": name, **entry})
+        self.path.write_text(json.dumps(out, indent=1))
 
 
 def _crash(report: Any) -> str:
