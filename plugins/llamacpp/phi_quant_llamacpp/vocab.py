@@ -255,9 +255,8 @@ def build_vocab(
     for key, value in ((Key.BOS_ID, bos), (Key.EOS_ID, eos), (Key.EOT_ID, eot), (Key.UNK_ID, unk), (Key.PAD_ID, pad)):
         if value is not None:
             md[key] = Typed(int(value), ValueType.UINT32)
-    add_bos = post_bos is not None
-    if post_bos is None and tj.get("post_processor") is None:
-        add_bos = bool(tokenizer_config.get("add_bos_token", False))
+    # transformers' Llama tokenizers rebuild the post-processor from an explicit add_bos_token
+    add_bos = bool(tokenizer_config["add_bos_token"]) if "add_bos_token" in tokenizer_config else post_bos is not None
     stops = sorted({int(i) for i in stop_ids if 0 <= int(i) < len(tokens)})
     if stops:
         md[Key.STOP_IDS] = Typed(stops, ValueType.UINT32)

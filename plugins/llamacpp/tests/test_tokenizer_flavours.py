@@ -62,3 +62,29 @@ def test_phi3_rstrip_chat_tokens(tmp_path):
 def test_spm_scores_from_tokenizer_json_alone(tmp_path):
     res = _export_and_compare(_variant_copy(tmp_path, lambda d: (d / "tokenizer.model").unlink()), tmp_path)
     assert any("merge ranks" in n for n in res.notes)
+
+
+def test_bos_added_when_the_tokenizer_adds_it(tmp_path):
+    def edit(d):
+        p = d / "tokenizer.json"
+        tj = json.loads(p.read_text(encoding="utf-8"))
+        tj["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        }
+        p.write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
+        c = d / "tokenizer_config.json"
+        tc = json.loads(c.read_text(encoding="utf-8"))
+        tc["add_bos_token"] = True
+        c.write_text(json.dumps(tc), encoding="utf-8")
+
+    path = _variant_copy(tmp_path, edit)
+    _export_and_compare(path, tmp_path)
+    with open_model(path) as src, plugin.load_model(path=tmp_path / "out", options={}) as model:
+        tok = src.hf_tokenizer()
+        for text in TEXTS:
+            ids = tok.encode(text, add_special_tokens=True).ids
+            assert ids[0] == 1 and model.tokenize(text, add_special_tokens=True) == ids

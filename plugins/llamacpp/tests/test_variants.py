@@ -56,6 +56,8 @@ def test_tokenization_matches_hugging_face(variant, sources, exported, prompt_id
             assert model.tokenize(text) == ids, text[:60]
         for text in extra:
             assert model.tokenize(text) == tok.encode(text, add_special_tokens=False).ids, text
+        text = prompt_ids(variant)[0][0]  # with the tokenizer's own BOS rule
+        assert model.tokenize(text, add_special_tokens=True) == tok.encode(text, add_special_tokens=True).ids
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
