@@ -144,7 +144,7 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
     else:
         assert scheme in LLAMA_QUANTIZER_SCHEMES
         stored = {i.dtype for i in infos if not i.role.is_norm}
-        lossless = "F32" if "f32" in stored else LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"
+        lossless = LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"  # mixed dtypes: widen
         plan = plan_tensors(infos, lossless, {}, kernel_only=True)
         plan_tensors(infos, "Q8_0", overrides, kernel_only=False)  # refuse overrides that match no tensor
         metadata = {**model_metadata(cfg, lossless, name), **vocab.metadata}

@@ -18,7 +18,7 @@ from phi_quant.model.tensors import TensorInfo, TensorRole
 from .constants import BLOCK_SIZES, KERNEL_TYPES, GGMLType, TensorName
 from .gguf_file import TensorSlot
 
-__all__ = ["PlannedTensor", "gguf_name", "choose_type", "plan_tensors", "parse_tensor_types", "rope_factor_slots"]
+__all__ = ["PlannedTensor", "gguf_name", "choose_type", "plan_tensors", "override_matches", "parse_tensor_types", "rope_factor_slots"]
 
 _ROLE_NAMES = {
     TensorRole.EMBED: TensorName.TOKEN_EMBD,
@@ -52,8 +52,8 @@ class PlannedTensor:
 
 
 def parse_tensor_types(spec: str | dict | None) -> dict[str, str]:
-    """``"token_embd=Q8_0,output=F16"`` (or a dict) -> {pattern: TYPE}. A pattern is a GGUF tensor
-    name without ``.weight`` or a regular expression searched in the full name."""
+    """``"token_embd=Q8_0,output=F16"`` (or a dict) -> {pattern: TYPE}; see :func:`override_matches`.
+    Regular expressions may not contain ``,`` or ``=`` in the string form."""
     if not spec:
         return {}
     items = spec.items() if isinstance(spec, dict) else (p.split("=", 1) for p in str(spec).split(",") if p.strip())
@@ -72,6 +72,14 @@ def parse_tensor_types(spec: str | dict | None) -> dict[str, str]:
     return out
 
 
+def override_matches(pattern: str, name: str) -> bool:
+    """A bare tensor name (letters, digits, ``_`` and ``.``) matches exactly, with or without
+    ``.weight``; anything else is a regular expression searched in the full name."""
+    if re.fullmatch(r"[A-Za-z0-9_.]+", pattern):
+        return pattern in (name, name[: -len(".weight")] if name.endswith(".weight") else name)
+    return re.search(pattern, name) is not None
+
+
 def _fits(ggml_type: GGMLType, shape: tuple[int, ...]) -> bool:
     return shape[-1] % BLOCK_SIZES[ggml_type][0] == 0
 
@@ -86,8 +94,7 @@ def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *
     name = gguf_name(info.role, info.layer)
     if info.role.is_norm:
         return PlannedTensor(info, TensorSlot(name, info.shape, GGMLType.F32), "1-D: F32"), set()
-    short = name[: -len(".weight")]
-    matched = {p for p in overrides if p in (name, short) or re.search(p, name)}
+    matched = {p for p in overrides if override_matches(p, name)}
     type_name, reason = matrix_type, "scheme default"
     if matched:
         type_name, reason = overrides[sorted(matched, key=list(overrides).index)[0]], "override"

@@ -15,7 +15,6 @@ rounded up to a multiple of 256), while transformers picks them per sequence. Tw
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -205,4 +204,5 @@ class LlamaCppModel:
         self.close()
 
     def describe(self) -> dict[str, Any]:
-        return json.loads(json.dumps({"file": str(self.path), "context": self._llm_key, "longrope": self.longrope, "original_context": self.orig_ctx}))
+        """What is loaded: file, (n_ctx, original-context override) of the open context, LongRoPE."""
+        return {"file": str(self.path), "context": self._llm_key, "longrope": self.longrope, "original_context": self.orig_ctx}

@@ -48,6 +48,12 @@ def test_per_tensor_override(sources, tmp_path):
     res = plugin.export(source=src, output_dir=tmp_path / "a", options=opts, progress=NullProgress())
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "a" / res.files[0])).tensors}
     assert types["token_embd.weight"] == "Q8_0" and types["output.weight"] == "F16" and types["blk.0.attn_qkv.weight"] == "Q4_0"
+    assert types["blk.1.attn_output.weight"] == "Q4_0", "a bare name matches exactly, not as a substring"
+    (tmp_path / "r").mkdir()
+    opts = ExportOptions(precision="int4", extra={"tensor_types": r"blk\.1\.ffn_.*=Q8_0"})
+    res = plugin.export(source=src, output_dir=tmp_path / "r", options=opts, progress=NullProgress())
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "r" / res.files[0])).tensors}
+    assert (types["blk.1.ffn_up.weight"], types["blk.1.ffn_down.weight"], types["blk.0.ffn_up.weight"]) == ("Q8_0", "Q8_0", "Q4_0")
     (tmp_path / "b").mkdir()
     opts = ExportOptions(precision="int4", scheme="Q4_K_M", extra={"tensor_types": "token_embd=Q8_0"})
     res = plugin.export(source=src, output_dir=tmp_path / "b", options=opts, progress=NullProgress())
