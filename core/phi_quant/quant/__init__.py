@@ -72,8 +72,7 @@ NNCF_GROUP_SIZES = (16, 32, 64, 128, 256)
 
 def to_float32(w: np.ndarray, src_dtype: str | None = None, *, name: str = "tensor") -> np.ndarray:
     """float32 copy of a stored tensor (any shape; exact for every source dtype)."""
-    w = np.asarray(w)
-    src = _checks.dtype_name(src_dtype, "src_dtype") if src_dtype else _infer_any(w, name)
+    w, src = _checks.any_array(w, src_dtype, name)
     return np.array(reference.decode(w, src), dtype=np.float32, copy=True)
 
 
@@ -83,8 +82,7 @@ def to_float16(w: np.ndarray, src_dtype: str | None = None, *, threads: int | No
 
     Callers that must refuse overflow check ``np.isfinite`` on the result.
     """
-    w = np.asarray(w)
-    src = _checks.dtype_name(src_dtype, "src_dtype") if src_dtype else _infer_any(w, name)
+    w, src = _checks.any_array(w, src_dtype, name)
     if src == "f16":
         return np.array(w.view(np.float16), copy=True)
     out = _native.convert(w, src, "f16", _checks.threads_of(threads))
@@ -97,21 +95,13 @@ def to_float16(w: np.ndarray, src_dtype: str | None = None, *, threads: int | No
 def to_bfloat16(w: np.ndarray, src_dtype: str | None = None, *, threads: int | None = None,
                 name: str = "tensor") -> np.ndarray:
     """bfloat16 bit patterns (uint16), round to nearest even, as torch/safetensors store bf16."""
-    w = np.asarray(w)
-    src = _checks.dtype_name(src_dtype, "src_dtype") if src_dtype else _infer_any(w, name)
+    w, src = _checks.any_array(w, src_dtype, name)
     if src == "bf16":
         return np.array(w.view(np.uint16), copy=True)
     out = _native.convert(w, src, "bf16", _checks.threads_of(threads))
     if out is not None:
         return out
     return reference.f32_to_bf16_bits(reference.decode(w, src))
-
-
-def _infer_any(w: np.ndarray, name: str) -> str:
-    inferred = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(w.dtype)
-    if inferred is None:
-        raise _checks.KernelError(f"tensor {name}: pass src_dtype for a {w.dtype} array (bf16 is uint16 + 'bf16')")
-    return inferred
 
 
 # --------------------------------------------------------------------------- ggml

@@ -56,6 +56,21 @@ def weight_2d(w: object, src_dtype: str | None, name: str) -> tuple[np.ndarray, 
     return w, src
 
 
+def any_array(w: object, src_dtype: str | None, name: str) -> tuple[np.ndarray, str]:
+    """A numpy array of any shape whose elements are stored in ``src_dtype`` (for conversions)."""
+    if not isinstance(w, np.ndarray):
+        raise KernelError(f"tensor {name}: expected a numpy array, got {type(w).__name__}")
+    if src_dtype is None:
+        src = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(w.dtype)
+        if src is None:
+            raise KernelError(f"tensor {name}: pass src_dtype for a {w.dtype} array (bf16 is uint16 + 'bf16')")
+    else:
+        src = dtype_name(src_dtype, "src_dtype")
+    if w.dtype != _NUMPY_OF[src]:
+        raise KernelError(f"tensor {name}: src_dtype={src!r} needs a {_NUMPY_OF[src]} array, got {w.dtype}")
+    return w, src
+
+
 def group_size(g: int, allowed: tuple[int, ...], fmt: str) -> int:
     if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or int(g) not in allowed:
         raise UnsupportedPrecisionError(f"{fmt} group size must be one of {allowed}, got {g!r}")
