@@ -185,9 +185,10 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
             "attn_factor": cfg.rope.attention_factor if cfg.rope.is_longrope else None,
         },
     }
+    n_ctx = min(cfg.rope.original_max_position or 4096, 4096) if cfg.rope.is_longrope else min(cfg.max_position_embeddings, 4096)
     run = (
-        f"```sh\nllama-cli -m {out_name} -cnv\n```\n\n"
-        f"```python\nfrom llama_cpp import Llama\nllm = Llama(model_path=\"{out_name}\", n_ctx=4096)\n"
+        f"```sh\nllama-cli -m {out_name} -c {n_ctx} -cnv\n```\n\n"
+        f"```python\nfrom llama_cpp import Llama\nllm = Llama(model_path=\"{out_name}\", n_ctx={n_ctx})\n"
         "print(llm.create_chat_completion(messages=[{\"role\": \"user\", \"content\": \"Hello\"}]))\n```\n"
     )
     return ExportResult(files=[out_name], scheme=scheme, details=details, run_instructions=run, notes=notes)
