@@ -71,7 +71,8 @@ def test_ggml_equals_gguf_py_except_signed_zero_blocks(weights, scheme):
 
     for kind, w in weights.items():
         ours = q.ggml_quantize(w, scheme)
-        theirs = gq.quantize(w, GGMLQuantizationType[scheme]).reshape(ours.shape)
+        with np.errstate(all="ignore"):  # gguf-py divides by zero scales itself
+            theirs = gq.quantize(w, GGMLQuantizationType[scheme]).reshape(ours.shape)
         differ = set(np.where((ours != theirs).any(axis=1))[0].tolist())
         if kind == "random":
             assert not differ
