@@ -13,7 +13,7 @@ import numpy as np
 from phi_quant.errors import BadWeightsError
 from phi_quant.model.tensors import SourceTensor
 
-from .constants import BLOCK_SIZES, GGMLType
+from .constants import GGMLType
 
 __all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite"]
 
@@ -72,7 +72,3 @@ def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[
         check_finite(block, tensor.dtype, tensor.name)
         yield encode_rows(block, tensor.dtype, ggml_type, tensor.name)
 
-
-def row_bytes(ggml_type: GGMLType, k: int) -> int:
-    block, size = BLOCK_SIZES[GGMLType(ggml_type)]
-    return k // block * size

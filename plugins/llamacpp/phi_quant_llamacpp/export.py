@@ -20,7 +20,7 @@ import numpy as np
 from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
-from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, GGMLType, TensorName
+from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, TensorName
 from .encode import encode_tensor_chunks
 from .gguf_file import GGUFStreamWriter, TensorSlot
 from .kquant import llama_quantize_file

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
 from phi_quant.model.source import open_model
 from phi_quant.testing.factory import cached_checkpoint
 from phi_quant.types import ExportOptions, NullProgress
