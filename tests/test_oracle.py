@@ -115,3 +115,18 @@ def test_sliding_window_mask_matches_transformers(tmp_path):
     assert np.abs(ours - _hf_logits(hf, ids)).max() <= TOLERANCE
     full = _models("phi3-mini")[1].logits(ids)
     assert np.abs(ours[:8] - full[:8]).max() < TOLERANCE < np.abs(ours[8:] - full[8:]).max()
+
+
+@pytest.mark.parametrize("variant", ["phi3.5-longrope", "phi4-mini"])
+def test_checkpoint_saved_by_transformers_reads_back(variant, tmp_path):
+    """A checkpoint written by this transformers (rope_parameters, "dtype", its own safetensors writer)."""
+    path = cached_checkpoint(variant)
+    model = transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    with open_model(tmp_path) as saved, open_model(path) as original:
+        assert saved.config.rope == original.config.rope
+        assert saved.config.tie_word_embeddings == original.config.tie_word_embeddings
+        assert [i.name for i in saved.tensor_infos()] == [i.name for i in original.tensor_infos()]
+        for a, b in zip(saved.tensors(), original.tensors()):
+            assert a.dtype == b.dtype == "bf16"
+            np.testing.assert_array_equal(a.raw(), b.raw())
