@@ -114,3 +114,21 @@ def test_longrope_context_choice_is_visible(sources, exported, prompt_ids, oracl
         assert model.uses_long_factors(len(ids))
         diff = float(np.abs(model.logits(ids) - oracle_logits(variant)[0]).max())
     assert diff > 1e-2, "long factors on a short prompt should visibly change the logits"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tokenization_fuzz(variant, sources, exported):
+    """300 seeded random strings mixing ASCII, accents, CJK, emoji, whitespace runs, digits and the
+    model's special tokens: llama.cpp's ids equal the Hugging Face tokenizer's."""
+    import random
+
+    out, _ = exported(variant, "int4", "Q4_0")
+    tok = sources(variant).hf_tokenizer()
+    specials = [a.content for a in tok.get_added_tokens_decoder().values()]
+    pieces = ["the", " quick", "Brown", "fox's", " don't", "日本語", "東京", "😀", "👍🏽", "é", "ñ", "ß", "Ω", "12345", "3.14",
+              " ", "  ", "\n", "\n\n", "\t", " \n ", ".", ",", "!?", "(x)", "<", "|>", "'ll", "I'M", *specials]
+    rng = random.Random(1234)
+    with plugin.load_model(path=out, options={}) as model:
+        for _ in range(300):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+            assert model.tokenize(text) == tok.encode(text, add_special_tokens=False).ids, repr(text)
