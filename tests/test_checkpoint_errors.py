@@ -82,13 +82,33 @@ def test_offsets_that_disagree_with_the_shape(ckpt):
         open_model(ckpt)
 
 
-def test_unsupported_dtype_in_header(ckpt):
+def test_weights_in_an_unsupported_dtype(ckpt):
     def edit(h):
-        h["model.norm.weight"] = dict(h.get("model.norm.weight") or h["model.layers.1.input_layernorm.weight"], dtype="F8_E4M3")
+        h["model.norm.weight"]["dtype"] = "I16"  # same size as BF16: offsets stay valid
 
     _rewrite_header(_shard(ckpt, 2), edit)
-    with pytest.raises(CheckpointError, match="F8_E4M3"):
-        read_header(_shard(ckpt, 2))
+    assert read_header(_shard(ckpt, 2)).entries["model.norm.weight"].dtype == "I16"
+    with pytest.raises(CheckpointError, match=r"model.norm.weight is stored as I16.*F32, F16 and BF16"):
+        open_model(ckpt)
+
+
+def test_extra_tensors_of_other_dtypes_are_ignored(ckpt):
+    """Buffers a model does not use (an int64 table here) are validated but not streamed."""
+    def edit(h):
+        h["model.layers.0.self_attn.rotary_emb.positions"] = {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}
+
+    _rewrite_header(_shard(ckpt, 1), edit)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.0.self_attn.rotary_emb.positions"] = "model-00001-of-00002.safetensors"
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with open_model(ckpt) as src:
+        assert len(src.tensor_infos()) == 15
+
+
+def test_unknown_dtype_name_is_a_corrupt_header(ckpt):
+    _rewrite_header(_shard(ckpt, 2), lambda h: h["model.norm.weight"].update(dtype="F99"))
+    with pytest.raises(CheckpointError, match="unknown dtype 'F99'"):
+        open_model(ckpt)
 
 
 def test_bad_config_json(ckpt):

@@ -36,6 +36,10 @@ _ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 #: numpy storage dtype of each short name (bf16 is carried as its raw 16-bit pattern).
 NUMPY_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
 _ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+#: Every dtype the safetensors format defines, with its size: other tensors (an integer buffer, an
+#: fp8 scale) may sit in a checkpoint; we validate their offsets and refuse them only if needed.
+_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2,
+                "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _MAX_HEADER = 100 * 2**20  # the format's own limit is 100 MB
 
 
@@ -44,7 +48,7 @@ class HeaderEntry:
     """One tensor of a safetensors file: where its bytes are, in absolute file offsets."""
 
     name: str
-    dtype: str  # "f32" | "f16" | "bf16"
+    dtype: str  # "f32" | "f16" | "bf16", or the format's name (e.g. "I64", "F8_E4M3") for other types
     shape: tuple[int, ...]
     offset: int  # absolute byte offset in the file
     nbytes: int
@@ -91,21 +95,19 @@ def read_header(path: Path) -> SafetensorsHeader:
             begin, end = (int(x) for x in spec["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: header entry {name!r} is malformed ({e}). Re-download the file.") from e
-        if st_dtype not in ST_DTYPES:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has dtype {st_dtype}; phi-quant reads F32, F16 and BF16 checkpoints. "
-                "Convert the checkpoint to one of those first."
-            )
-        dtype = ST_DTYPES[st_dtype]
+        if st_dtype not in _ST_ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {st_dtype!r}; the header is corrupt.")
+        dtype = ST_DTYPES.get(st_dtype, st_dtype)  # our short name for float types, else the format's
+        itemsize = _ST_ITEMSIZE[st_dtype]
         numel = 1
         for d in shape:
             if d < 0:
                 raise CheckpointError(f"{path}: tensor {name!r} has a negative dimension {shape}.")
             numel *= d
-        if end - begin != numel * _ITEMSIZE[dtype] or begin < 0:
+        if end - begin != numel * itemsize or begin < 0:
             raise CheckpointError(
                 f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but shape {list(shape)} in {st_dtype} needs "
-                f"{numel * _ITEMSIZE[dtype]}. The header is corrupt; re-download the file."
+                f"{numel * itemsize}. The header is corrupt; re-download the file."
             )
         if data_start + end > size:
             raise CheckpointError(

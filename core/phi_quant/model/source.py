@@ -186,6 +186,11 @@ class ModelSource:
             if e is None:
                 hint = " (config says tie_word_embeddings=false)" if role is TensorRole.LM_HEAD else ""
                 raise CheckpointError(f"tensor {name} is missing from the checkpoint{hint}; re-download it")
+            if e.dtype not in ("f32", "f16", "bf16"):
+                raise CheckpointError(
+                    f"tensor {name} is stored as {e.dtype}; phi-quant reads F32, F16 and BF16 weights. Use the "
+                    "unquantized checkpoint of this model (an fp8/int checkpoint must be dequantized first)."
+                )
             want = self._expected_shape(role)
             if e.shape != want:
                 raise CheckpointError(
