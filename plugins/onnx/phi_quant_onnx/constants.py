@@ -21,6 +21,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",
 )
 
 # --- opsets / domains -------------------------------------------------------------------------

@@ -44,7 +44,10 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
         context_length=decoder.context_length,
     )
     (output_dir / C.GENAI_CONFIG_FILE).write_text(json.dumps(genai, indent=4), encoding="utf-8")
-    tokenizer = copy_tokenizer_files(source.tokenizer_files, output_dir, decoder.context_length)
+    chat_template = getattr(source, "chat_template", None)
+    tokenizer = copy_tokenizer_files(
+        source.tokenizer_files, output_dir, decoder.context_length, chat_template if isinstance(chat_template, str) else None
+    )
     files = [C.MODEL_FILE, C.DATA_FILE, C.GENAI_CONFIG_FILE, *tokenizer]
     details = {
         "target": settings.target,
@@ -89,5 +92,5 @@ def run_instructions(settings: OnnxSettings) -> str:
         "    generator.generate_next_token()\n"
         "print(tokenizer.decode(generator.get_sequence(0)))\n"
         "```\n\n"
-        f"Or `phi-quant run <this folder> -p \"Hello\"`. Exported for the {settings.target} target."
+        f"Or `phi-quant run <this folder> --prompt \"Hello\"`. Exported for the {settings.target} target."
     )

@@ -3,7 +3,9 @@
 genai tokenizes with onnxruntime-extensions, which reads the Hugging Face ``tokenizer.json`` and
 ``tokenizer_config.json`` (tokenizer class, special tokens, chat template). The only edit:
 ``model_max_length`` is set to the exported context length, because Hugging Face writes a
-1e30 "no limit" there that is not a usable integer (the builder makes the same change).
+1e30 "no limit" there that is not a usable integer (the builder makes the same change), and a chat
+template kept only in ``chat_template.jinja`` (transformers 5) is copied into it, where genai's
+``apply_chat_template`` looks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from .constants import TOKENIZER_FILES
 __all__ = ["copy_tokenizer_files"]
 
 
-def copy_tokenizer_files(files: Mapping[str, Path], output_dir: Path, context_length: int) -> list[str]:
+def copy_tokenizer_files(
+    files: Mapping[str, Path], output_dir: Path, context_length: int, chat_template: str | None = None
+) -> list[str]:
     """Copy the known tokenizer files present in ``files``; return the names written."""
     if "tokenizer.json" not in files:
         raise CheckpointError(
@@ -36,6 +40,8 @@ def copy_tokenizer_files(files: Mapping[str, Path], output_dir: Path, context_le
         if name == "tokenizer_config.json":
             data = json.loads(Path(src).read_text(encoding="utf-8"))
             data["model_max_length"] = int(context_length)
+            if chat_template and not data.get("chat_template"):
+                data["chat_template"] = chat_template
             dst.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
         else:
             shutil.copyfile(src, dst)
