@@ -9,8 +9,13 @@ typedef struct {
 } ggml_ctx;
 
 /* (int8_t)v then MIN(15, .) for the v >= 0 ggml produces; a non-finite v gives 0, as on x86. */
-PQ_INLINE uint8_t nibble_trunc(float v) {
-    return (uint8_t)(int32_t)pq_clampf(pq_zero_beyond(v, 0x1p30f), 0.0f, 15.0f);
+PQ_INLINE int32_t nibble_trunc(float v) {
+    return (int32_t)pq_clampf(pq_zero_beyond(v, 0x1p30f), 0.0f, 15.0f);
+}
+
+/* ggml's 4-bit order: element j in the low nibble of byte j, element j+16 in its high nibble. */
+PQ_INLINE void pack_split_halves(const int32_t *q, uint8_t *qs) {
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
 }
 
 PQ_INLINE void put_half(uint8_t *p, float v) {
@@ -37,32 +42,26 @@ PQ_INLINE int block_q8_0(const float *x, uint8_t *out) {
 }
 
 PQ_INLINE int block_q4_0(const float *x, uint8_t *out) {
-    const float amax = pq_absmax(x, 32);
-    if (!(amax <= 3.40282347e+38f)) return 1;
-    float max = 0.0f; /* the signed value of the first element with the largest |x| */
-    if (amax > 0.0f) {
-        int pos = 0, neg = 0;
+    /* ggml keeps the signed value of the first element with the largest |x|. One min/max scan
+       gives it unless both +a and -a occur; only then is the block scanned for the first. */
+    float lo, hi;
+    if (pq_minmax(x, 32, &lo, &hi)) return 1;
+    float max = 0.0f;
+    if (hi > -lo) {
+        max = hi;
+    } else if (-lo > hi) {
+        max = lo;
+    } else if (hi != 0.0f) {
         for (int j = 0; j < 32; j++) {
-            pos |= x[j] == amax;
-            neg |= x[j] == -amax;
-        }
-        if (pos && neg) {
-            for (int j = 0; j < 32; j++) {
-                if (pq_absf(x[j]) == amax) { max = x[j]; break; }
-            }
-        } else {
-            max = pos ? amax : -amax;
+            if (pq_absf(x[j]) == hi) { max = x[j]; break; }
         }
     }
     const float d = max / -8.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(out, d);
-    uint8_t *qs = out + 2;
-    for (int j = 0; j < 16; j++) {
-        uint8_t lo = nibble_trunc(x[j] * id + 8.5f);
-        uint8_t hi = nibble_trunc(x[j + 16] * id + 8.5f);
-        qs[j] = (uint8_t)(lo | (hi << 4));
-    }
+    int32_t q[32];
+    for (int j = 0; j < 32; j++) q[j] = nibble_trunc(x[j] * id + 8.5f);
+    pack_split_halves(q, out + 2);
     return 0;
 }
 
@@ -73,12 +72,9 @@ PQ_INLINE int block_q4_1(const float *x, uint8_t *out) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(out, d);
     put_half(out + 2, min);
-    uint8_t *qs = out + 4;
-    for (int j = 0; j < 16; j++) {
-        uint8_t lo = nibble_trunc((x[j] - min) * id + 0.5f);
-        uint8_t hi = nibble_trunc((x[j + 16] - min) * id + 0.5f);
-        qs[j] = (uint8_t)(lo | (hi << 4));
-    }
+    int32_t q[32];
+    for (int j = 0; j < 32; j++) q[j] = nibble_trunc((x[j] - min) * id + 0.5f);
+    pack_split_halves(q, out + 4);
     return 0;
 }
 

@@ -15,7 +15,7 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
     const int qmax = (1 << c->bits) - 1;
     const float qmax_f = (float)qmax;
     const int mid = 1 << (c->bits - 1);
-    uint8_t q[256];
+    int32_t q[256];
     for (int64_t r = r0; r < r1; r++) {
         const void *row = pq_row_ptr(c->src, c->dtype, r, c->stride);
         const float *x = pq_row_f32(row, c->dtype, c->k, buf);
@@ -49,12 +49,12 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
             const float zpf = (float)zp;
             for (int j = 0; j < len; j++) {
                 float v = pq_clampf(xb[j] * inv + zpf, 0.0f, qmax_f);
-                q[j] = (uint8_t)pq_round_pos(v);
+                q[j] = pq_round_pos(v);
             }
             for (int j = len; j < c->block; j++) q[j] = 0; /* padding past K: zero bytes */
             uint8_t *out = c->B + (size_t)si * (size_t)c->blob;
             if (c->bits == 8) {
-                memcpy(out, q, (size_t)c->block);
+                for (int j = 0; j < c->block; j++) out[j] = (uint8_t)q[j];
             } else {
                 for (int j = 0; j < c->block / 2; j++) out[j] = (uint8_t)(q[2 * j] | (q[2 * j + 1] << 4));
             }
