@@ -130,3 +130,19 @@ def test_checkpoint_saved_by_transformers_reads_back(variant, tmp_path):
         for a, b in zip(saved.tensors(), original.tensors()):
             assert a.dtype == b.dtype == "bf16"
             np.testing.assert_array_equal(a.raw(), b.raw())
+
+
+def test_oracle_accepts_split_weights_and_tied_heads():
+    """Weights given as separate q/k/v and gate/up (as some exporters hold them) fuse back exactly."""
+    src, ref, _, tok = _models("phi4-mini")
+    weights = {t.name: t.to_float32() for t in src.tensors(split=True)}
+    assert "lm_head.weight" not in weights and "model.layers.0.self_attn.k_proj.weight" in weights
+    ids = tok.encode(test_prompts("phi4-mini")[0], add_special_tokens=False).ids
+    np.testing.assert_array_equal(ReferenceModel(src.config, weights).logits(ids), ref.logits(ids))
+    with pytest.raises(ValueError, match="token ids"):
+        ref.logits([src.config.vocab_size])
+    with pytest.raises(ValueError):
+        ref.logits([])
+    untied = dataclasses.replace(src.config, tie_word_embeddings=False)
+    with pytest.raises(KeyError, match="lm_head"):
+        ReferenceModel(untied, weights)
