@@ -132,3 +132,21 @@ def test_tokenization_fuzz(variant, sources, exported):
         for _ in range(300):
             text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
             assert model.tokenize(text) == tok.encode(text, add_special_tokens=False).ids, repr(text)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chat_prompt_matches_transformers(variant, exported):
+    """The chat template stored in the GGUF renders and tokenizes exactly as transformers'
+    ``apply_chat_template`` does (what ``generate(chat=True)`` feeds the model)."""
+    transformers = pytest.importorskip("transformers")
+    from phi_quant.testing.factory import cached_checkpoint
+
+    hf = transformers.AutoTokenizer.from_pretrained(cached_checkpoint(variant))
+    messages = [{"role": "user", "content": "Hi there, ünïcode 😀"}]
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = hf(text, add_special_tokens=False)["input_ids"]
+    out, _ = exported(variant, "int4", "Q4_0")
+    with plugin.load_model(path=out, options={}) as model:
+        assert model.render_chat(messages[0]["content"]) == text
+        assert model.tokenize(text) == list(ids)
