@@ -117,7 +117,7 @@ class LlamaCppModel:
             n_gpu_layers=self.n_gpu_layers, verbose=False, seed=0, type_k=self.kv_type, type_v=self.kv_type,
         )
         if self.threads:
-            kwargs["n_threads"] = int(self.threads)
+            kwargs["n_threads"] = kwargs["n_threads_batch"] = int(self.threads)
         if override:
             kwargs["kv_overrides"] = {Key.ROPE_ORIG_CONTEXT: int(override)}
         try:
