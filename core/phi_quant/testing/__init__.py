@@ -1,0 +1,1 @@
+"""Test helpers: tiny checkpoint factory, prompts, conformance kit."""
