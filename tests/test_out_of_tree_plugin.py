@@ -72,7 +72,7 @@ def test_guide_builds_an_installable_plugin_outside_the_repo(tmp_path):
                                 "--quiet"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert quantized.returncode == 0, quantized.stderr
     manifest = json.loads((out / "phi-quant.json").read_text())
-    assert manifest["backend"]["name"] == "hello" if isinstance(manifest.get("backend"), dict) else "hello" in str(manifest)
+    assert manifest["backend"]["name"] == "hello" and manifest["backend"]["distribution"] == "phi-quant-hello"
     ran = subprocess.run(["phi-quant", "run", str(out), "--prompt", "Hello", "--max-tokens", "4"], cwd=work, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert ran.returncode == 0, ran.stderr
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr

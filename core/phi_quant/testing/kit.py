@@ -229,8 +229,7 @@ class BackendConformance:
             pytest.fail(plan.error, pytrace=False)
         owner = request.cls()
         session = KitSession(plan.backend, tmp_path_factory.mktemp(f"kit-{plan.backend}"),
-                             owner.export_options, owner.load_options)
-        session.plan = plan  # type: ignore[attr-defined]
+                             owner.export_options, owner.load_options, plan)
         yield session
         session.close()
 
@@ -245,7 +244,7 @@ class BackendConformance:
             problems.append(f"hook_contract {info.hook_contract} has another major than {HOOK_CONTRACT_VERSION}")
         if not info.format or not info.runtime:
             problems.append("backend_info() must name its output format and runtime")
-        specs = kit.plan.declared  # type: ignore[attr-defined]
+        specs = kit.plan.declared
         names = [s.precision for s in specs]
         if not names:
             problems.append("supported_precisions() declares no precision")
@@ -308,7 +307,7 @@ class BackendConformance:
 
     def test_fidelity(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         variant, precision = case
-        spec = kit.plan.spec(precision)  # type: ignore[attr-defined]
+        spec = kit.plan.spec(precision)
         if spec is None or spec.thresholds is None:
             pytest.fail(f"backend declares no FidelityThresholds for {precision}", pytrace=False)
         thr = spec.thresholds
@@ -324,7 +323,7 @@ class BackendConformance:
         assert not problems, f"{variant}/{precision}: {'; '.join(problems)} ({result.describe()})"
 
     def test_kl_order(self, kit: KitSession, variant: str, record_property: Any) -> None:
-        ordered = [p for p in KL_ORDER if p in kit.plan.precisions]  # type: ignore[attr-defined]
+        ordered = [p for p in KL_ORDER if p in kit.plan.precisions]
         if len(ordered) < 2:
             pytest.skip(f"fewer than two of {KL_ORDER} are checked")
         kl = {p: kit.fidelity(variant, p).kl_mean for p in ordered}
@@ -338,7 +337,7 @@ class BackendConformance:
         from ..model.source import open_model
         from ..model.tensors import TensorRole
 
-        variant = kit.plan.first_variant  # type: ignore[attr-defined]
+        variant = kit.plan.first_variant
         with open_model(kit.checkpoint(variant)) as src:
             tensor = src.tensor(TensorRole.QKV, 0)
             qt = kit.backend.quantize(tensor, kit.options_for(variant, precision))
@@ -362,7 +361,7 @@ class BackendConformance:
         from .. import convert as convert_module
         from ..model.source import open_model
 
-        variant = kit.plan.first_variant  # type: ignore[attr-defined]
+        variant = kit.plan.first_variant
         checkpoint = kit.checkpoint(variant)
         with open_model(checkpoint) as src:
             after = max(1, len(src.tensor_infos()) // 2)
@@ -401,10 +400,10 @@ class BackendConformance:
         assert not problems, "after a failure mid-export: " + "; ".join(problems)
         record_property("result", f"failed after {after} tensors; nothing left behind")
 
-    def _poisoned(self, kit: KitSession, kind: str, precision: str) -> None:
+    def _poisoned(self, kit: KitSession, kind: str, precision: str, record_property: Any) -> None:
         from ..convert import convert
 
-        variant = kit.plan.first_variant  # type: ignore[attr-defined]
+        variant = kit.plan.first_variant
         path = kit.workdir / f"poisoned-{kind}-{variant}"
         if not path.exists():
             poison_checkpoint(kit.checkpoint(variant), path, self.poisoned_tensor, kind)
@@ -413,6 +412,7 @@ class BackendConformance:
             convert(path, kit.backend_name, kit.options_for(variant, precision), out)
         except BadWeightsError as exc:
             assert self.poisoned_tensor in str(exc), f"BadWeightsError must name {self.poisoned_tensor}: {exc}"
+            record_property("result", f"BadWeightsError: {str(exc)[:80]}")
         except Exception as exc:  # noqa: BLE001
             pytest.fail(f"{kind.upper()} weights raised {_describe(exc)}, expected BadWeightsError", pytrace=False)
         else:
@@ -420,17 +420,17 @@ class BackendConformance:
                         pytrace=False)
         assert not out.exists(), "a failed export left output behind"
 
-    def test_rejects_nan_weights(self, kit: KitSession, precision: str) -> None:
-        self._poisoned(kit, "nan", precision)
+    def test_rejects_nan_weights(self, kit: KitSession, precision: str, record_property: Any) -> None:
+        self._poisoned(kit, "nan", precision, record_property)
 
-    def test_rejects_inf_weights(self, kit: KitSession, precision: str) -> None:
-        self._poisoned(kit, "inf", precision)
+    def test_rejects_inf_weights(self, kit: KitSession, precision: str, record_property: Any) -> None:
+        self._poisoned(kit, "inf", precision, record_property)
 
     def test_refuses_undeclared_precision(self, kit: KitSession, undeclared: str) -> None:
         from ..model.source import open_model
         from ..model.tensors import TensorRole
 
-        variant = kit.plan.first_variant  # type: ignore[attr-defined]
+        variant = kit.plan.first_variant
         options = ExportOptions(precision=undeclared)
         out = kit.workdir / f"undeclared-{undeclared}"
         out.mkdir()
@@ -453,7 +453,7 @@ class BackendConformance:
     def test_refuses_existing_output(self, kit: KitSession) -> None:
         from ..convert import convert
 
-        plan = kit.plan  # type: ignore[attr-defined]
+        plan = kit.plan
         out = kit.fresh_dir("existing")
         out.mkdir()
         (out / "keep.txt").write_text("user data")
@@ -469,7 +469,7 @@ class BackendConformance:
 
         if _option(request.config, "phi_quant_skip_streaming") or not _ini(request.config, "phi_quant_streaming", True):
             pytest.skip("streaming check turned off (--phi-quant-skip-streaming)")
-        options = kit.options_for(kit.plan.first_variant, precision)  # type: ignore[attr-defined]
+        options = kit.options_for(kit.plan.first_variant, precision)
         peaks, sizes = [], []
         for min_bytes in (SMALL_BYTES, LARGE_BYTES):
             peak, size, error = measure_conversion_rss(kit.backend_name, options,

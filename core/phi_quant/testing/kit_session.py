@@ -67,8 +67,10 @@ class KitSession:
         workdir: Path,
         options_for: Callable[[str, str], ExportOptions],
         load_options_for: Callable[[str, str], dict[str, Any]],
+        plan: Any = None,
     ):
         self.backend_name = backend
+        self.plan = plan  # the test class's KitPlan: variants, precisions, declared specs
         self.workdir = Path(workdir)
         self.options_for = options_for
         self.load_options_for = load_options_for
