@@ -146,3 +146,15 @@ def test_oracle_accepts_split_weights_and_tied_heads():
     untied = dataclasses.replace(src.config, tie_word_embeddings=False)
     with pytest.raises(KeyError, match="lm_head"):
         ReferenceModel(untied, weights)
+
+
+@pytest.mark.parametrize("variant", ["phi3.5-longrope", "phi4-mini"])
+def test_longrope_boundary_is_sequence_longer_than_original(variant):
+    """Exactly ``original_max_position`` tokens still use the short factors; one more switches to long."""
+    src, ref, hf, tok = _models(variant)
+    orig = src.config.rope.original_max_position
+    ids = tok.encode(test_prompts(variant)[-1], add_special_tokens=False).ids[: orig + 1]
+    for n in (orig, orig + 1):
+        assert np.abs(ref.logits(ids[:n]) - _hf_logits(hf, ids[:n])).max() <= TOLERANCE
+    # the first orig positions see different factors in the two runs (causal: only the factors differ)
+    assert np.abs(ref.logits(ids[:orig]) - ref.logits(ids)[:orig]).max() > 100 * TOLERANCE
