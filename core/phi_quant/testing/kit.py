@@ -213,7 +213,7 @@ class BackendConformance:
         if "precision" in names:
             precisions = plan.precisions
             if metafunc.function.__name__ == "test_streaming":
-                wanted = self.streaming_precisions or DEFAULT_STREAMING_PRECISIONS
+                wanted = DEFAULT_STREAMING_PRECISIONS if self.streaming_precisions is None else self.streaming_precisions
                 precisions = [p for p in plan.precisions if p in wanted] or (
                     plan.precisions[:1] if self.streaming_precisions is None else [])
             metafunc.parametrize("precision", precisions, ids=[f"{b}-{p}" for p in precisions], scope="class")
