@@ -32,6 +32,8 @@ from .runtime import INDEX_NAME, ReferenceModelRunner
 from .weights import DEFAULT_SCHEMES, encode, resolve_scheme
 
 NAME = "reference"
+#: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
+HOOK_CONTRACT = "1.0"
 
 #: What each precision promises against the oracle: measured on the four tiny variants
 #: (docs/fidelity.md, "reference backend"), with margin.
@@ -60,6 +62,7 @@ def backend_info() -> BackendInfo:
         runtime="numpy (phi_quant.reference)",
         version=__version__,
         description="Reference backend: plain safetensors run by the numpy oracle; the plugin authoring example",
+        hook_contract=HOOK_CONTRACT,
     )  # distribution and install hint: filled in by the core from the entry point's metadata
 
 
