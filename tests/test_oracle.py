@@ -20,6 +20,8 @@ from phi_quant.reference import ReferenceModel  # noqa: E402
 from phi_quant.testing.factory import VARIANTS, cached_checkpoint  # noqa: E402
 from phi_quant.testing.prompts import chat_prompt, test_prompts  # noqa: E402
 
+pytestmark = pytest.mark.oracle
+
 TOLERANCE = 1e-4
 
 _cache: dict[str, tuple] = {}
