@@ -105,13 +105,21 @@ def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, variant, 
     model.close()
 
 
-def test_paged_and_sdpa_backends_agree(export_tiny):
+@pytest.mark.parametrize("variant", ["phi4-mini", "phi3-mini"])
+def test_paged_attention_conversion_agrees_with_sdpa(export_tiny, variant):
+    """GenAI turns the IR into a paged-attention model (a scheduler config forces that path, with
+    no silent fallback); it must generate what the stateful SDPA model generates."""
     import openvino_genai as og
 
-    out, _ = export_tiny("phi4-mini", "int8")
+    from phi_quant_openvino.runtime import compile_properties
+
+    out, _ = export_tiny(variant, "int4")
+    props = compile_properties({})
+    scheduler = og.SchedulerConfig()
+    scheduler.cache_size = 1
     texts = []
-    for backend in ("PA", "SDPA"):
-        pipe = og.LLMPipeline(str(out), "CPU", ATTENTION_BACKEND=backend, INFERENCE_PRECISION_HINT="f32")
+    for kw in ({"scheduler_config": scheduler}, {"ATTENTION_BACKEND": "SDPA"}):
+        pipe = og.LLMPipeline(str(out), "CPU", **kw, **props)
         config = pipe.get_generation_config()
         config.max_new_tokens, config.do_sample, config.apply_chat_template = 10, False, False
         texts.append(str(pipe.generate("The sea is", config)))
