@@ -61,10 +61,6 @@ FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head"
 COS_CACHE = "cos_cache"
 SIN_CACHE = "sin_cache"
-COS_CACHE_SHORT = "cos_cache_short"
-SIN_CACHE_SHORT = "sin_cache_short"
-COS_CACHE_LONG = "cos_cache_long"
-SIN_CACHE_LONG = "sin_cache_long"
 
 
 def layer_prefix(layer: int) -> str:

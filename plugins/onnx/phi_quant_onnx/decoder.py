@@ -18,15 +18,16 @@ The graph follows onnxruntime-genai's conventions (what its model builder emits 
 Two attention plans, chosen from the head shape because ORT's kernel refuses some
 (see :func:`attention_plan`):
 
-``gqa_rotary``  GroupQueryAttention rotates Q/K itself from cos/sin caches; LongRoPE picks the
-                short or long caches with an ``If`` on the total sequence length, like the builder.
+``gqa_rotary``  GroupQueryAttention rotates Q/K itself from the cos/sin caches.
 ``rotary_op``   ``RotaryEmbedding`` ops (any partial rotary width) on Q and K using
-                ``position_ids``, then GroupQueryAttention without rotary; LongRoPE reads one
-                concatenated [short; long] cache and shifts positions by the original context
-                when the sequence is longer (the builder's DirectML form, no ``If``).
+                ``position_ids``, then GroupQueryAttention without rotary.
 
-Both choose the long factors exactly when the whole sequence (past + new) exceeds the original
-context, which is what transformers does for a full-sequence run.
+LongRoPE, in both plans: one concatenated [short; long] cache, and ``position_ids`` shifted by
+the original context into the long rows when ``max(position_ids) >= original`` (the builder's
+DirectML form), passed to GroupQueryAttention's ``position_ids`` input or to RotaryEmbedding.
+The long factors are thus used exactly when the whole sequence (past + new) exceeds the
+original context, which is what transformers does for a full-sequence run. The builder's CPU
+form, an ``If`` choosing between two caches, copies the chosen cache on every step.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
@@ -130,7 +131,7 @@ class Phi3OnnxDecoder:
         g, cfg = self.g, self.config
         g.add_input(C.INPUT_IDS, TensorProto.INT64, ["batch_size", "sequence_length"])
         g.add_input(C.ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])
-        if self.plan.mode == "rotary_op":
+        if self.plan.mode == "rotary_op" or cfg.rope.is_longrope:
             g.add_input(C.POSITION_IDS, TensorProto.INT64, ["batch_size", "sequence_length"])
         g.add_output(C.LOGITS, TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
         for i in range(cfg.num_layers):
@@ -155,52 +156,37 @@ class Phi3OnnxDecoder:
         return self.g.add_initializer(self.writer.add(name, convert(array, "f32", self.io_kind), self.io_type))
 
     def _make_rotary_caches(self) -> None:
-        g, rope = self.g, self.config.rope
+        g = self.g
         caches = rope_caches(self.config, self.context_length)
-        self.positions = C.POSITION_IDS if self.plan.mode == "rotary_op" else ""
         if caches.long_cos is None:
+            self.positions = C.POSITION_IDS if self.plan.mode == "rotary_op" else ""
             self.cos = self._cache(C.COS_CACHE, caches.short_cos)
             self.sin = self._cache(C.SIN_CACHE, caches.short_sin)
             self.choices["rope"] = "single cache"
             return
+        # LongRoPE: one [short; long] cache, long rows starting at the original context, and
+        # position ids shifted into the long half when the sequence outgrows the original context.
+        # (An If choosing between two caches, as the builder does, copies the chosen cache on
+        # every step: 50 MB per token for a 128k Phi-3.5; this form reads it in place.)
         orig = int(caches.original_context)
-        if self.plan.mode == "gqa_rotary":
-            short_cos = self._cache(C.COS_CACHE_SHORT, caches.short_cos)
-            short_sin = self._cache(C.SIN_CACHE_SHORT, caches.short_sin)
-            long_cos = self._cache(C.COS_CACHE_LONG, caches.long_cos)
-            long_sin = self._cache(C.SIN_CACHE_LONG, caches.long_sin)
-            longer = g.node1("Greater", [self.total_len_i64, g.const(orig)], "/model/rope_caches/Greater")
+        short_rows = caches.short_cos.shape[0]
+        pad = np.zeros((max(orig - short_rows, 0), caches.half), np.float32)  # context < original: never read
+        self.cos = self._cache(C.COS_CACHE, np.concatenate([caches.short_cos, pad, caches.long_cos]))
+        self.sin = self._cache(C.SIN_CACHE, np.concatenate([caches.short_sin, pad, caches.long_sin]))
+        base = "/model/pos_ids_reformat"
+        top = g.node1("ReduceMax", [C.POSITION_IDS], f"{base}/ReduceMax", keepdims=0)
+        is_long = g.node1("GreaterOrEqual", [top, g.const(orig)], f"{base}/GreaterOrEqual")
+        shift = g.node1("Mul", [g.node1("Cast", [is_long], f"{base}/Cast", to=TensorProto.INT64), g.const(orig)], f"{base}/Mul")
+        self.positions = g.node1("Add", [shift, C.POSITION_IDS], f"{base}/Add")
+        self.choices["rope"] = (
+            f"LongRoPE: one [short; long] cache; positions shifted by {orig} into the long rows when "
+            f"max(position_ids) >= {orig}, i.e. when the whole sequence is longer than {orig}"
+        )
 
-            def branch(name: str, cos: str, sin: str) -> onnx.GraphProto:
-                nodes = [
-                    helper.make_node("Identity", [cos], [f"{name}/cos"], name=f"{name}/cos/Identity"),
-                    helper.make_node("Identity", [sin], [f"{name}/sin"], name=f"{name}/sin/Identity"),
-                ]
-                outs = [helper.make_tensor_value_info(f"{name}/{x}", self.io_type, None) for x in ("cos", "sin")]
-                return helper.make_graph(nodes, name, [], outs)
-
-            self.cos, self.sin = g.node(
-                "If",
-                [longer],
-                "/model/rope_caches/If",
-                outputs=[C.COS_CACHE, C.SIN_CACHE],
-                then_branch=branch("long_rope_caches", long_cos, long_sin),
-                else_branch=branch("short_rope_caches", short_cos, short_sin),
-            )
-            self.choices["rope"] = f"LongRoPE: If(total_sequence_length > {orig}) long caches else short caches"
-        else:
-            short_rows = caches.short_cos.shape[0]
-            pad = orig - short_rows  # only when the context is shorter than the original: never indexed
-            short_cos = np.concatenate([caches.short_cos, np.zeros((max(pad, 0), caches.half), np.float32)])
-            short_sin = np.concatenate([caches.short_sin, np.zeros((max(pad, 0), caches.half), np.float32)])
-            self.cos = self._cache(C.COS_CACHE, np.concatenate([short_cos, caches.long_cos]))
-            self.sin = self._cache(C.SIN_CACHE, np.concatenate([short_sin, caches.long_sin]))
-            base = "/model/pos_ids_reformat"
-            top = g.node1("ReduceMax", [C.POSITION_IDS], f"{base}/ReduceMax", keepdims=0)
-            is_long = g.node1("GreaterOrEqual", [top, g.const(orig)], f"{base}/GreaterOrEqual")
-            shift = g.node1("Mul", [g.node1("Cast", [is_long], f"{base}/Cast", to=TensorProto.INT64), g.const(orig)], f"{base}/Mul")
-            self.positions = g.node1("Add", [shift, C.POSITION_IDS], f"{base}/Add")
-            self.choices["rope"] = f"LongRoPE: positions shifted by {orig} into the long half when max(position) >= {orig}"
+    @property
+    def uses_position_ids(self) -> bool:
+        """True when the graph reads ``position_ids`` (rotary outside attention, or LongRoPE)."""
+        return bool(self.positions)
 
     # -- weights -> nodes ---------------------------------------------------------------------
     def _store(self, tensor: SourceTensor, kind: str, prefix: str, transposed: bool) -> _Stored:
@@ -334,6 +320,8 @@ class Phi3OnnxDecoder:
         present = [C.PRESENT_KEY.format(i), C.PRESENT_VALUE.format(i)]
         if self.plan.mode == "gqa_rotary":
             inputs = [qkv, "", "", *past, self.seqlens_k, self.total_len, self.cos, self.sin]
+            if self.positions:  # LongRoPE: GroupQueryAttention rotates with these (shifted) positions
+                inputs.append(self.positions)
             outs = g.node(C.OP_GQA, inputs, f"{base}/GroupQueryAttention", outputs=[f"{base}/GroupQueryAttention/output_0", *present],
                           domain=C.MS_DOMAIN, do_rotary=1, **common)
         else:

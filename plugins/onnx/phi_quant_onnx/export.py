@@ -40,7 +40,7 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
         config,
         settings,
         getattr(source, "generation_config", None) or {},
-        uses_position_ids=decoder.plan.mode == "rotary_op",
+        uses_position_ids=decoder.uses_position_ids,
         context_length=decoder.context_length,
     )
     (output_dir / C.GENAI_CONFIG_FILE).write_text(json.dumps(genai, indent=4), encoding="utf-8")

@@ -37,6 +37,7 @@ def test_checker_passes_and_weights_are_external(variant, precision, exported):
     ops = {n.op_type for n in model.graph.node}
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops
     assert ("MatMulNBits" in ops) == (precision == "int4")
+    assert "If" not in ops  # LongRoPE reads one cache in place (an If would copy it every step)
     assert set(result.files) <= {p.name for p in out.iterdir()}
 
 
@@ -53,6 +54,7 @@ def test_genai_config_and_tokenizer_files(variant, exported, sources):
     assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"], dec["num_hidden_layers"]) == (
         src.config.num_heads, src.config.num_kv_heads, src.config.head_dim, src.config.num_layers)
     assert dec["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert ("position_ids" in dec["inputs"]) == src.config.rope.is_longrope
     assert dec["outputs"]["present_value_names"] == "present.%d.value"
     assert cfg["search"]["past_present_share_buffer"] is True and cfg["search"]["do_sample"] is False
     assert (out / "tokenizer.json").read_bytes() == src.tokenizer_files["tokenizer.json"].read_bytes()
