@@ -22,7 +22,7 @@ from . import constants as C
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
 from .packing import dequantize, pack, row_chunks
-from .schemes import TensorScheme, plan_weights, resolve_options
+from .schemes import TensorScheme, WeightPlan, plan_weights, resolve_options
 from .tokenizer_ir import write_tokenizer_irs
 from .weights import array_layout, packed_nbytes
 
@@ -79,16 +79,43 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
     infos = list(source.tensor_infos())
     sensitivity = None
     if opts.ratio < 1.0:
-        candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in ("embed", "lm_head"))}
+        edge = ("embed", "lm_head")
+        candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in edge)}
         sensitivity = _sensitivity(source, candidates)
     plan = plan_weights(infos, opts, sensitivity)
+    _write_model(source, output_dir, plan, progress)
+    files = [C.MODEL_XML, C.MODEL_BIN] + _write_side_files(source, output_dir, opts)
 
-    graph = build_decoder(source.config, infos, plan)
+    notes = list(plan.notes)
+    if source.config.rope.is_longrope:
+        notes.append(
+            "LongRoPE: the graph picks the short or long factors per forward call from max(position_ids), "
+            "like transformers; a generation that crosses the original context keeps earlier keys rotated "
+            "with the short factors (transformers does the same)."
+        )
+    return ExportResult(
+        files=files,
+        scheme=opts.scheme_name,
+        details={
+            "weight_schemes": plan.counts(),
+            "per_tensor": {name: s.label for name, s in plan.schemes.items()},
+            "preset": opts.preset,
+            "ratio": opts.ratio,
+            "streaming": "skeleton IR saved with zero-page placeholders, weights written per tensor at their offsets",
+        },
+        run_instructions=run_instructions(),
+        notes=notes,
+    )
+
+
+def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress) -> None:
+    """Save the graph with placeholder weights, then stream every tensor into the .bin."""
+    opts = plan.options
+    graph = build_decoder(source.config, list(source.tensor_infos()), plan)
     graph.model.set_rt_info("phi-quant", ["phi_quant", "exporter"])
     graph.model.set_rt_info(opts.scheme_name, ["phi_quant", "scheme"])
     graph.model.set_rt_info(opts.precision, ["phi_quant", "precision"])
-    xml = output_dir / C.MODEL_XML
-    offsets = save_skeleton(graph.model, xml, graph.bank.slots, graph.decompression_converts)
+    offsets = save_skeleton(graph.model, output_dir / C.MODEL_XML, graph.bank.slots, graph.decompression_converts)
     slots = list(graph.bank.slots)
     graph.bank.release()
     del graph
@@ -115,8 +142,10 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
     finally:
         writer.close()
 
-    files = [C.MODEL_XML, C.MODEL_BIN]
-    files += write_tokenizer_irs(source.tokenizer_files, getattr(source, "chat_template", None), output_dir)
+
+def _write_side_files(source, output_dir: Path, opts) -> list[str]:
+    """Tokenizer IRs, generation/model configs and tokenizer files; returns their names."""
+    files = write_tokenizer_irs(source.tokenizer_files, getattr(source, "chat_template", None), output_dir)
     (output_dir / C.GENERATION_CONFIG).write_text(json.dumps(_generation_config(source), indent=2))
     files.append(C.GENERATION_CONFIG)
     config_json = Path(source.path) / C.HF_CONFIG
@@ -130,27 +159,7 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
     if opts.primary.is_int:
         quant = {"bits": 4 if opts.precision == "int4" else 8, "sym": opts.primary.mode.endswith("_sym"),
                  "group_size": opts.primary.group_size or -1, "ratio": opts.ratio, "all_layers": opts.all_layers}
-        (output_dir / C.OPENVINO_CONFIG).write_text(json.dumps({"quantization_config": quant, "dtype": opts.precision}, indent=2))
+        text = json.dumps({"quantization_config": quant, "dtype": opts.precision}, indent=2)
+        (output_dir / C.OPENVINO_CONFIG).write_text(text)
         files.append(C.OPENVINO_CONFIG)
-
-    counts = plan.counts()
-    notes = list(plan.notes)
-    if source.config.rope.is_longrope:
-        notes.append(
-            "LongRoPE: the graph picks the short or long factors per forward call from max(position_ids), "
-            "like transformers; a generation that crosses the original context keeps earlier keys rotated "
-            "with the short factors (transformers does the same)."
-        )
-    return ExportResult(
-        files=files,
-        scheme=opts.scheme_name,
-        details={
-            "weight_schemes": counts,
-            "per_tensor": {name: s.label for name, s in plan.schemes.items()},
-            "preset": opts.preset,
-            "ratio": opts.ratio,
-            "streaming": "skeleton IR saved with zero-page placeholders, weights written per tensor at their offsets",
-        },
-        run_instructions=run_instructions(),
-        notes=notes,
-    )
+    return files

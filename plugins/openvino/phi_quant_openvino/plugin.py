@@ -77,7 +77,7 @@ def supported_precisions() -> list[PrecisionSpec]:
 @hookimpl
 def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
     from .packing import dequantize, pack
-    from .schemes import TensorScheme, _fit_group, resolve_options
+    from .schemes import TensorScheme, fit_group, resolve_options
 
     opts = resolve_options(options)
     if tensor.role.is_norm:
@@ -85,7 +85,7 @@ def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
     elif tensor.role.value in ("embed", "lm_head") and not opts.all_layers:
         scheme = opts.backup
     else:
-        scheme = _fit_group(tensor.info(), opts.primary, opts.backup, [])
+        scheme = fit_group(tensor.info(), opts.primary, opts.backup, [])
     arrays = pack(tensor, scheme)
     shape = tuple(tensor.shape)
     return QuantizedTensor(

@@ -20,7 +20,7 @@ from phi_quant.types import ExportOptions
 
 from . import constants as C
 
-__all__ = ["TensorScheme", "WeightPlan", "PRESETS", "resolve_options", "plan_weights", "ResolvedOptions"]
+__all__ = ["TensorScheme", "WeightPlan", "PRESETS", "resolve_options", "plan_weights", "fit_group", "ResolvedOptions"]
 
 #: Named presets: (mode, group size or None for per-channel). NPUs want symmetric int4.
 PRESETS = {
@@ -182,7 +182,7 @@ def plan_weights(
     primary, backup = options.primary, options.backup
     if not primary.is_int or primary.mode in (C.INT8_ASYM, C.INT8_SYM):
         for info in infos:
-            plan.schemes[info.name] = _fit_group(info, primary, backup, plan.notes)
+            plan.schemes[info.name] = fit_group(info, primary, backup, plan.notes)
         return plan
 
     candidates = [i for i in infos if options.all_layers or not _is_edge(i)]
@@ -203,7 +203,7 @@ def plan_weights(
             done += info.numel
     for info in candidates:
         if info.name in chosen:
-            plan.schemes[info.name] = _fit_group(info, primary, backup, plan.notes)
+            plan.schemes[info.name] = fit_group(info, primary, backup, plan.notes)
         else:
             plan.schemes[info.name] = backup
     if options.ratio < 1.0:
@@ -215,7 +215,7 @@ def plan_weights(
     return plan
 
 
-def _fit_group(info: TensorInfo, scheme: TensorScheme, backup: TensorScheme, notes: list[str]) -> TensorScheme:
+def fit_group(info: TensorInfo, scheme: TensorScheme, backup: TensorScheme, notes: list[str]) -> TensorScheme:
     """A group size that divides this tensor's input size, or the backup with a note."""
     if not scheme.is_int or scheme.group_size is None:
         return scheme

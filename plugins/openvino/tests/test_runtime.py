@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from phi_quant.model.source import open_model
-from phi_quant.model.tensors import TensorRole
 from phi_quant.reference import ReferenceModel
 from phi_quant.testing.factory import VARIANTS, cached_checkpoint, variant_spec
 from phi_quant.testing.prompts import test_prompts
