@@ -52,6 +52,7 @@ def test_guide_builds_an_installable_plugin_outside_the_repo(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     (work / "phi-quant").symlink_to(ROOT)  # the guide starts from a checkout of phi-quant
+    # Offline: no index, and no isolated build env (pip reads PIP_NO_BUILD_ISOLATION=0 as "don't isolate").
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_NO_INDEX": "1",
            "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
