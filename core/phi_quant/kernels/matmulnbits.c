@@ -1,5 +1,11 @@
-/* ONNX Runtime MatMulNBits blocks, as MLAS BlockwiseQuantizer (quantize_matmul_4bits/8bits) writes them. */
+/* ONNX Runtime MatMulNBits blocks, as MLAS BlockwiseQuantizer (quantize_matmul_4bits/8bits) writes them.
+ *
+ * Blocks are done in runs: statistics, then every block's scale, zero point and reciprocal in
+ * one loop that vectorises across blocks, then the quants. Per block the arithmetic is MLAS's.
+ */
 #include "pq_internal.h"
+
+#define RUN 32
 
 typedef struct {
     const void *src;
@@ -10,58 +16,80 @@ typedef struct {
     uint8_t *zp;
 } mnb_ctx;
 
-PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
-    const mnb_ctx *c = (const mnb_ctx *)vctx;
+/* Scale, zero point and reciprocal of the stored scale for `nb` blocks with ranges lo/hi. */
+PQ_INLINE void mnb_params(const mnb_ctx *c, const float *lo, const float *hi, int nb, int64_t first,
+                          float *inv, int32_t *zp) {
     const int qmax = (1 << c->bits) - 1;
     const float qmax_f = (float)qmax;
     const int mid = 1 << (c->bits - 1);
+    float sf[RUN], s[RUN];
+    if (c->symmetric) {
+        for (int b = 0; b < nb; b++) {
+            const float ext = pq_absf(hi[b]) > pq_absf(lo[b]) ? hi[b] : lo[b];
+            sf[b] = ext / (float)(-mid);
+            zp[b] = mid;
+        }
+    } else {
+        for (int b = 0; b < nb; b++) {
+            const float mn = lo[b] < 0.0f ? lo[b] : 0.0f;
+            const float mx = hi[b] > 0.0f ? hi[b] : 0.0f;
+            const float scale = (mx - mn) / qmax_f;
+            const float zfp = scale != 0.0f ? 0.0f - mn / (scale != 0.0f ? scale : 1.0f) : mn;
+            const int32_t r = pq_round_pos(pq_clampf(zfp, 0.0f, qmax_f));
+            sf[b] = scale;
+            zp[b] = zfp < 0.0f ? 0 : zfp > qmax_f ? qmax : r;
+        }
+    }
+    if (c->scale_dtype == PQ_F16) {
+        uint16_t *out = (uint16_t *)c->scales + first;
+        for (int b = 0; b < nb; b++) {
+            out[b] = pq_f32_to_f16(sf[b]);
+            s[b] = pq_f16_to_f32(out[b]);
+        }
+    } else {
+        float *out = (float *)c->scales + first;
+        for (int b = 0; b < nb; b++) out[b] = s[b] = sf[b];
+    }
+    for (int b = 0; b < nb; b++) inv[b] = s[b] != 0.0f ? 1.0f / (s[b] != 0.0f ? s[b] : 1.0f) : 0.0f;
+}
+
+PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
+    const mnb_ctx *c = (const mnb_ctx *)vctx;
+    const float qmax_f = (float)((1 << c->bits) - 1);
     int32_t q[256];
+    float lo[RUN], hi[RUN], inv[RUN];
+    int32_t zp[RUN];
     for (int64_t r = r0; r < r1; r++) {
-        const void *row = pq_row_ptr(c->src, c->dtype, r, c->stride);
-        const float *x = pq_row_f32(row, c->dtype, c->k, buf);
+        const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
         uint8_t *zrow = c->zp ? c->zp + (size_t)r * (size_t)c->zp_bytes : NULL;
         if (zrow && c->bits == 4) memset(zrow, 0x88, (size_t)c->zp_bytes); /* unused nibble: 8 */
-        for (int64_t b = 0; b < c->kb; b++) {
-            const float *xb = x + b * c->block;
-            const int64_t left = c->k - b * c->block;
-            const int len = left < c->block ? (int)left : c->block;
-            float min, max;
-            if (pq_minmax(xb, len, &min, &max)) return r;
-            float scale_f;
-            int zp = mid;
-            if (c->symmetric) {
-                const float ext = pq_absf(max) > pq_absf(min) ? max : min;
-                scale_f = ext / (float)(-mid);
-            } else {
-                const float mn = min < 0.0f ? min : 0.0f;
-                const float mx = max > 0.0f ? max : 0.0f;
-                scale_f = (mx - mn) / qmax_f;
-                float zfp = mn;
-                if (scale_f != 0.0f) zfp = 0.0f - mn / scale_f;
-                if (zfp < 0.0f) zp = 0;
-                else if (zfp > qmax_f) zp = qmax;
-                else zp = pq_round_pos(zfp);
+        for (int64_t b0 = 0; b0 < c->kb; b0 += RUN) {
+            const int nb = (int)(c->kb - b0 < RUN ? c->kb - b0 : RUN);
+            for (int b = 0; b < nb; b++) {
+                const int64_t left = c->k - (b0 + b) * c->block;
+                const int len = left < c->block ? (int)left : c->block;
+                if (pq_minmax(x + (b0 + b) * c->block, len, &lo[b], &hi[b])) return r;
             }
-            const int64_t si = r * c->kb + b;
-            pq_store_scale(c->scales, si, c->scale_dtype, scale_f);
-            const float s = pq_load_scale(c->scales, si, c->scale_dtype);
-            const float inv = s != 0.0f ? 1.0f / s : 0.0f;
-            const float zpf = (float)zp;
-            for (int j = 0; j < len; j++) {
-                float v = pq_clampf(xb[j] * inv + zpf, 0.0f, qmax_f);
-                q[j] = pq_round_pos(v);
-            }
-            for (int j = len; j < c->block; j++) q[j] = 0; /* padding past K: zero bytes */
-            uint8_t *out = c->B + (size_t)si * (size_t)c->blob;
-            if (c->bits == 8) {
-                for (int j = 0; j < c->block; j++) out[j] = (uint8_t)q[j];
-            } else {
-                for (int j = 0; j < c->block / 2; j++) out[j] = (uint8_t)(q[2 * j] | (q[2 * j + 1] << 4));
-            }
-            if (zrow) {
-                if (c->bits == 8) zrow[b] = (uint8_t)zp;
-                else if (b % 2 == 0) zrow[b / 2] = (uint8_t)((zrow[b / 2] & 0xf0) | zp);
-                else zrow[b / 2] = (uint8_t)((zrow[b / 2] & 0x0f) | (zp << 4));
+            mnb_params(c, lo, hi, nb, r * c->kb + b0, inv, zp);
+            for (int b = 0; b < nb; b++) {
+                const int64_t blk = b0 + b;
+                const float *xb = x + blk * c->block;
+                const int64_t left = c->k - blk * c->block;
+                const int len = left < c->block ? (int)left : c->block;
+                const float i = inv[b], z = (float)zp[b];
+                for (int j = 0; j < len; j++) q[j] = pq_round_pos(pq_clampf(xb[j] * i + z, 0.0f, qmax_f));
+                for (int j = len; j < c->block; j++) q[j] = 0; /* padding past K: zero bytes */
+                uint8_t *out = c->B + (size_t)(r * c->kb + blk) * (size_t)c->blob;
+                if (c->bits == 8) {
+                    for (int j = 0; j < c->block; j++) out[j] = (uint8_t)q[j];
+                } else {
+                    for (int j = 0; j < c->block / 2; j++) out[j] = (uint8_t)(q[2 * j] | (q[2 * j + 1] << 4));
+                }
+                if (zrow) {
+                    if (c->bits == 8) zrow[blk] = (uint8_t)zp[b];
+                    else if (blk % 2 == 0) zrow[blk / 2] = (uint8_t)((zrow[blk / 2] & 0xf0) | zp[b]);
+                    else zrow[blk / 2] = (uint8_t)((zrow[blk / 2] & 0x0f) | (zp[b] << 4));
+                }
             }
         }
     }
@@ -84,6 +112,5 @@ int pq_matmulnbits_quantize(const void *src, int src_dtype, int64_t n, int64_t k
     c.blob = block * bits / 8;
     c.zp_bytes = (c.kb * bits + 7) / 8;
     c.B = B; c.scales = scales; c.zp = symmetric ? NULL : zero_points;
-    /* the decode buffer covers whole blocks so a padded last block never reads past it */
-    return pq_parallel_rows(n, threads, src_dtype == PQ_F32 ? 0 : c.kb * block, mnb_rows, &c, bad_row);
+    return pq_parallel_rows(n, threads, src_dtype == PQ_F32 ? 0 : k, mnb_rows, &c, bad_row);
 }

@@ -1,6 +1,8 @@
 /* mlx affine quantization, as mx.quantize computes it on the CPU. */
 #include "pq_internal.h"
 
+#define RUN 32
+
 typedef struct {
     const void *src;
     int dtype, bits, group, scale_dtype;
@@ -15,35 +17,41 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
     const int per_word = 32 / c->bits;
     const int64_t groups = c->k / c->group;
     const int64_t words = c->k / per_word;
-    float q[128];
+    float q[128], lo[RUN], hi[RUN], scale[RUN], bias[RUN];
     for (int64_t r = r0; r < r1; r++) {
-        const void *row = pq_row_ptr(c->src, c->dtype, r, c->stride);
-        const float *x = pq_row_f32(row, c->dtype, c->k, buf);
+        const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
         uint32_t *out = c->wq + (size_t)r * (size_t)words;
-        for (int64_t g = 0; g < groups; g++) {
-            const float *xg = x + g * c->group;
-            float min, max;
-            if (pq_minmax(xg, c->group, &min, &max)) return r;
-            const int use_min = pq_absf(min) > pq_absf(max);
-            float scale = (max - min) / nbins;
-            scale = scale < 1e-7f ? 1e-7f : scale;
-            scale = use_min ? scale : -scale;
-            const float edge = use_min ? min : max;
-            const float q0 = pq_rint(edge / scale);
-            float bias = 0.0f;
-            if (q0 != 0.0f) {
-                scale = edge / q0;
-                bias = edge;
+        for (int64_t g0 = 0; g0 < groups; g0 += RUN) {
+            const int ng = (int)(groups - g0 < RUN ? groups - g0 : RUN);
+            for (int g = 0; g < ng; g++) {
+                if (pq_minmax(x + (g0 + g) * c->group, c->group, &lo[g], &hi[g])) return r;
             }
-            for (int j = 0; j < c->group; j++) q[j] = pq_clampf(pq_rint((xg[j] - bias) / scale), 0.0f, nbins);
-            uint32_t *og = out + g * (c->group / per_word);
-            for (int w = 0; w < c->group / per_word; w++) {
-                uint32_t word = 0;
-                for (int e = 0; e < per_word; e++) word |= (uint32_t)q[w * per_word + e] << (e * c->bits);
-                og[w] = word;
+            for (int g = 0; g < ng; g++) { /* mlx's scale and bias, with selects instead of branches */
+                const int use_min = pq_absf(lo[g]) > pq_absf(hi[g]);
+                float s = (hi[g] - lo[g]) / nbins;
+                s = s < 1e-7f ? 1e-7f : s;
+                s = use_min ? s : -s;
+                const float edge = use_min ? lo[g] : hi[g];
+                const float q0 = pq_rint(edge / s);
+                const int snap = q0 != 0.0f;
+                scale[g] = snap ? edge / (snap ? q0 : 1.0f) : s;
+                bias[g] = snap ? edge : 0.0f;
             }
-            pq_store_scale(c->scales, r * groups + g, c->scale_dtype, scale);
-            pq_store_scale(c->biases, r * groups + g, c->scale_dtype, bias);
+            for (int g = 0; g < ng; g++) {
+                pq_store_scale(c->scales, r * groups + g0 + g, c->scale_dtype, scale[g]);
+                pq_store_scale(c->biases, r * groups + g0 + g, c->scale_dtype, bias[g]);
+            }
+            for (int g = 0; g < ng; g++) {
+                const float *xg = x + (g0 + g) * c->group;
+                const float s = scale[g], bb = bias[g];
+                for (int j = 0; j < c->group; j++) q[j] = pq_clampf(pq_rint((xg[j] - bb) / s), 0.0f, nbins);
+                uint32_t *og = out + (g0 + g) * (c->group / per_word);
+                for (int w = 0; w < c->group / per_word; w++) {
+                    uint32_t word = 0;
+                    for (int e = 0; e < per_word; e++) word |= (uint32_t)q[w * per_word + e] << (e * c->bits);
+                    og[w] = word;
+                }
+            }
         }
     }
     return -1;
