@@ -21,6 +21,8 @@ __all__ = ["CHUNK_BYTES", "check_finite", "encode_chunks", "encode_whole", "stor
 CHUNK_BYTES = 16 << 20
 
 _EXP_MASK = {"bf16": 0x7F80, "f16": 0x7C00}
+_STORED = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+_PHI = {v: k for k, v in _STORED.items()}
 
 
 def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
@@ -90,8 +92,11 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str,
         if planned.quant is None:
             arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
         else:
+            qsrc, qchunk = src, chunk
+            if planned.dtype != _STORED[src]:  # the ``dtype`` option: quantize from the cast weights, as mlx-lm does
+                qsrc, qchunk = _PHI[planned.dtype], _cast(chunk, src, planned.dtype, info.name)
             wq, scales, biases = q.mlx_quantize(
-                chunk, bits=planned.quant.bits, group_size=planned.quant.group_size, src_dtype=src
+                qchunk, bits=planned.quant.bits, group_size=planned.quant.group_size, src_dtype=qsrc
             )
             arrays = {
                 f"{planned.module}.weight": wq,

@@ -29,7 +29,7 @@ from .constants import (
     TOKENIZER_FILES,
 )
 from .encode import encode_chunks
-from .layout import PlannedTensor, QuantParams, parse_overrides, plan_tensors, resolve_group_size
+from .layout import PlannedTensor, QuantParams, parse_overrides, plan_tensors, resolve_float_dtype, resolve_group_size
 from .safetensors_stream import ShardedWriter, plan_shards
 
 __all__ = ["export_mlx", "plan_for", "scheme_name", "parse_size", "context_length_of"]
@@ -93,11 +93,12 @@ def plan_for(source, options: ExportOptions) -> list[PlannedTensor]:
     _check_options(options)
     gs = resolve_group_size(options.group_size)
     overrides = parse_overrides(options.get("overrides"), gs)
-    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides)
+    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides, options.get("dtype"))
 
 
-def _float_dtype(source, precision: str) -> str:
-    return PRECISION_DTYPE[precision] or SAFETENSORS_DTYPE[source.tensor_infos()[0].dtype]
+def _float_dtype(source, options: ExportOptions) -> str:
+    return (PRECISION_DTYPE[options.precision] or resolve_float_dtype(options.precision, options.get("dtype"))
+            or SAFETENSORS_DTYPE[source.tensor_infos()[0].dtype])
 
 
 def _copy_tokenizer(source, output_dir: Path) -> list[str]:
@@ -159,7 +160,7 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
 
     gs = resolve_group_size(options.group_size)
     default_quant = QuantParams(PRECISION_BITS[options.precision], gs) if options.precision in PRECISION_BITS else None
-    float_dtype = _float_dtype(source, options.precision)
+    float_dtype = _float_dtype(source, options)
     config = build_config(cfg, plan, float_dtype=float_dtype, default_quant=default_quant, context_length=context_length)
     (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=4), encoding="utf-8")
     files.append(CONFIG_FILE)

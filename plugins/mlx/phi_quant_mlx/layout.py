@@ -30,7 +30,7 @@ from .constants import (
 )
 from .safetensors_stream import TensorSpec
 
-__all__ = ["QuantParams", "PlannedTensor", "Override", "parse_overrides", "plan_tensors", "resolve_group_size"]
+__all__ = ["FLOAT_DTYPES", "resolve_float_dtype", "QuantParams", "PlannedTensor", "Override", "parse_overrides", "plan_tensors", "resolve_group_size"]
 
 _OFF = ("off", "none", "no", "false", "0")
 
@@ -124,16 +124,40 @@ def parse_overrides(text: str | Iterable[str] | None, default_group_size: int) -
     return out
 
 
-def _float_dtype(info: TensorInfo, precision: str) -> str:
-    return PRECISION_DTYPE.get(precision) or SAFETENSORS_DTYPE[info.dtype]
+#: ``dtype`` option values (mlx-lm convert's ``--dtype``) -> safetensors dtype.
+FLOAT_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def resolve_float_dtype(precision: str, dtype: str | None) -> str | None:
+    """The dtype of scales, biases and unquantized tensors of an int export (None: the stored dtype)."""
+    if dtype is None:
+        return None
+    if precision not in PRECISION_BITS:
+        raise UnsupportedPrecisionError(f"the dtype option applies to int8/int4 exports; {precision} fixes the dtype itself")
+    if str(dtype) not in FLOAT_DTYPES:
+        raise UnsupportedPrecisionError(f"dtype {dtype!r}: choose one of {', '.join(FLOAT_DTYPES)}")
+    return FLOAT_DTYPES[str(dtype)]
+
+
+def _float_dtype(info: TensorInfo, precision: str, dtype: str | None) -> str:
+    return PRECISION_DTYPE.get(precision) or dtype or SAFETENSORS_DTYPE[info.dtype]
 
 
 def plan_tensors(
-    infos: Iterable[TensorInfo], precision: str, group_size: int | None = None, overrides: list[Override] | None = None
+    infos: Iterable[TensorInfo],
+    precision: str,
+    group_size: int | None = None,
+    overrides: list[Override] | None = None,
+    dtype: str | None = None,
 ) -> list[PlannedTensor]:
-    """Decide, for every tensor of the stream, its output names, dtypes and quantization."""
+    """Decide, for every tensor of the stream, its output names, dtypes and quantization.
+
+    ``dtype`` (int exports only, e.g. ``"float16"``): cast every weight to it before quantizing,
+    and store scales, biases and unquantized tensors in it (mlx-lm convert's ``--dtype``).
+    """
     if precision not in PRECISION_DTYPE:
         raise UnsupportedPrecisionError(f"mlx has no precision {precision!r}; choose one of {', '.join(PRECISION_DTYPE)}")
+    float_dtype = resolve_float_dtype(precision, dtype)
     gs = resolve_group_size(group_size)
     overrides = overrides or []
     if overrides and precision not in PRECISION_BITS:
@@ -145,9 +169,9 @@ def plan_tensors(
     plan = []
     for info in infos:
         module = module_path(info.role, info.layer)
-        dtype = _float_dtype(info, precision)
+        out_dtype = _float_dtype(info, precision, float_dtype)
         if not info.role.is_matmul:
-            plan.append(PlannedTensor(info, module, None, dtype))
+            plan.append(PlannedTensor(info, module, None, out_dtype))
             continue
         quant = default
         for i, ov in enumerate(overrides):
@@ -160,7 +184,7 @@ def plan_tensors(
             quant = None
         elif quant is None and default is not None:
             reason = "kept unquantized by an override"
-        plan.append(PlannedTensor(info, module, quant, dtype, reason))
+        plan.append(PlannedTensor(info, module, quant, out_dtype, reason))
     unused = [overrides[i].pattern for i in range(len(overrides)) if i not in used]
     if unused:
         raise UnsupportedPrecisionError(

@@ -103,7 +103,20 @@ class MLXModel:
         else:
             prompt_in = self.tokenize(prompt, add_special_tokens=False) or [self.tokenizer.bos_token_id or 0]
         self._prepare(len(prompt_in) + max_new_tokens)
-        return generate(self.model, self.tokenizer, prompt_in, max_tokens=max_new_tokens, verbose=False)
+        return generate(self.model, self.tokenizer, prompt_in, max_tokens=max_new_tokens, verbose=False,
+                        logits_processors=[self.mask_padding])
+
+    @property
+    def tokenizer_size(self) -> int:
+        """Ids the tokenizer can decode; embedding rows past it are padding (Phi-3: 32011 of 32064)."""
+        return max(self.tokenizer._tokenizer.get_vocab().values()) + 1
+
+    def mask_padding(self, tokens, logits):
+        """mlx-lm logits processor: never pick a padded id (mlx-lm's detokenizers fail on them)."""
+        n = self.tokenizer_size
+        if logits.shape[-1] > n:
+            logits[..., n:] = -float("inf")
+        return logits
 
     def close(self) -> None:
         self.model = None

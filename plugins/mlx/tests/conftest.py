@@ -94,8 +94,3 @@ def oracle_logits(reference, prompt_ids):
 
     return get
 
-
-def original_context(source) -> int | None:
-    """The LongRoPE original context of a source, None without LongRoPE."""
-    rope = source.config.rope
-    return int(rope.original_max_position) if rope.is_longrope else None

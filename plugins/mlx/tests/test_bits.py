@@ -37,14 +37,18 @@ def _load_all(directory):
     return weights
 
 
-CASES = [(v, p, None) for v in VARIANTS for p in ("int4", "int8")] + [
-    ("phi4-mini", "int4", 32), ("phi4-mini", "int4", 128), ("phi3-mini", "int8", 32), ("phi3-mini", "int8", 128),
+CASES = [(v, p, None, None) for v in VARIANTS for p in ("int4", "int8")] + [
+    ("phi4-mini", "int4", 32, None), ("phi4-mini", "int4", 128, None), ("phi3-mini", "int8", 32, None),
+    ("phi3-mini", "int8", 128, None), ("phi4", "int4", None, "float16"), ("phi4", "int8", 32, "float32"),
 ]
 
 
-@pytest.mark.parametrize("variant,precision,group_size", CASES)
-def test_quantized_tensors_equal_mx_quantize(variant, precision, group_size, sources, exported):
-    out, _ = exported(variant, precision, group_size=group_size)
+@pytest.mark.parametrize("variant,precision,group_size,dtype", CASES)
+def test_quantized_tensors_equal_mx_quantize(variant, precision, group_size, dtype, sources, exported):
+    """mx.quantize runs on the source weights in the source dtype (or cast to ``dtype`` first, as
+    mlx-lm convert does with ``--dtype``)."""
+    extra = {"dtype": dtype} if dtype else {}
+    out, _ = exported(variant, precision, group_size=group_size, **extra)
     cfg = json.loads((out / "config.json").read_text())
     quant = cfg["quantization"]
     assert cfg["quantization_config"] == quant
@@ -54,12 +58,15 @@ def test_quantized_tensors_equal_mx_quantize(variant, precision, group_size, sou
     checked = 0
     for tensor in sources(variant).tensors():
         module = tensor.name[: -len(".weight")]
+        source = _source_array(tensor)
+        if dtype:
+            source = source.astype(getattr(mx, dtype))
         if not tensor.role.is_matmul:
             assert f"{module}.scales" not in weights
-            assert np.array_equal(_bits(weights[tensor.name]), _bits(_source_array(tensor)))
+            assert np.array_equal(_bits(weights[tensor.name]), _bits(source))
             continue
         assert f"{module}.scales" in weights, f"{module} was not quantized"
-        want = mx.quantize(_source_array(tensor), group_size=gs, bits=bits)
+        want = mx.quantize(source, group_size=gs, bits=bits)
         for suffix, expected in zip(("weight", "scales", "biases"), want):
             got = weights[f"{module}.{suffix}"]
             assert got.dtype == expected.dtype and got.shape == expected.shape, f"{module}.{suffix}"

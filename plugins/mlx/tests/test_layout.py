@@ -99,6 +99,8 @@ def test_context_length_rewrites_long_factor(exported, sources):
         (ExportOptions("int4", scheme="Q4_0"), "no scheme"),
         (ExportOptions("int2"), "no precision"),
         (ExportOptions("int4", extra={"shard_size": "lots"}), "not a size"),
+        (ExportOptions("int4", extra={"dtype": "float8"}), "choose one of float32"),
+        (ExportOptions("fp16", extra={"dtype": "float32"}), "int8/int4"),
     ],
 )
 def test_refused_options(options, match, sources, tmp_path):
@@ -119,7 +121,7 @@ def test_head_dim_mlx_cannot_express_is_refused():
 
 def test_writer_places_slices_and_detects_missing_bytes(tmp_path):
     specs = [TensorSpec("a", "F32", (2, 3)), TensorSpec("b", "U32", (4,)), TensorSpec("c", "F16", (5,))]
-    plan = plan_shards(specs, 30)
+    plan = plan_shards(specs, 40)
     assert len(plan.files) == 2
     w = ShardedWriter(tmp_path, plan)
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
