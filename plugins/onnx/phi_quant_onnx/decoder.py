@@ -9,11 +9,12 @@ The graph follows onnxruntime-genai's conventions (what its model builder emits 
 
 * inputs ``input_ids``, ``attention_mask`` (``[batch, total_sequence_length]``),
   ``past_key_values.N.key/value`` (``[batch, kv_heads, past_sequence_length, head_size]``), and
-  ``position_ids`` only when rotary runs outside attention; outputs ``logits`` (float32,
-  every position) and ``present.N.key/value``;
+  ``position_ids`` for LongRoPE or when rotary runs outside attention; outputs ``logits``
+  (float32, every position) and ``present.N.key/value``;
 * ONNX Runtime's fused CPU kernels: ``SkipSimplifiedLayerNormalization`` (RMSNorm with the
-  residual add; the very first norm, which has no residual, is the standard ``RMSNormalization``), packed QKV into
-  ``GroupQueryAttention`` with the rotary embedding done inside (``do_rotary``), ``MatMulNBits``.
+  residual add; the very first norm, which has no residual, is the standard
+  ``RMSNormalization``), packed QKV into ``GroupQueryAttention`` with the rotary embedding done
+  inside (``do_rotary``), ``MatMulNBits``.
 
 Two attention plans, chosen from the head shape because ORT's kernel refuses some
 (see :func:`attention_plan`):
