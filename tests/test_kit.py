@@ -264,3 +264,13 @@ def test_run_kit_names_a_missing_backend_in_every_failed_check():
     assert results and not any(r.passed for r in results)
     assert "backend_info" in {r.name for r in results}
     assert all("no-such-backend" in r.message for r in results)
+
+
+def test_every_kit_check_is_documented_for_authors():
+    from phi_quant.testing import kit
+
+    checks = sorted(n for n in dir(kit.BackendConformance) if n.startswith("test_"))
+    assert len(checks) >= 14
+    guide = (ROOT / "docs" / "plugin-authoring.md").read_text()
+    assert [c for c in checks if f"`{c}" not in guide] == [], "add the check to the kit table of docs/plugin-authoring.md"
+    assert [c for c in checks if f"``{c}``" not in kit.__doc__] == [], "add the check to phi_quant.testing.kit's docstring"
