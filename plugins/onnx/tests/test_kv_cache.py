@@ -56,3 +56,26 @@ def test_longrope_crossing_keeps_short_factor_keys(exported, oracle, sources):
     assert np.abs(inc[: within + 1] - np.stack(fresh_short[: within + 1])).max() <= 1e-4
     crossed = np.abs(inc[within + 1 :] - np.stack(fresh_short[within + 1 :])).max()
     assert crossed > 1e-2, "crossing the original context no longer diverges: update docs/fidelity.md"
+
+
+def test_sliding_window_matches_transformers_semantics(exported, sources):
+    """phi3-mini's sliding_window (2047) becomes GroupQueryAttention's local_window_size: a query
+    sees that many keys including itself, as transformers 5 (and the oracle) mask."""
+    from dataclasses import replace
+
+    from phi_quant.reference import ReferenceModel
+
+    src = sources("phi3-mini")
+    window = src.config.sliding_window
+    ids = [int(x) for x in np.random.default_rng(0).integers(3, 400, window + 40)]
+    out, _ = exported("phi3-mini", "fp32")
+    model = plugin.load_model(path=out, options={})
+    try:
+        got = model.logits(ids)[-48:]
+    finally:
+        model.close()
+    ref = ReferenceModel.from_source(src)
+    want = ref.logits(ids)[-48:]
+    assert np.abs(got - want).max() <= 1e-3
+    unwindowed = ReferenceModel(replace(src.config, sliding_window=None), ref.w).logits(ids)[-48:]
+    assert np.abs(unwindowed - want).max() > 1e-3  # the window is really exercised
