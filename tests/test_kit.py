@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SRC = ROOT / "plugins" / "reference"
 VARIANT = "phi3-mini"  # the smallest tiny checkpoint (32064-token vocabulary)
 
-# Three broken backends built on the reference backend, each with one realistic fault.
+# Broken backends built on the reference backend, each with one realistic fault.
 FAKES = '''
 import dataclasses, json, shutil
 from pathlib import Path
@@ -102,6 +102,15 @@ class NonAtomic(Fake):
         return result
 
 
+class Lenient(Fake):
+    """Declares fp32 only but exports whatever it is asked for."""
+
+    precisions = ("fp32",)
+
+    def _refuse(self, options):
+        pass
+
+
 class MissingPrecision(Fake):
     """Declares int4 but cannot export it."""
 
@@ -130,6 +139,10 @@ class TestNonAtomic(BackendConformance):
 
 class TestMissingPrecision(BackendConformance):
     backend = "missing-precision"
+
+
+class TestLenient(BackendConformance):
+    backend = "lenient"
 '''
 
 
@@ -155,6 +168,7 @@ def kit_outcomes(pytester, manager, reference_importable):
     manager.register(fakes.WrongFidelity("wrong-fidelity"), "wrong-fidelity")
     manager.register(fakes.NonAtomic("non-atomic"), "non-atomic")
     manager.register(fakes.MissingPrecision("missing-precision"), "missing-precision")
+    manager.register(fakes.Lenient("lenient"), "lenient")
     try:
         run = pytester.inline_run("-p", "phi_quant", "--phi-quant-variants", VARIANT, "--phi-quant-skip-streaming")
     finally:
@@ -200,6 +214,11 @@ def test_reference_passes_and_broken_backends_fail_the_matching_checks_by_name(k
         + [f"test_kl_order[missing-precision-{v}]"]
     )
     assert f"test_export[missing-precision-{v}-fp32]" in _ids(kit_outcomes, "TestMissingPrecision", "passed")
+
+    # Lenient: accepting precisions it does not declare fails the refusal check for each of them.
+    assert _ids(kit_outcomes, "TestLenient", "failed") == [
+        f"test_refuses_undeclared_precision[lenient-{p}]" for p in ("bf16", "fp16", "int4", "int8")]
+    assert "test_refuses_undeclared_precision[lenient-int3]" in _ids(kit_outcomes, "TestLenient", "passed")
 
 
 HOARDER = '''
