@@ -195,7 +195,7 @@ class Phi3OnnxDecoder:
         if kind in ("int4", "int8"):
             nb = write_nbits(
                 self.writer, prefix, tensor, bits=s.bits(kind), block_size=s.block_size,
-                symmetric=s.symmetric, scale_kind=self.io_kind,
+                symmetric=s.symmetric, scale_kind=self.io_kind, threads=s.threads,
             )
             for t in (nb.B, nb.scales, nb.zero_points):
                 if t is not None:

@@ -118,7 +118,8 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
     if kind in ("int4", "int8"):
         bits = settings.bits(kind)
         B, scales, zp = pack_nbits(
-            tensor.raw(), tensor.dtype, bits, settings.block_size, settings.symmetric, settings.io_dtype, tensor.name
+            tensor.raw(), tensor.dtype, bits, settings.block_size, settings.symmetric, settings.io_dtype, tensor.name,
+            settings.threads,
         )
         arrays = {"B": B, "scales": scales}
         if zp is not None:

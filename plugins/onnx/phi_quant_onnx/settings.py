@@ -44,6 +44,7 @@ class OnnxSettings:
     accuracy_level: int = 4
     context_length: int | None = None
     rotary: str = "auto"
+    threads: int | None = None  # kernel threads while quantizing (None: the kernel's default)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -154,6 +155,7 @@ def settings_from_options(options: ExportOptions, config: PhiConfig | None = Non
         raise UnsupportedPrecisionError(f"--option rotary={rotary!r} is not one of {', '.join(ROTARY_CHOICES)}")
     return OnnxSettings(
         rotary=rotary,
+        threads=options.threads,
         precision=precision,
         target=target,
         io_dtype=io_dtype,

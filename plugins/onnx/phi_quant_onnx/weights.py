@@ -99,7 +99,7 @@ class NBitsTensors:
 
 def pack_nbits(
     rows: np.ndarray, src_dtype: str, bits: int, block_size: int, symmetric: bool, scale_kind: str = "fp32",
-    name: str = "tensor",
+    name: str = "tensor", threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """MatMulNBits B/scales/zero_points of raw rows ``[n, K]`` through phi-quant's kernel.
 
@@ -114,7 +114,8 @@ def pack_nbits(
         raise KernelError(f"phi_quant.quant.matmulnbits_quantize is unavailable: {exc}") from exc
     scale_dtype = {"fp32": "f32", "fp16": "f16"}[scale_kind]
     B, scales, zp = matmulnbits_quantize(
-        rows, bits=bits, block_size=block_size, symmetric=symmetric, src_dtype=src_dtype, scale_dtype=scale_dtype, name=name
+        rows, bits=bits, block_size=block_size, symmetric=symmetric, src_dtype=src_dtype, scale_dtype=scale_dtype, name=name,
+        threads=threads,
     )
     n, k = rows.shape
     k_blocks = -(-k // block_size)
@@ -133,6 +134,7 @@ def write_nbits(
     block_size: int,
     symmetric: bool,
     scale_kind: str = "fp32",
+    threads: int | None = None,
 ) -> NBitsTensors:
     """Quantize ``tensor`` ([N, K]) to MatMulNBits blocks, streaming B; scales/zero points follow."""
     raw = tensor.raw()
@@ -144,7 +146,9 @@ def write_nbits(
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
     for r0 in range(0, n, step):
-        B, scales, zp = pack_nbits(raw[r0 : r0 + step], tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name)
+        B, scales, zp = pack_nbits(
+            raw[r0 : r0 + step], tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name, threads
+        )
         writer.write(B)
         scales_parts.append(scales)
         if zp is not None:

@@ -174,3 +174,20 @@ def test_gpu_targets_are_valid_and_run_on_the_cpu_provider(target, precision, so
     # fp16 activations cost more than fp16 weights alone (measured: KL 2e-5, one top-1 flip in 39)
     kl_max, top1_min = (1e-3, 0.9) if precision == "fp16" else (plugin.THRESHOLDS[precision].kl_max, plugin.THRESHOLDS[precision].top1_min)
     assert r.kl_mean <= kl_max and r.top1_agreement >= top1_min, r
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_genai_chat_template_renders_like_hugging_face(variant, exported, sources):
+    jinja2 = pytest.importorskip("jinja2")
+    src = sources(variant)
+    out, _ = exported(variant, "fp32")
+    model = plugin.load_model(path=out, options={})
+    messages = [{"role": "user", "content": "Hi there, ünïcode 😀"}]
+    try:
+        got = model.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    finally:
+        model.close()
+    tc = src.tokenizer_config
+    want = jinja2.Environment().from_string(src.chat_template).render(
+        messages=messages, add_generation_prompt=True, bos_token=tc.get("bos_token", ""), eos_token=tc.get("eos_token", ""))
+    assert got == want
