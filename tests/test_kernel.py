@@ -111,7 +111,7 @@ def test_mlx_matches_reference(monkeypatch, weights, kind, src):
     w = cases.encode(weights[kind], src)
     for bits in (4, 8):
         for group in q.MLX_GROUP_SIZES:
-            for scale_dtype in (None, "f32", "bf16"):
+            for scale_dtype in (None, "f32", "f16", "bf16"):
                 for threads in THREADS:
                     native, ref = both_paths(monkeypatch, lambda: q.mlx_quantize(
                         w, bits, group, src_dtype=src, scale_dtype=scale_dtype, threads=threads))
@@ -199,9 +199,19 @@ def test_scale_overflow_is_a_clear_error_not_inf():
         q.ggml_quantize(w, "Q8_0", name="x")
     with pytest.raises(BadWeightsError, match="overflows f16"):
         q.matmulnbits_quantize(w, 4, 32, scale_dtype="f16", name="x")
+    with pytest.raises(BadWeightsError, match="overflows f16"):
+        q.mlx_quantize(w, 4, 64, scale_dtype="f16", name="x")
     B, scales, zp = q.matmulnbits_quantize(w, 4, 32, scale_dtype="f32")  # float32 scales hold it
     assert np.isfinite(scales).all()
     assert np.isfinite(q.mlx_quantize(w, 4, 64)[1]).all()
+    m_only = np.zeros((2, 64), np.float32)
+    m_only[1] = -7e4  # Q4_1: d = 0 fits, the block minimum m does not
+    with pytest.raises(BadWeightsError, match="overflows f16"):
+        q.ggml_quantize(m_only, "Q4_1", name="x")
+    w[1, 200] = np.nan  # NaN/Inf is reported first, even after an overflowing row
+    for threads in (1, 2):
+        with pytest.raises(BadWeightsError, match="NaN or Inf.*row 1"):
+            q.ggml_quantize(w, "Q8_0", name="x", threads=threads)
 
 
 def test_shapes_the_format_cannot_express_are_refused():

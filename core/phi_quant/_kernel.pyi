@@ -11,6 +11,7 @@ class _Lib:
     PQ_ERR_NONFINITE: int
     PQ_ERR_ARGS: int
     PQ_ERR_NOMEM: int
+    PQ_ERR_SCALE: int
     PQ_F32: int
     PQ_F16: int
     PQ_BF16: int

@@ -28,6 +28,8 @@ PQ_INLINE void pack_split_halves(const int32_t *q, uint8_t *qs) {
     for (int j = 0; j < 16; j++) qs[j] = (uint8_t)(q[j] | (q[j + 16] << 4));
 }
 
+/* Each run returns 0, 1 for NaN/Inf in the input, or 2 when an fp16 scale or minimum overflows. */
+
 /* 1/d, or 0 for a zero scale (ggml: `d ? 1.0f/d : 0.0f`). */
 PQ_INLINE float inverse(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
 
@@ -39,10 +41,13 @@ PQ_INLINE int run_q8_0(const float *x, uint8_t *out, int nb) {
         if (!(amax <= PQ_FLT_MAX)) return 1;
         d[b] = amax / 127.0f;
     }
+    int inf = 0;
     for (int b = 0; b < nb; b++) {
         h[b] = pq_f32_to_f16(d[b]);
         id[b] = inverse(d[b]);
+        inf |= pq_half_inf(h[b], PQ_F16);
     }
+    if (inf) return 2;
     for (int b = 0; b < nb; b++) {
         uint8_t *o = out + b * 34;
         const float *xb = x + b * 32;
@@ -77,10 +82,13 @@ PQ_INLINE int run_q4_0(const float *x, uint8_t *out, int nb) {
         }
     }
     for (int b = 0; b < nb; b++) d[b] = d[b] / -8.0f;
+    int inf = 0;
     for (int b = 0; b < nb; b++) {
         h[b] = pq_f32_to_f16(d[b]);
         id[b] = inverse(d[b]);
+        inf |= pq_half_inf(h[b], PQ_F16);
     }
+    if (inf) return 2;
     for (int b = 0; b < nb; b++) {
         uint8_t *o = out + b * 18;
         const float *xb = x + b * 32;
@@ -101,11 +109,14 @@ PQ_INLINE int run_q4_1(const float *x, uint8_t *out, int nb) {
         if (pq_minmax(x + b * 32, 32, &mn[b], &max)) return 1;
         d[b] = (max - mn[b]) / 15.0f;
     }
+    int inf = 0;
     for (int b = 0; b < nb; b++) {
         hd[b] = pq_f32_to_f16(d[b]);
         hm[b] = pq_f32_to_f16(mn[b]);
         id[b] = inverse(d[b]);
+        inf |= pq_half_inf(hd[b], PQ_F16) | pq_half_inf(hm[b], PQ_F16);
     }
+    if (inf) return 2;
     for (int b = 0; b < nb; b++) {
         uint8_t *o = out + b * 20;
         const float *xb = x + b * 32;
@@ -123,6 +134,7 @@ PQ_HOT static int64_t ggml_rows(void *vctx, int64_t r0, int64_t r1, float *buf) 
     const ggml_ctx *c = (const ggml_ctx *)vctx;
     const int64_t nb = c->k / 32;
     const int bytes = c->type == PQ_GGML_Q8_0 ? 34 : c->type == PQ_GGML_Q4_0 ? 18 : 20;
+    int64_t scale_row = -1; /* NaN/Inf anywhere in the chunk take precedence over a scale overflow */
     for (int64_t r = r0; r < r1; r++) {
         const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
         uint8_t *out = c->dst + (size_t)r * (size_t)c->row_bytes;
@@ -132,10 +144,11 @@ PQ_HOT static int64_t ggml_rows(void *vctx, int64_t r0, int64_t r1, float *buf) 
             if (c->type == PQ_GGML_Q8_0) bad = run_q8_0(x + b * 32, out + b * bytes, len);
             else if (c->type == PQ_GGML_Q4_0) bad = run_q4_0(x + b * 32, out + b * bytes, len);
             else bad = run_q4_1(x + b * 32, out + b * bytes, len);
-            if (bad) return r;
+            if (bad == 1) return r;
+            if (bad == 2 && scale_row < 0) scale_row = r;
         }
     }
-    return -1;
+    return scale_row < 0 ? -1 : PQ_SCALE_FLAG + scale_row;
 }
 
 int pq_ggml_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,

@@ -16,8 +16,9 @@ typedef struct {
     uint8_t *zp;
 } mnb_ctx;
 
-/* Scale, zero point and reciprocal of the stored scale for `nb` blocks with ranges lo/hi. */
-PQ_INLINE void mnb_params(const mnb_ctx *c, const float *lo, const float *hi, int nb, int64_t first,
+/* Scale, zero point and reciprocal of the stored scale for `nb` blocks with ranges lo/hi;
+   returns 1 when a float16 scale overflows. */
+PQ_INLINE int mnb_params(const mnb_ctx *c, const float *lo, const float *hi, int nb, int64_t first,
                           float *inv, int32_t *zp) {
     const int qmax = (1 << c->bits) - 1;
     const float qmax_f = (float)qmax;
@@ -40,17 +41,20 @@ PQ_INLINE void mnb_params(const mnb_ctx *c, const float *lo, const float *hi, in
             zp[b] = zfp < 0.0f ? 0 : zfp > qmax_f ? qmax : r;
         }
     }
+    int inf = 0;
     if (c->scale_dtype == PQ_F16) {
         uint16_t *out = (uint16_t *)c->scales + first;
         for (int b = 0; b < nb; b++) {
             out[b] = pq_f32_to_f16(sf[b]);
             s[b] = pq_f16_to_f32(out[b]);
+            inf |= pq_half_inf(out[b], PQ_F16);
         }
     } else {
         float *out = (float *)c->scales + first;
         for (int b = 0; b < nb; b++) out[b] = s[b] = sf[b];
     }
     for (int b = 0; b < nb; b++) inv[b] = s[b] != 0.0f ? 1.0f / (s[b] != 0.0f ? s[b] : 1.0f) : 0.0f;
+    return inf;
 }
 
 PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
@@ -59,6 +63,7 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
     int32_t q[256];
     float lo[RUN], hi[RUN], inv[RUN];
     int32_t zp[RUN];
+    int64_t scale_row = -1; /* NaN/Inf anywhere in the chunk take precedence over a scale overflow */
     for (int64_t r = r0; r < r1; r++) {
         const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
         uint8_t *zrow = c->zp ? c->zp + (size_t)r * (size_t)c->zp_bytes : NULL;
@@ -70,7 +75,7 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
                 const int len = left < c->block ? (int)left : c->block;
                 if (pq_minmax(x + (b0 + b) * c->block, len, &lo[b], &hi[b])) return r;
             }
-            mnb_params(c, lo, hi, nb, r * c->kb + b0, inv, zp);
+            if (mnb_params(c, lo, hi, nb, r * c->kb + b0, inv, zp) && scale_row < 0) scale_row = r;
             for (int b = 0; b < nb; b++) {
                 const int64_t blk = b0 + b;
                 const float *xb = x + blk * c->block;
@@ -93,7 +98,7 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
             }
         }
     }
-    return -1;
+    return scale_row < 0 ? -1 : PQ_SCALE_FLAG + scale_row;
 }
 
 int pq_matmulnbits_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,

@@ -18,6 +18,7 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
     const int64_t groups = c->k / c->group;
     const int64_t words = c->k / per_word;
     float q[128], lo[RUN], hi[RUN], scale[RUN], bias[RUN];
+    int64_t scale_row = -1; /* NaN/Inf anywhere in the chunk take precedence over a scale overflow */
     for (int64_t r = r0; r < r1; r++) {
         const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
         uint32_t *out = c->wq + (size_t)r * (size_t)words;
@@ -37,10 +38,16 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
                 scale[g] = snap ? edge / (snap ? q0 : 1.0f) : s;
                 bias[g] = snap ? edge : 0.0f;
             }
+            int inf = 0;
             for (int g = 0; g < ng; g++) {
-                pq_store_scale(c->scales, r * groups + g0 + g, c->scale_dtype, scale[g]);
-                pq_store_scale(c->biases, r * groups + g0 + g, c->scale_dtype, bias[g]);
+                const int64_t i = r * groups + g0 + g;
+                pq_store_scale(c->scales, i, c->scale_dtype, scale[g]);
+                pq_store_scale(c->biases, i, c->scale_dtype, bias[g]);
+                if (c->scale_dtype != PQ_F32)
+                    inf |= pq_half_inf(((uint16_t *)c->scales)[i], c->scale_dtype) |
+                           pq_half_inf(((uint16_t *)c->biases)[i], c->scale_dtype);
             }
+            if (inf && scale_row < 0) scale_row = r;
             for (int g = 0; g < ng; g++) {
                 const float *xg = x + (g0 + g) * c->group;
                 const float s = scale[g], bb = bias[g];
@@ -54,7 +61,7 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
             }
         }
     }
-    return -1;
+    return scale_row < 0 ? -1 : PQ_SCALE_FLAG + scale_row;
 }
 
 int pq_mlx_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,

@@ -76,8 +76,8 @@ int pq_parallel_rows(int64_t n, int threads, int64_t buf_floats, pq_rows_fn fn, 
         if (jobs[t].bad >= 0 && (bad < 0 || jobs[t].bad < bad)) bad = jobs[t].bad;
     }
     if (bad >= 0) {
-        if (bad_row) *bad_row = bad;
-        return PQ_ERR_NONFINITE;
+        if (bad_row) *bad_row = bad & (PQ_SCALE_FLAG - 1);
+        return bad & PQ_SCALE_FLAG ? PQ_ERR_SCALE : PQ_ERR_NONFINITE;
     }
     return PQ_OK;
 }

@@ -9,7 +9,8 @@
  * phi_quant/quant/reference.py is the specification.
  *
  * Return codes: PQ_OK, PQ_ERR_NONFINITE (*bad_row = first row holding NaN/Inf),
- * PQ_ERR_ARGS (an argument the Python wrapper should have refused), PQ_ERR_NOMEM.
+ * PQ_ERR_SCALE (*bad_row = first row whose float16/bfloat16 scale, minimum or bias would be
+ * infinite), PQ_ERR_ARGS (an argument the Python wrapper should have refused), PQ_ERR_NOMEM.
  *
  * The declarations between the CDEF markers are read verbatim by core/kernel_build.py.
  */
@@ -23,6 +24,7 @@
 #define PQ_ERR_NONFINITE 1
 #define PQ_ERR_ARGS 2
 #define PQ_ERR_NOMEM 3
+#define PQ_ERR_SCALE 4
 
 #define PQ_F32 0
 #define PQ_F16 1

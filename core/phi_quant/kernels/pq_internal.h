@@ -170,9 +170,19 @@ PQ_INLINE float pq_load_scale(const void *p, int64_t i, int dtype) {
     return pq_bf16_to_f32(((const uint16_t *)p)[i]);
 }
 
+/* 1 when a stored 16-bit scale is infinite (the format cannot hold it). */
+PQ_INLINE int pq_half_inf(uint16_t h, int dtype) {
+    return dtype == PQ_F16 ? (h & 0x7c00u) == 0x7c00u : dtype == PQ_BF16 ? (h & 0x7f80u) == 0x7f80u : 0;
+}
+
+/* What a row function returns for a row whose stored scale overflows (NaN/Inf rows: the row). */
+#define PQ_SCALE_FLAG ((int64_t)1 << 62)
+
 /* Runs fn(ctx, r0, r1, buf) over rows [0, n) split into contiguous chunks, one per thread.
-   fn returns -1, or the first row in its chunk holding NaN/Inf. buf holds `buf_floats` floats
-   per thread. Returns PQ_OK, PQ_ERR_NONFINITE (with *bad_row = smallest such row) or PQ_ERR_NOMEM. */
+   fn returns -1, the first row in its chunk holding NaN/Inf, or PQ_SCALE_FLAG + the first row
+   whose stored scale overflows. buf holds `buf_floats` floats per thread. Returns PQ_OK,
+   PQ_ERR_NONFINITE or PQ_ERR_SCALE (with *bad_row = smallest such row; NaN/Inf take precedence)
+   or PQ_ERR_NOMEM. */
 typedef int64_t (*pq_rows_fn)(void *ctx, int64_t r0, int64_t r1, float *buf);
 int pq_parallel_rows(int64_t n, int threads, int64_t buf_floats, pq_rows_fn fn, void *ctx, int64_t *bad_row);
 

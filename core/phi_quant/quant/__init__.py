@@ -129,7 +129,8 @@ def ggml_quantize(w: np.ndarray, scheme: str, *, src_dtype: str | None = None, t
     out = _native.ggml(w, src, scheme, _checks.threads_of(threads), name)
     if out is None:
         out = reference.__dict__["ggml_" + scheme.lower()](_finite(w, src, name))
-    _no_inf_scales(out.reshape(w.shape[0], -1, GGML_SCHEMES[scheme][1])[..., :2].copy().view(np.float16), name, "f16", "ggml")
+        heads = out.reshape(w.shape[0], -1, GGML_SCHEMES[scheme][1])[..., : 4 if scheme == "Q4_1" else 2]
+        _no_inf_scales(heads.copy().view(np.float16), name, "f16", "ggml")  # d (and Q4_1's m)
     return out
 
 
@@ -168,7 +169,7 @@ def matmulnbits_quantize(w: np.ndarray, bits: int = 4, block_size: int = 32, sym
     res = _native.matmulnbits(w, src, bits, block_size, bool(symmetric), sdt, _checks.threads_of(threads), name)
     if res is None:
         res = reference.matmulnbits(_finite(w, src, name), bits, block_size, bool(symmetric), sdt)
-    _no_inf_scales(res[1], name, sdt, "MatMulNBits")
+        _no_inf_scales(res[1], name, sdt, "MatMulNBits")
     return res
 
 
@@ -200,7 +201,8 @@ def mlx_quantize(w: np.ndarray, bits: int = 4, group_size: int = 64, *, src_dtyp
     res = _native.mlx(w, src, bits, group_size, sdt, _checks.threads_of(threads), name)
     if res is None:
         res = reference.mlx_affine(_finite(w, src, name), bits, group_size, sdt)
-    _no_inf_scales(res[1], name, sdt, "MLX")
+        _no_inf_scales(res[1], name, sdt, "MLX")
+        _no_inf_scales(res[2], name, sdt, "MLX")  # the bias is a weight value: it must fit too
     return res
 
 

@@ -60,11 +60,13 @@ def _ptr(a: np.ndarray | None):
     return ffi.NULL if a is None else ffi.cast("void *", a.ctypes.data)
 
 
-def _check(rc: int, bad, name: str) -> None:
+def _check(rc: int, bad, name: str, scale_dtype: str = "f16", fmt: str = "") -> None:
     if rc == 0:
         return
     if rc == lib.PQ_ERR_NONFINITE:
         raise _checks.not_finite(name, int(bad[0]))
+    if rc == lib.PQ_ERR_SCALE:
+        raise _checks.scale_overflow(name, scale_dtype, fmt)
     if rc == lib.PQ_ERR_NOMEM:
         raise MemoryError(f"tensor {name}: the quantization kernel could not allocate its row buffers")
     raise KernelError(f"tensor {name}: the quantization kernel rejected its arguments (code {rc}); this is a bug")
@@ -96,7 +98,7 @@ def ggml(w, src, scheme, threads, name):
     bad = ffi.new("int64_t *")
     p, stride = _src(w)
     rc = lib.pq_ggml_quantize(p, _DTYPE[src], n, k, stride, code, _ptr(out), threads, bad)
-    _check(rc, bad, name)
+    _check(rc, bad, name, "f16", "ggml")
     return out
 
 
@@ -113,7 +115,7 @@ def matmulnbits(w, src, bits, block_size, symmetric, scale_dtype, threads, name)
     p, stride = _src(w)
     rc = lib.pq_matmulnbits_quantize(p, _DTYPE[src], n, k, stride, bits, block_size, int(symmetric),
                                      _DTYPE[scale_dtype], _ptr(B), _ptr(scales), _ptr(zp), threads, bad)
-    _check(rc, bad, name)
+    _check(rc, bad, name, scale_dtype, "MatMulNBits")
     return B, scales, zp
 
 
@@ -130,7 +132,7 @@ def mlx(w, src, bits, group_size, scale_dtype, threads, name):
     p, stride = _src(w)
     rc = lib.pq_mlx_quantize(p, _DTYPE[src], n, k, stride, bits, group_size, _DTYPE[scale_dtype],
                              _ptr(wq), _ptr(scales), _ptr(biases), threads, bad)
-    _check(rc, bad, name)
+    _check(rc, bad, name, scale_dtype, "MLX")
     return wq, scales, biases
 
 
