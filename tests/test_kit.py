@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.errors import BadWeightsError, UnsupportedPrecisionError
+from phi_quant.types import ExportResult, NullProgress
 from phi_quant.hookspecs import hookimpl
 from phi_quant_reference import plugin as ref
 
@@ -111,6 +112,52 @@ class Lenient(Fake):
         pass
 
 
+class Careless(Fake):
+    """Carries on past bad weights and ships what it has."""
+
+    precisions = ("fp32",)
+
+    @hookimpl
+    def export(self, source, output_dir, options, progress):
+        self._refuse(options)
+        try:
+            return ref.export(source=source, output_dir=output_dir, options=options, progress=progress)
+        except BadWeightsError:
+            return ExportResult(files=[], scheme="fp32")
+
+
+class Silent(Fake):
+    """Never reports progress."""
+
+    precisions = ("fp32",)
+
+    @hookimpl
+    def export(self, source, output_dir, options, progress):
+        self._refuse(options)
+        return ref.export(source=source, output_dir=output_dir, options=options, progress=NullProgress())
+
+
+class ExtraBos:
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def tokenize(self, text, add_special_tokens=False):
+        return [1] + self.model.tokenize(text, add_special_tokens)
+
+
+class WrongTokens(Fake):
+    """Its tokenizer prepends a BOS token the Hugging Face tokenizer does not."""
+
+    precisions = ("fp32",)
+
+    @hookimpl
+    def load_model(self, path, options):
+        return ExtraBos(ref.load_model(path=path, options=options))
+
+
 class MissingPrecision(Fake):
     """Declares int4 but cannot export it."""
 
@@ -143,6 +190,18 @@ class TestMissingPrecision(BackendConformance):
 
 class TestLenient(BackendConformance):
     backend = "lenient"
+
+
+class TestCareless(BackendConformance):
+    backend = "careless"
+
+
+class TestSilent(BackendConformance):
+    backend = "silent"
+
+
+class TestWrongTokens(BackendConformance):
+    backend = "wrong-tokens"
 '''
 
 
@@ -169,6 +228,8 @@ def kit_outcomes(pytester, manager, reference_importable):
     manager.register(fakes.NonAtomic("non-atomic"), "non-atomic")
     manager.register(fakes.MissingPrecision("missing-precision"), "missing-precision")
     manager.register(fakes.Lenient("lenient"), "lenient")
+    for cls, name in ((fakes.Careless, "careless"), (fakes.Silent, "silent"), (fakes.WrongTokens, "wrong-tokens")):
+        manager.register(cls(name), name)
     try:
         run = pytester.inline_run("-p", "phi_quant", "--phi-quant-variants", VARIANT, "--phi-quant-skip-streaming")
     finally:
@@ -219,6 +280,12 @@ def test_reference_passes_and_broken_backends_fail_the_matching_checks_by_name(k
     assert _ids(kit_outcomes, "TestLenient", "failed") == [
         f"test_refuses_undeclared_precision[lenient-{p}]" for p in ("bf16", "fp16", "int4", "int8")]
     assert "test_refuses_undeclared_precision[lenient-int3]" in _ids(kit_outcomes, "TestLenient", "passed")
+
+    # One fault each, one failing check each.
+    assert _ids(kit_outcomes, "TestCareless", "failed") == [
+        "test_rejects_inf_weights[careless-fp32]", "test_rejects_nan_weights[careless-fp32]"]
+    assert _ids(kit_outcomes, "TestSilent", "failed") == [f"test_progress[silent-{v}-fp32]"]
+    assert _ids(kit_outcomes, "TestWrongTokens", "failed") == [f"test_tokenizer[wrong-tokens-{v}-fp32]"]
 
 
 HOARDER = '''
