@@ -16,7 +16,7 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_SRC = ROOT / "plugins" / "reference"
-VARIANT = "phi3-mini"  # the smallest tiny checkpoint (32064-token vocabulary)
+VARIANT = "phi3-mini"  # the smallest tiny checkpoint (hidden 256, 512-token vocabulary)
 
 # Broken backends built on the reference backend, each with one realistic fault.
 FAKES = '''
