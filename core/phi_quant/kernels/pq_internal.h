@@ -20,7 +20,11 @@
 #define PQ_HOT
 #endif
 
+#if defined(_MSC_VER)
+#define PQ_INLINE static __forceinline
+#else
 #define PQ_INLINE static inline __attribute__((always_inline))
+#endif
 
 PQ_INLINE uint32_t pq_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 PQ_INLINE float pq_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
