@@ -340,10 +340,14 @@ def nncf_dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
 
 def pack_u4(q: np.ndarray) -> np.ndarray:
     """OpenVINO u4/i4 byte layout: element 2i in the low nibble of byte i, 2i+1 in the high nibble."""
-    flat = (np.asarray(q).astype(np.int16) & 0x0F).astype(np.uint8).reshape(-1)
+    a = np.asarray(q)
+    if a.dtype not in (np.int8, np.uint8):
+        a = a.astype(np.int16).astype(np.int8) if a.dtype.kind == "i" else a.astype(np.uint8)
+    flat = np.ascontiguousarray(a).view(np.uint8).reshape(-1)  # two's complement: low 4 bits are the i4
     if flat.size % 2:
         flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return (flat[0::2] | (flat[1::2] << np.uint8(4))).astype(np.uint8)
+    pairs = flat.reshape(-1, 2)
+    return (pairs[:, 0] & np.uint8(0x0F)) | (pairs[:, 1] << np.uint8(4))
 
 
 def unpack_u4(packed: np.ndarray, count: int, signed: bool = False) -> np.ndarray:
