@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
+import os
+
 import numpy as np
 from onnx import TensorProto
 
@@ -83,6 +85,19 @@ class ExternalDataWriter:
             raise RuntimeError(f"tensor {name!r}: wrote {length} bytes, shape {dims} needs {expected}")
         return _external_tensor(name, onnx_dtype, dims, self.location, start, length)
 
+    # -- random-access API: reserve a region, fill it in any order ------------------------------
+    def reserve(self, name: str, onnx_dtype: int, dims: Sequence[int]) -> "Region":
+        """Reserve space for a tensor whose bytes arrive out of order (e.g. a transpose by row blocks)."""
+        nbytes = int(np.prod(dims, dtype=np.int64)) * _itemsize(onnx_dtype)
+        self.begin(name, onnx_dtype, dims, nbytes)
+        start = self._offset
+        self._file.flush()
+        self._file.truncate(start + nbytes)
+        self._file.seek(start + nbytes)
+        self._offset += nbytes
+        self.bytes_written += nbytes
+        return Region(self, start, nbytes)
+
     # -- one-shot API ----------------------------------------------------------------------------
     def add(self, name: str, array: np.ndarray, onnx_dtype: int | None = None) -> TensorProto:
         """Write a whole array as one tensor (``onnx_dtype`` overrides, e.g. bf16 carried as uint16)."""
@@ -101,6 +116,26 @@ class ExternalDataWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Region:
+    """A reserved byte range of the data file, written with positional writes."""
+
+    def __init__(self, writer: ExternalDataWriter, start: int, nbytes: int):
+        self._writer, self.start, self.nbytes = writer, start, nbytes
+
+    def write_at(self, offset: int, data: np.ndarray) -> None:
+        """Write ``data``'s bytes at ``offset`` bytes into the region."""
+        buf = memoryview(np.ascontiguousarray(data)).cast("B")
+        if offset < 0 or offset + buf.nbytes > self.nbytes:
+            raise ValueError(f"write of {buf.nbytes} bytes at {offset} is outside the {self.nbytes}-byte region")
+        fd = self._writer._file.fileno()
+        done = 0
+        while done < buf.nbytes:
+            done += os.pwrite(fd, buf[done:], self.start + offset + done)
+
+    def finish(self) -> TensorProto:
+        return self._writer.end()
 
 
 _ITEMSIZE = {

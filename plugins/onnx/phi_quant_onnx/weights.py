@@ -51,32 +51,44 @@ def check_finite(chunk: np.ndarray, tensor: SourceTensor) -> None:
 def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kind: str) -> TensorProto:
     """Store ``tensor`` unchanged in layout, converted to float ``kind`` (fp32/fp16/bf16)."""
     onnx_type, _ = ONNX_FLOAT_TYPES[kind]
-    raw = tensor.raw()
-    flat_rows = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(1, -1)
-    row_elems = flat_rows.shape[1]
-    step = max(1, CHUNK_ELEMENTS // max(1, row_elems))
+    rows = tensor.shape[0] if len(tensor.shape) > 1 else 1
+    step = max(1, CHUNK_ELEMENTS // max(1, tensor.numel // rows))
     itemsize = 4 if kind == "fp32" else 2
     writer.begin(name, onnx_type, tensor.shape, tensor.numel * itemsize)
-    for r0 in range(0, flat_rows.shape[0], step):
-        chunk = flat_rows[r0 : r0 + step]
+    for r0 in range(0, rows, step):
+        chunk = _rows(tensor, r0, r0 + step)
         check_finite(to_float32(chunk, tensor.dtype), tensor)
         writer.write(convert(chunk, tensor.dtype, kind))
+        del chunk
     return writer.end()
+
+
+def _rows(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) as a fresh mapping: dropping it unmaps the pages, so resident memory stays
+    at one chunk rather than growing to the whole tensor as the chunks are read."""
+    raw = tensor.raw()
+    return raw.reshape(raw.shape[0], -1)[r0:r1] if raw.ndim > 1 else raw.reshape(1, -1)
 
 
 def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kind: str) -> TensorProto:
-    """Store a 2-D ``[N, K]`` weight as ``[K, N]`` in float ``kind``, by blocks of K."""
+    """Store a 2-D ``[N, K]`` weight as ``[K, N]`` in float ``kind``.
+
+    Reads contiguous row blocks (never the whole tensor at once) and writes each block's
+    transpose as K short runs into their places in the reserved region.
+    """
     onnx_type, _ = ONNX_FLOAT_TYPES[kind]
-    raw = tensor.raw()
-    n, k = raw.shape
-    step = max(1, CHUNK_ELEMENTS // max(1, n))
+    n, k = tensor.shape
     itemsize = 4 if kind == "fp32" else 2
-    writer.begin(name, onnx_type, (k, n), tensor.numel * itemsize)
-    for k0 in range(0, k, step):
-        block = to_float32(raw[:, k0 : k0 + step], tensor.dtype)  # [N, kb] float32 copy
+    step = max(1, CHUNK_ELEMENTS // max(1, k))
+    region = writer.reserve(name, onnx_type, (k, n))
+    for r0 in range(0, n, step):
+        block = to_float32(_rows(tensor, r0, r0 + step), tensor.dtype)  # [rows, K] float32 copy
         check_finite(block, tensor)
-        writer.write(convert(np.ascontiguousarray(block.T), "f32", kind))
-    return writer.end()
+        t = convert(np.ascontiguousarray(block.T), "f32", kind)  # [K, rows]
+        del block
+        for kk in range(k):
+            region.write_at((kk * n + r0) * itemsize, t[kk])
+    return region.finish()
 
 
 @dataclass(frozen=True)
@@ -137,8 +149,7 @@ def write_nbits(
     threads: int | None = None,
 ) -> NBitsTensors:
     """Quantize ``tensor`` ([N, K]) to MatMulNBits blocks, streaming B; scales/zero points follow."""
-    raw = tensor.raw()
-    n, k = raw.shape
+    n, k = tensor.shape
     k_blocks = -(-k // block_size)
     blob = block_size * bits // 8
     step = max(1, CHUNK_ELEMENTS // max(1, k))
@@ -147,7 +158,7 @@ def write_nbits(
     zp_parts: list[np.ndarray] = []
     for r0 in range(0, n, step):
         B, scales, zp = pack_nbits(
-            raw[r0 : r0 + step], tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name, threads
+            _rows(tensor, r0, r0 + step), tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name, threads
         )
         writer.write(B)
         scales_parts.append(scales)
