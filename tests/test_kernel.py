@@ -166,6 +166,18 @@ def test_strided_rows_are_read_in_place():
     assert same_bytes(q.ggml_quantize(np.asfortranarray(f32), "Q8_0"), q.ggml_quantize(f32, "Q8_0"))
 
 
+def test_concurrent_python_threads_get_their_own_answers():
+    """cffi releases the GIL around the C call: callers in threads must not disturb each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(8)
+    ws = [cases.encode(cases.random_weight(rng, 64, 1024), "bf16") for _ in range(6)]
+    serial = [q.ggml_quantize(w, "Q4_0", src_dtype="bf16", threads=1) for w in ws]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        parallel = list(pool.map(lambda w: q.ggml_quantize(w, "Q4_0", src_dtype="bf16", threads=2), ws))
+    assert all(same_bytes(a, b) for a, b in zip(serial, parallel))
+
+
 # ----------------------------------------------------------------------------- errors
 
 
