@@ -17,7 +17,8 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
     const int per_word = 32 / c->bits;
     const int64_t groups = c->k / c->group;
     const int64_t words = c->k / per_word;
-    float q[128], lo[RUN], hi[RUN], scale[RUN], bias[RUN];
+    int32_t q[128];
+    float lo[RUN], hi[RUN], scale[RUN], bias[RUN];
     int64_t scale_row = -1; /* NaN/Inf anywhere in the chunk take precedence over a scale overflow */
     for (int64_t r = r0; r < r1; r++) {
         const float *x = pq_row_f32(pq_row_ptr(c->src, c->dtype, r, c->stride), c->dtype, c->k, buf);
@@ -51,12 +52,20 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
             for (int g = 0; g < ng; g++) {
                 const float *xg = x + (g0 + g) * c->group;
                 const float s = scale[g], bb = bias[g];
-                for (int j = 0; j < c->group; j++) q[j] = pq_clampf(pq_rint((xg[j] - bb) / s), 0.0f, nbins);
+                for (int j = 0; j < c->group; j++) q[j] = (int32_t)pq_clampf(pq_rint((xg[j] - bb) / s), 0.0f, nbins);
                 uint32_t *og = out + (g0 + g) * (c->group / per_word);
-                for (int w = 0; w < c->group / per_word; w++) {
-                    uint32_t word = 0;
-                    for (int e = 0; e < per_word; e++) word |= (uint32_t)q[w * per_word + e] << (e * c->bits);
-                    og[w] = word;
+                if (c->bits == 4) {
+                    for (int w = 0; w < c->group / per_word; w++) {
+                        uint32_t word = 0;
+                        for (int e = 0; e < per_word; e++) word |= (uint32_t)q[w * per_word + e] << (e * 4);
+                        og[w] = word;
+                    }
+                } else { /* a constant trip count lets this one vectorise */
+                    for (int w = 0; w < c->group / 4; w++) {
+                        uint32_t word = 0;
+                        for (int e = 0; e < 4; e++) word |= (uint32_t)q[w * 4 + e] << (e * 8);
+                        og[w] = word;
+                    }
                 }
             }
         }
