@@ -62,12 +62,13 @@ def _ours(raw: np.ndarray, mode: str, group_size: int | None) -> dict[str, np.nd
     return {k: np.ascontiguousarray(v).reshape(-1).view(np.uint8) for k, v in q.arrays.items()}
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("group_size", [128, 32, None], ids=["g128", "g32", "per-channel"])
+# NNCF's int8 modes are per channel only (and so are ours); int4 takes groups or per channel.
+_CASES = [(m, g) for m in MODES for g in ((128, 32, None) if m.startswith("int4") else (None,))]
+
+
+@pytest.mark.parametrize("mode, group_size", _CASES, ids=[f"{m}-g{g or 'cw'}" for m, g in _CASES])
 @pytest.mark.parametrize("shape", [(8, 256), (96, 384)], ids=["numpy-path", "openvino-path"])
 def test_constants_equal_nncf(mode, group_size, shape):
-    if mode.startswith("int8") and group_size is not None:
-        pytest.skip("NNCF's int8 modes are per-channel only (and so are ours)")
     raw = _bf16_weight(*shape, seed=shape[0])
     w32 = (raw.astype(np.uint32) << 16).view(np.float32)
     theirs = _nncf_constants(w32, mode, group_size)

@@ -172,3 +172,18 @@ def test_export_never_imports_torch(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "TORCH False" in r.stdout, r.stdout
     assert (tmp_path / "openvino_tokenizer.xml").exists()
+
+
+def test_optimum_intel_loads_the_export(export_tiny):
+    """Where optimum-intel is installed (not in phi-quant's own test env: it pins older transformers)."""
+    pytest.importorskip("optimum.intel")
+    import torch
+    from optimum.intel import OVModelForCausalLM
+
+    out, _ = export_tiny("phi4-mini", "int4")
+    props = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+    model = OVModelForCausalLM.from_pretrained(out, device="CPU", ov_config=props)
+    ids = [5, 17, 33, 60, 2, 9, 100, 41]
+    logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0]
+    ours = OpenVINOModel(out, {}).logits(ids)
+    assert np.abs(logits.numpy() - ours).max() <= 1e-5
