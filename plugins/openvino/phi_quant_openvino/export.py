@@ -83,8 +83,9 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
         candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in edge)}
         sensitivity = _sensitivity(source, candidates)
     plan = plan_weights(infos, opts, sensitivity)
+    files = _write_side_files(source, output_dir, opts)  # tokenizer conversion first: it fails fast
     _write_model(source, output_dir, plan, progress)
-    files = [C.MODEL_XML, C.MODEL_BIN] + _write_side_files(source, output_dir, opts)
+    files = [C.MODEL_XML, C.MODEL_BIN] + files
 
     notes = list(plan.notes)
     if source.config.rope.is_longrope:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import openvino as ov
 
-from phi_quant.errors import ExportFailedError
+from phi_quant.errors import CheckpointError, ExportFailedError
 
 from . import constants as C
 
@@ -24,7 +24,7 @@ def _load_hf_tokenizer(files: dict[str, Path], chat_template: str | None):
     from transformers import PreTrainedTokenizerFast  # does not import torch (AutoTokenizer does)
 
     if "tokenizer.json" not in files:
-        raise ExportFailedError(
+        raise CheckpointError(
             "the checkpoint has no tokenizer.json; OpenVINO tokenizer conversion needs the fast "
             "tokenizer file (save it with transformers' tokenizer.save_pretrained)"
         )

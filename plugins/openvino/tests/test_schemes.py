@@ -106,3 +106,22 @@ def test_ratio_export_records_the_mix(export_tiny):
     counts = result.details["weight_schemes"]
     assert counts.get("int4_asym_g128", 0) >= 1 and counts.get("int8_asym_cw", 0) >= 3
     assert any(n.startswith("ratio 0.6") for n in result.notes)
+
+
+def test_missing_tokenizer_json_is_refused_before_any_weights(tmp_path):
+    import shutil
+
+    from phi_quant.errors import CheckpointError
+    from phi_quant.model.source import open_model
+    from phi_quant.testing.factory import cached_checkpoint
+    from phi_quant.types import NullProgress
+    from phi_quant_openvino.export import export_model
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cached_checkpoint("phi4"), ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    with open_model(ckpt) as src, pytest.raises(CheckpointError, match="tokenizer.json"):
+        export_model(src, out, ExportOptions(precision="int4"), NullProgress())
+    assert not (out / "openvino_model.bin").exists()
