@@ -35,6 +35,7 @@ __all__ = [
     "variant_spec",
     "make_checkpoint",
     "cached_checkpoint",
+    "cached_build",
     "make_large_checkpoint",
     "float32_to_bf16_bits",
 ]
@@ -329,20 +330,26 @@ def cache_root() -> Path:
 
 
 def cached_checkpoint(variant: str, dtype: str = "bf16") -> Path:
-    """The tiny ``variant`` checkpoint (seed 0, 2 shards), built once and shared by all test processes.
-
-    Built in a private temporary directory and renamed into place, so concurrent pytest workers
-    never see a half-written checkpoint; the loser of a race discards its copy.
-    """
+    """The tiny ``variant`` checkpoint (seed 0, 2 shards), built once and shared by all test processes."""
     variant_spec(variant)
+    return cached_build(f"{variant}-{dtype}", lambda tmp: make_checkpoint(variant, tmp, dtype=dtype))
+
+
+def cached_build(name: str, build: Callable[[Path], Any]) -> Path:
+    """The checkpoint ``cache_root() / name``, written by ``build(directory)`` on first use.
+
+    ``build`` fills a private temporary directory that is then renamed into place, so concurrent
+    pytest workers never see a half-written checkpoint; the loser of a race discards its copy.
+    A directory counts as built once it holds ``config.json``.
+    """
     root = cache_root()
-    target = root / f"{variant}-{dtype}"
+    target = root / name
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-{dtype}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        make_checkpoint(variant, tmp, dtype=dtype)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import types
 from pathlib import Path
 from ..types import ExportOptions
@@ -43,24 +41,9 @@ convert(checkpoint, backend, ExportOptions(**json.loads(options)), out)
 
 def large_checkpoint(min_bytes: int = LARGE_BYTES) -> Path:
     """A generated checkpoint of ``min_bytes``, built on first use (atomically, safe for parallel runs)."""
-    from .factory import cache_root, make_large_checkpoint
+    from .factory import cached_build, make_large_checkpoint
 
-    root = cache_root()
-    target = root / f"large-bf16-{min_bytes}"
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".large-bf16-", dir=root))
-    try:
-        make_large_checkpoint(tmp, min_bytes)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(f"large-bf16-{min_bytes}", lambda tmp: make_large_checkpoint(tmp, min_bytes))
 
 
 def _plugin_module(backend: str) -> str:
