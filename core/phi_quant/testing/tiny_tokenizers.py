@@ -110,6 +110,13 @@ def _added_decoder(tokens: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _special_tokens_map(*, bos: str, eos: str, pad: str, unk: str) -> dict[str, Any]:
+    """special_tokens_map.json as transformers saves it: each token with its matching flags off."""
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {key: {"content": content, **flags}
+            for key, content in (("bos_token", bos), ("eos_token", eos), ("pad_token", pad), ("unk_token", unk))}
+
+
 def _train_sentencepiece(base_size: int) -> bytes:
     import sentencepiece as spm
 
@@ -220,12 +227,7 @@ def build_sentencepiece(*, base_size: int = 480, model_max_length: int = 4096) -
         "unk_token": "<unk>",
         "use_default_system_prompt": False,
     }
-    special_map = {
-        "bos_token": {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "eos_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "pad_token": {"content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-        "unk_token": {"content": "<unk>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False},
-    }
+    special_map = _special_tokens_map(bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>")
     return TokenizerFiles(
         tokenizer_json=tj,
         tokenizer_config=config,
@@ -290,9 +292,7 @@ def build_byte_level(
         "tokenizer_class": "GPT2Tokenizer",
         "unk_token": unk,
     }
-    entry = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    special_map = {k: {"content": v, **entry} for k, v in
-                   (("bos_token", bos), ("eos_token", eos), ("pad_token", pad), ("unk_token", unk))}
+    special_map = _special_tokens_map(bos=bos, eos=eos, pad=pad, unk=unk)
     return TokenizerFiles(
         tokenizer_json=tj,
         tokenizer_config=config,
