@@ -13,25 +13,19 @@ from phi_quant.errors import BadWeightsError, CheckpointError, UnsupportedModelE
 from phi_quant.model.checks import check_finite
 from phi_quant.model.safetensors_io import read_header
 from phi_quant.model.source import open_model
-from phi_quant.testing.factory import cached_checkpoint, make_checkpoint
+from phi_quant.testing.factory import cached_checkpoint, copy_checkpoint, edit_config, make_checkpoint
 
 
 @pytest.fixture
 def ckpt(tmp_path):
     """A private, writable copy of the tiny phi3-mini checkpoint (2 shards)."""
-    path = tmp_path / "ck"
-    shutil.copytree(cached_checkpoint("phi3-mini"), path)
-    return path
+    return copy_checkpoint("phi3-mini", tmp_path / "ck")
 
 
 def _shard(path, k=1):
     return path / f"model-0000{k}-of-00002.safetensors"
 
 
-def _edit_config(path, **change):
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(change)
-    (path / "config.json").write_text(json.dumps(cfg))
 
 
 def test_truncated_shard(ckpt):
@@ -138,15 +132,13 @@ def test_index_references_a_tensor_its_shard_lacks(ckpt):
 
 
 def test_missing_tensor_and_wrong_shape(ckpt):
-    _edit_config(ckpt, tie_word_embeddings=False, intermediate_size=256)
+    edit_config(ckpt, tie_word_embeddings=False, intermediate_size=256)
     with pytest.raises(CheckpointError, match=r"gate_up_proj.weight has shape \[1024, 256\] but config.json implies \[512, 256\]"):
         open_model(ckpt)
 
 
 def test_untied_config_without_lm_head(tmp_path):
-    path = tmp_path / "ck"
-    shutil.copytree(cached_checkpoint("phi4-mini"), path)
-    _edit_config(path, tie_word_embeddings=False)
+    path = copy_checkpoint("phi4-mini", tmp_path / "ck", tie_word_embeddings=False)
     with pytest.raises(CheckpointError, match=r"lm_head.weight is missing .*tie_word_embeddings=false"):
         open_model(path)
 
@@ -177,7 +169,7 @@ def test_pickle_checkpoints_are_refused_without_unpickling(ckpt, name, tmp_path)
      ("LlamaForCausalLM", "llama")],
 )
 def test_other_architectures_are_refused_by_name(ckpt, arch, model_type):
-    _edit_config(ckpt, architectures=[arch], model_type=model_type)
+    edit_config(ckpt, architectures=[arch], model_type=model_type)
     with pytest.raises(UnsupportedModelError) as e:
         open_model(ckpt)
     assert arch in str(e.value) and "Supported: Phi3ForCausalLM" in str(e.value)

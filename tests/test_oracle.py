@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from phi_quant.model.source import open_model  # noqa: E402
 from phi_quant.reference import ReferenceModel  # noqa: E402
-from phi_quant.testing.factory import VARIANTS, cached_checkpoint  # noqa: E402
+from phi_quant.testing.factory import VARIANTS, cached_checkpoint, copy_checkpoint  # noqa: E402
 from phi_quant.testing.prompts import chat_prompt, test_prompts  # noqa: E402
 
 pytestmark = pytest.mark.oracle
@@ -101,14 +101,7 @@ def test_hf_tokenizer_agrees_with_tokenizers(variant):
 
 def test_sliding_window_mask_matches_transformers(tmp_path):
     """Phi-3-mini's sliding window (2047) never bites on short prompts; shrink it to 8 to compare the mask."""
-    import json
-    import shutil
-
-    path = tmp_path / "sw"
-    shutil.copytree(cached_checkpoint("phi3-mini"), path)
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["sliding_window"] = 8
-    (path / "config.json").write_text(json.dumps(cfg))
+    path = copy_checkpoint("phi3-mini", tmp_path / "sw", sliding_window=8)
     with open_model(path) as src:
         ref, tok = ReferenceModel.from_source(src), src.hf_tokenizer()
     hf = transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()

@@ -36,6 +36,8 @@ __all__ = [
     "make_checkpoint",
     "cached_checkpoint",
     "cached_build",
+    "copy_checkpoint",
+    "edit_config",
     "make_large_checkpoint",
     "float32_to_bf16_bits",
 ]
@@ -358,6 +360,27 @@ def cached_build(name: str, build: Callable[[Path], Any]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def copy_checkpoint(variant: str, dst: str | os.PathLike, **config_changes: Any) -> Path:
+    """A private, writable copy of the tiny ``variant`` checkpoint at ``dst``, with ``config_changes`` set.
+
+    For tests that need one property changed (a short sliding window, untied embeddings) or a file
+    broken, without touching the shared cached checkpoint.
+    """
+    dst = Path(dst)
+    shutil.copytree(cached_checkpoint(variant), dst)
+    if config_changes:
+        edit_config(dst, **config_changes)
+    return dst
+
+
+def edit_config(checkpoint: str | os.PathLike, **changes: Any) -> None:
+    """Set top-level keys of ``checkpoint``'s config.json."""
+    path = Path(checkpoint) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
 
 
 # -- a large checkpoint for streaming/RSS tests --------------------------------------------------

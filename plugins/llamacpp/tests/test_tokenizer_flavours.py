@@ -8,10 +8,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 from phi_quant.model.source import open_model
-from phi_quant.testing.factory import cached_checkpoint
+from phi_quant.testing.factory import copy_checkpoint
 from phi_quant.types import ExportOptions, NullProgress
 from phi_quant_llamacpp import plugin
 
@@ -25,9 +24,7 @@ TEXTS = [
 
 
 def _variant_copy(tmp_path, edit):
-    src = cached_checkpoint("phi3-mini")
-    dst = tmp_path / "phi3-variant"
-    shutil.copytree(src, dst)
+    dst = copy_checkpoint("phi3-mini", tmp_path / "phi3-variant")
     edit(dst)
     return dst
 

@@ -9,8 +9,6 @@ kit's fidelity check against the plain oracle, with the thresholds of docs/fidel
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import subprocess
 import sys
 
@@ -19,7 +17,7 @@ import pytest
 
 from phi_quant.model.source import open_model
 from phi_quant.reference import ReferenceModel
-from phi_quant.testing.factory import VARIANTS, cached_checkpoint, variant_spec
+from phi_quant.testing.factory import VARIANTS, cached_checkpoint, copy_checkpoint, variant_spec
 from phi_quant.testing.prompts import test_prompts
 from phi_quant_openvino.packing import dequantize, pack
 from phi_quant_openvino.runtime import OpenVINOModel
@@ -139,11 +137,7 @@ def test_sliding_window_is_applied(tmp_path):
     from phi_quant.types import ExportOptions, NullProgress
     from phi_quant_openvino.export import export_model
 
-    src_dir = tmp_path / "ckpt"
-    shutil.copytree(cached_checkpoint("phi3-mini"), src_dir)
-    cfg = json.loads((src_dir / "config.json").read_text())
-    cfg["sliding_window"] = 6
-    (src_dir / "config.json").write_text(json.dumps(cfg))
+    src_dir = copy_checkpoint("phi3-mini", tmp_path / "ckpt", sliding_window=6)
     out = tmp_path / "out"
     out.mkdir()
     with open_model(src_dir) as src:

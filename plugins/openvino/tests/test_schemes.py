@@ -109,16 +109,13 @@ def test_ratio_export_records_the_mix(export_tiny):
 
 
 def test_missing_tokenizer_json_is_refused_before_any_weights(tmp_path):
-    import shutil
-
     from phi_quant.errors import CheckpointError
     from phi_quant.model.source import open_model
-    from phi_quant.testing.factory import cached_checkpoint
+    from phi_quant.testing.factory import copy_checkpoint
     from phi_quant.types import NullProgress
     from phi_quant_openvino.export import export_model
 
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(cached_checkpoint("phi4"), ckpt)
+    ckpt = copy_checkpoint("phi4", tmp_path / "ckpt")
     (ckpt / "tokenizer.json").unlink()
     out = tmp_path / "out"
     out.mkdir()
