@@ -2,7 +2,8 @@
 
     python bench/mlx_fidelity.py             # fidelity table (Markdown) for docs/fidelity.md
     python bench/mlx_fidelity.py --longrope  # plain mlx-lm vs the oracle on short/long prompts
-    python bench/mlx_fidelity.py --large     # ~1.1 GB checkpoint: time, peak RSS, mlx-lm speed
+    python bench/mlx_fidelity.py --large [--speed]  # ~1.1 GB checkpoint: time, peak RSS (+ mlx-lm speed)
+    python bench/mlx_fidelity.py --vs-mlx-lm --precisions int4,int8   # same, against mlx_lm.convert
 
 Fidelity: the export runs in mlx-lm (``mlx_lm.load``, one full-sequence model call) on the
 shared test prompts (HF token ids); KL(oracle || mlx), top-1 and max |dlogit| over every
@@ -60,7 +61,7 @@ def _measure(path, ids, refs, longrope="auto"):
 
 
 def _row(*cells):
-    print("| " + " | ".join(str(c) for c in cells) + " |")
+    print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
 def fidelity(extra_options: dict) -> None:
@@ -111,14 +112,14 @@ print(f"SECONDS {time.perf_counter() - t0:.2f}")
 """
 
 
-def _peak_rss_run(args):
-    """Run the conversion in a child process and sample its RSS (MiB) every 20 ms."""
+def _peak_rss_run(args, code=_CONVERT):
+    """Run a conversion in a child process and sample its RSS (MiB) every 20 ms."""
     import subprocess
     import sys
 
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-c", _CONVERT, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
     ps, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -131,20 +132,84 @@ def _peak_rss_run(args):
     return peak / 2**20, secs, proc.returncode
 
 
-def _speed(path, prompt_tokens=128, new_tokens=32):
+def _speed(path, prompt_tokens=64, new_tokens=16):
     import mlx.core as mx
-    from mlx_lm import load, stream_generate
+    from mlx_lm import stream_generate
 
-    model, tok = load(str(path))
+    from phi_quant_mlx import plugin
+
+    m = plugin.load_model(path=path, options={})
     ids = [int(i) for i in np.random.default_rng(0).integers(100, 400, prompt_tokens)]
     last = None
-    for r in stream_generate(model, tok, ids, max_tokens=new_tokens):
+    for r in stream_generate(m.model, m.tokenizer, ids, max_tokens=new_tokens, logits_processors=[m.mask_padding]):
         last = r
+    m.close()
     mx.clear_cache()
     return last.prompt_tps, last.generation_tps, last.peak_memory
 
 
-def large(precisions) -> None:
+_MLX_LM_CONVERT = """
+import sys, time
+from mlx_lm.convert import convert
+t0 = time.perf_counter()
+bits = {"int4": 4, "int8": 8}.get(sys.argv[3])
+convert(sys.argv[1], sys.argv[2], quantize=bits is not None, q_bits=bits, q_group_size=64 if bits else None,
+        dtype={"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(sys.argv[3]))
+print(f"SECONDS {time.perf_counter() - t0:.2f}")
+"""
+
+
+def _same_tensors(ours: Path, theirs: Path) -> str:
+    """Compare every tensor of two mlx folders bit for bit (names, dtypes, shapes, bytes)."""
+    import mlx.core as mx
+
+    def load(d):
+        out = {}
+        for f in sorted(d.glob("model*.safetensors")):
+            out.update(mx.load(str(f)))
+        return out
+
+    a, b = load(ours), load(theirs)
+    if set(a) != set(b):
+        return f"names differ: {sorted(set(a) ^ set(b))[:4]}"
+    for k in a:
+        x, y = a[k], b[k]
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return f"{k}: {x.dtype}{x.shape} vs {y.dtype}{y.shape}"
+        if x.dtype in (mx.bfloat16, mx.float16):
+            x, y = x.view(mx.uint16), y.view(mx.uint16)
+        if not mx.array_equal(x, y).item():
+            return f"{k}: bytes differ"
+    return f"all {len(a)} tensors identical"
+
+
+def vs_mlx_lm(precisions) -> None:
+    """Our export vs ``mlx_lm.convert`` on the large checkpoint: cost, and tensors bit for bit."""
+    import shutil
+
+    from phi_quant.testing.factory import make_large_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="mlx-vs-"))
+    try:
+        ckpt = make_large_checkpoint(work / "ckpt")
+        _row("precision", "tool", "convert s", "peak RSS MiB", "output MiB", "tensors vs mlx_lm.convert")
+        _row(*["---"] * 6)
+        for precision in precisions:
+            ours, theirs = work / f"ours-{precision}", work / f"theirs-{precision}"
+            ours.mkdir()
+            rss, secs, rc = _peak_rss_run([str(ckpt), str(ours), precision])
+            rss2, secs2, rc2 = _peak_rss_run([str(ckpt), str(theirs), precision], code=_MLX_LM_CONVERT)
+            same = _same_tensors(ours, theirs) if rc == 0 and rc2 == 0 else "n/a"
+            size = lambda d: sum(f.stat().st_size for f in d.glob("model*.safetensors")) / 2**20  # noqa: E731
+            _row(precision, "phi-quant mlx", f"{secs:.1f}", f"{rss:.0f}", f"{size(ours):.0f}", same)
+            _row(precision, "mlx_lm.convert", f"{secs2:.1f}", f"{rss2:.0f}", f"{size(theirs):.0f}" if rc2 == 0 else "failed", "")
+            shutil.rmtree(ours, ignore_errors=True)
+            shutil.rmtree(theirs, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def large(precisions, speed: bool) -> None:
     import shutil
 
     from phi_quant.testing.factory import make_large_checkpoint
@@ -153,7 +218,7 @@ def large(precisions) -> None:
     try:
         ckpt = make_large_checkpoint(work / "ckpt")
         size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
-        print(f"checkpoint: {size:.0f} MiB of safetensors")
+        print(f"checkpoint: {size:.0f} MiB of safetensors", flush=True)
         _row("precision", "convert s", "peak RSS MiB", "output MiB", "prompt tok/s", "gen tok/s", "mlx peak GB")
         _row(*["---"] * 7)
         for precision in precisions:
@@ -164,7 +229,7 @@ def large(precisions) -> None:
                 _row(precision, "failed", f"{rss:.0f}", "", "", "", "")
                 continue
             osize = sum(f.stat().st_size for f in out.glob("model*.safetensors")) / 2**20
-            ptps, gtps, peak = _speed(out)
+            ptps, gtps, peak = _speed(out) if speed else (float("nan"),) * 3
             _row(precision, f"{secs:.1f}", f"{rss:.0f}", f"{osize:.0f}", f"{ptps:.1f}", f"{gtps:.1f}", f"{peak:.2f}")
             shutil.rmtree(out)
     finally:
@@ -175,13 +240,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--longrope", action="store_true", help="plain mlx-lm vs the oracle, short and long prompts")
     ap.add_argument("--large", action="store_true", help="convert a ~1.1 GB checkpoint: time, peak RSS, speed")
+    ap.add_argument("--vs-mlx-lm", action="store_true", help="large checkpoint: ours vs mlx_lm.convert, bit for bit")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--speed", action="store_true", help="with --large: also time mlx-lm (64-token prompt, 16 new)")
     ap.add_argument("--dtype", help="dtype option for int exports (float16, float32, bfloat16)")
     args = ap.parse_args()
     if args.longrope:
         longrope()
+    elif args.vs_mlx_lm:
+        vs_mlx_lm(args.precisions.split(","))
     elif args.large:
-        large(args.precisions.split(","))
+        large(args.precisions.split(","), args.speed)
     else:
         fidelity({"dtype": args.dtype} if args.dtype else {})
 

@@ -80,8 +80,8 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str,
     info = planned.info
     src = info.dtype
     data = stored_view(raw, src)
-    check_finite(data, src, info.name)
     if data.ndim == 1:
+        check_finite(data, src, info.name)
         yield {f"{planned.module}.weight": (0, _cast(data, src, planned.dtype, info.name))}
         return
     rows, cols = data.shape
@@ -89,6 +89,7 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str,
     offsets: dict[str, int] = {}
     for r0 in range(0, rows, step):
         chunk = data[r0 : r0 + step]
+        check_finite(chunk, src, info.name)  # per chunk: a whole-tensor mask would cost a tensor of memory
         if planned.quant is None:
             arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
         else:

@@ -162,6 +162,8 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     default_quant = QuantParams(PRECISION_BITS[options.precision], gs) if options.precision in PRECISION_BITS else None
     float_dtype = _float_dtype(source, options)
     config = build_config(cfg, plan, float_dtype=float_dtype, default_quant=default_quant, context_length=context_length)
+    if (source.generation_config or {}).get("eos_token_id") is not None:  # what mlx-lm's load_config merges in
+        config["eos_token_id"] = source.generation_config["eos_token_id"]
     (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=4), encoding="utf-8")
     files.append(CONFIG_FILE)
     files += _copy_tokenizer(source, output_dir)

@@ -53,3 +53,17 @@ def test_quantize_hook_matches_exported_bytes(precision, group_size, sources, ex
     w = tensor.to_float32()
     err = np.abs(qt.dequantize() - w).max() / np.abs(w).max()
     assert err < {"int4": 0.2, "int8": 0.02, "bf16": 1e-2}[precision]
+
+
+def test_chat_generation_uses_the_template(exported):
+    out, _ = exported("phi4-mini", "int8")
+    model = plugin.load_model(path=out, options={})
+    try:
+        assert model.tokenizer.chat_template
+        ids = model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        assert model.detokenize(ids).startswith("<|user|>")
+        text = model.generate("Hi", max_new_tokens=3, chat=True)
+        assert isinstance(text, str) and text
+    finally:
+        model.close()
