@@ -167,7 +167,7 @@ class MissingPrecision(Fake):
         super()._refuse(options)
 '''
 
-CHECKS = f'''
+CHECKS = '''
 from phi_quant.testing.kit import BackendConformance
 
 
@@ -216,7 +216,7 @@ def reference_importable(monkeypatch):
 
 @pytest.fixture
 def kit_outcomes(pytester, manager, reference_importable):
-    """Run the kit in-process on the reference backend and the three fakes; {test id: outcome}."""
+    """Run the kit in-process on the reference backend and the fake backends; {test id: outcome}."""
     from phi_quant_reference import plugin as reference
 
     pytester.makepyfile(fakes=FAKES, test_checks=CHECKS)
