@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .manifest import MANIFEST_NAME
+
 __all__ = ["CellSpec", "plan_cells", "run_matrix", "dir_size"]
 
 #: Per-cell subprocess limit, so one hung runtime cannot stall the whole matrix.
@@ -56,8 +58,8 @@ def plan_cells(
 
 
 def dir_size(path: Path) -> int:
-    """Bytes of every file under ``path`` except phi-quant's own manifest and card."""
-    skip = {"phi-quant.json", "README.md"}
+    """Bytes of every file under ``path`` except phi-quant's own manifest and card (the model's size)."""
+    skip = {MANIFEST_NAME, "README.md"}
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not (f.parent == path and f.name in skip))
 
 
