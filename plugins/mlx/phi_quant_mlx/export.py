@@ -93,7 +93,8 @@ def plan_for(source, options: ExportOptions) -> list[PlannedTensor]:
     _check_options(options)
     gs = resolve_group_size(options.group_size)
     overrides = parse_overrides(options.get("overrides"), gs)
-    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides, options.get("dtype"))
+    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides, options.get("dtype"),
+                        tied=source.config.tie_word_embeddings)
 
 
 def _float_dtype(source, options: ExportOptions) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from phi_quant.errors import UnsupportedPrecisionError
-from phi_quant.model.tensors import TensorInfo
+from phi_quant.model.tensors import TensorInfo, TensorRole
 
 from .constants import (
     DEFAULT_GROUP_SIZE,
@@ -149,11 +149,13 @@ def plan_tensors(
     group_size: int | None = None,
     overrides: list[Override] | None = None,
     dtype: str | None = None,
+    tied: bool = False,
 ) -> list[PlannedTensor]:
     """Decide, for every tensor of the stream, its output names, dtypes and quantization.
 
     ``dtype`` (int exports only, e.g. ``"float16"``): cast every weight to it before quantizing,
     and store scales, biases and unquantized tensors in it (mlx-lm convert's ``--dtype``).
+    ``tied``: the embedding is also the output layer, so a pattern for ``lm_head`` applies to it.
     """
     if precision not in PRECISION_DTYPE:
         raise UnsupportedPrecisionError(f"mlx has no precision {precision!r}; choose one of {', '.join(PRECISION_DTYPE)}")
@@ -174,8 +176,9 @@ def plan_tensors(
             plan.append(PlannedTensor(info, module, None, out_dtype))
             continue
         quant = default
+        names = (module, "lm_head") if tied and info.role == TensorRole.EMBED else (module,)
         for i, ov in enumerate(overrides):
-            if ov.matches(module):
+            if any(ov.matches(n) for n in names):
                 quant = ov.params
                 used.add(i)
         reason = ""

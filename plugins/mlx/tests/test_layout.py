@@ -74,6 +74,16 @@ def test_tied_embedding_is_the_quantized_output_layer(exported):
     assert cfg["num_key_value_heads"] == 2 and cfg["rope_scaling"]["type"] == "longrope"
 
 
+def test_lm_head_override_on_a_tied_model_targets_the_embedding(exported):
+    from mlx_lm import load
+
+    out, _ = exported("phi4-mini", "int4", overrides="lm_head=8")
+    quant = json.loads((out / "config.json").read_text())["quantization"]
+    assert quant["model.embed_tokens"] == {"group_size": 64, "bits": 8, "mode": "affine"}
+    model, _ = load(str(out))
+    assert model.model.embed_tokens.bits == 8 and model.model.layers[0].mlp.down_proj.bits == 4
+
+
 def test_context_length_rewrites_long_factor(exported, sources):
     cfg = sources("phi4-mini").config
     orig = cfg.rope.original_max_position
