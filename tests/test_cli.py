@@ -219,3 +219,9 @@ def test_progress_bar_on_a_terminal_counts_bytes():
     bar.finish()
     text = stream.getvalue()
     assert "npy int8" in text and "3.00M/3.00M" in text
+
+
+def test_run_names_the_package_of_the_backend_that_wrote_the_output(manager, tmp_path):
+    (tmp_path / "phi-quant.json").write_text(json.dumps({"backend": {"name": "openvino"}, "precision": "int4"}))
+    res = invoke("run", str(tmp_path), "--prompt", "hi")
+    assert_one_line_error(res, 2, "backend 'openvino' is not installed", "pip install phi-quant-openvino")
