@@ -67,3 +67,24 @@ def test_chat_generation_uses_the_template(exported):
         assert isinstance(text, str) and text
     finally:
         model.close()
+
+
+def test_export_imports_neither_mlx_nor_torch(tmp_path):
+    """Conversion is numpy + phi-quant's kernel: it runs where mlx does not, and never loads torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib\n"
+        "from phi_quant.model.source import open_model\n"
+        "from phi_quant.testing.factory import cached_checkpoint\n"
+        "from phi_quant.types import ExportOptions, NullProgress\n"
+        "from phi_quant_mlx import plugin\n"
+        "with open_model(cached_checkpoint('phi4-mini')) as src:\n"
+        f"    plugin.export(source=src, output_dir=pathlib.Path({str(tmp_path)!r}), "
+        "options=ExportOptions('int4'), progress=NullProgress())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm', 'torch', 'transformers'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "model.safetensors").exists()
