@@ -33,6 +33,17 @@ PQ_INLINE void pack_split_halves(const int32_t *q, uint8_t *qs) {
 /* 1/d, or 0 for a zero scale (ggml: `d ? 1.0f/d : 0.0f`). */
 PQ_INLINE float inverse(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
 
+/* fp16 scales h[] of d[] and their inverses id[] for nb blocks; nonzero when a scale overflows fp16. */
+PQ_INLINE int f16_scales(const float *d, uint16_t *h, float *id, int nb) {
+    int inf = 0;
+    for (int b = 0; b < nb; b++) {
+        h[b] = pq_f32_to_f16(d[b]);
+        id[b] = inverse(d[b]);
+        inf |= pq_half_inf(h[b], PQ_F16);
+    }
+    return inf;
+}
+
 PQ_INLINE int run_q8_0(const float *x, uint8_t *out, int nb) {
     float d[RUN], id[RUN];
     uint16_t h[RUN];
@@ -41,13 +52,7 @@ PQ_INLINE int run_q8_0(const float *x, uint8_t *out, int nb) {
         if (!(amax <= PQ_FLT_MAX)) return 1;
         d[b] = amax / 127.0f;
     }
-    int inf = 0;
-    for (int b = 0; b < nb; b++) {
-        h[b] = pq_f32_to_f16(d[b]);
-        id[b] = inverse(d[b]);
-        inf |= pq_half_inf(h[b], PQ_F16);
-    }
-    if (inf) return 2;
+    if (f16_scales(d, h, id, nb)) return 2;
     for (int b = 0; b < nb; b++) {
         uint8_t *o = out + b * 34;
         const float *xb = x + b * 32;
@@ -82,13 +87,7 @@ PQ_INLINE int run_q4_0(const float *x, uint8_t *out, int nb) {
         }
     }
     for (int b = 0; b < nb; b++) d[b] = d[b] / -8.0f;
-    int inf = 0;
-    for (int b = 0; b < nb; b++) {
-        h[b] = pq_f32_to_f16(d[b]);
-        id[b] = inverse(d[b]);
-        inf |= pq_half_inf(h[b], PQ_F16);
-    }
-    if (inf) return 2;
+    if (f16_scales(d, h, id, nb)) return 2;
     for (int b = 0; b < nb; b++) {
         uint8_t *o = out + b * 18;
         const float *xb = x + b * 32;
@@ -109,12 +108,10 @@ PQ_INLINE int run_q4_1(const float *x, uint8_t *out, int nb) {
         if (pq_minmax(x + b * 32, 32, &mn[b], &max)) return 1;
         d[b] = (max - mn[b]) / 15.0f;
     }
-    int inf = 0;
+    int inf = f16_scales(d, hd, id, nb);
     for (int b = 0; b < nb; b++) {
-        hd[b] = pq_f32_to_f16(d[b]);
         hm[b] = pq_f32_to_f16(mn[b]);
-        id[b] = inverse(d[b]);
-        inf |= pq_half_inf(hd[b], PQ_F16) | pq_half_inf(hm[b], PQ_F16);
+        inf |= pq_half_inf(hm[b], PQ_F16);
     }
     if (inf) return 2;
     for (int b = 0; b < nb; b++) {
