@@ -36,10 +36,6 @@ def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
     return [(r, min(n, r + rows)) for r in range(0, n, rows)]
 
 
-def byte_offset(ov_type_bits: int, elements_before: int) -> int:
-    return elements_before * ov_type_bits // 8
-
-
 def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`."""
     raw = tensor.raw()
