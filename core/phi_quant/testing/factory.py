@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -434,8 +433,3 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
     total = sum(int(np.prod(s)) * item for _, s in specs)
     _write_shards(out, specs, dtype, max(2, -(-total // shard_bytes)), produce)
     return out
-
-
-def bundled_file(name: str) -> str:
-    """Text of a file under ``phi_quant/data`` (used by prompts and tests)."""
-    return resources.files("phi_quant").joinpath("data").joinpath(name).read_text(encoding="utf-8")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..fidelity import eval_text
+
 __all__ = [
     "CL100K_PATTERN",
     "O200K_PATTERN",
@@ -90,10 +92,8 @@ class TokenizerFiles:
 
 def corpus_text() -> str:
     """The bundled training text: corpus page plus the evaluation passage."""
-    data = resources.files("phi_quant").joinpath("data")
-    return data.joinpath("tokenizer_corpus.txt").read_text(encoding="utf-8") + "\n" + data.joinpath(
-        "eval_text.txt"
-    ).read_text(encoding="utf-8")
+    corpus = resources.files("phi_quant").joinpath("data/tokenizer_corpus.txt").read_text(encoding="utf-8")
+    return corpus + "\n" + eval_text()
 
 
 def _added_token(content: str, idx: int, special: bool = True, rstrip: bool = False) -> dict[str, Any]:
