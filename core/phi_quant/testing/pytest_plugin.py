@@ -13,17 +13,20 @@ Options (command line / ini):
 - ``--phi-quant-skip-streaming`` / ``phi_quant_streaming = false``: skip the slow peak-RSS check
   (or deselect it with ``-m "not phi_quant_streaming"``).
 - ``--phi-quant-report PATH``: write every check's outcome as JSON (used by ``run_kit``).
+
+Fixtures: ``phi_quant_backend`` (the backend those options name) and ``tiny_sources`` (the tiny
+checkpoints, each opened once per session, for a backend's own tests).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
-__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend"]
+__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend", "tiny_sources"]
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -103,3 +106,21 @@ def phi_quant_backend(request: Any) -> Any:
     if not name:
         pytest.skip("no backend named: pass --phi-quant-backend NAME or set phi_quant_backend in the ini file")
     return get_manager().get(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_sources() -> Iterator[Callable[[str], Any]]:
+    """``tiny_sources(variant)``: the tiny checkpoint's ModelSource, opened once per session and closed at its end."""
+    from phi_quant.model.source import open_model
+    from phi_quant.testing.factory import cached_checkpoint
+
+    opened: dict[str, Any] = {}
+
+    def get(variant: str) -> Any:
+        if variant not in opened:
+            opened[variant] = open_model(cached_checkpoint(variant))
+        return opened[variant]
+
+    yield get
+    for source in opened.values():
+        source.close()
