@@ -76,25 +76,27 @@ def _plot(cells: Sequence[dict[str, Any]], title: str):
     import matplotlib.pyplot as plt
 
     ok = [c for c in cells if c.get("status") == "ok" and c.get("size_bytes")]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     kl_floor = 1e-7
-    for c in ok:
+    for i, c in enumerate(ok):
         b, p = c["backend"], c["precision"]
+        offset = (5, 4 + 7 * (i % 3 - 1))  # stagger labels so neighbours in a cluster stay readable
         size = c["size_bytes"] / 1024**2
         kw = dict(marker=_MARKERS.get(b, "P"), color=_COLORS.get(p, "#7f7f7f"), s=70, edgecolors="black", linewidths=0.5)
         label = f"{b} {p}"
         if c.get("kl_mean") is not None:
             ax1.scatter(size, max(c["kl_mean"], kl_floor), **kw)
-            ax1.annotate(label, (size, max(c["kl_mean"], kl_floor)), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            ax1.annotate(label, (size, max(c["kl_mean"], kl_floor)), textcoords="offset points", xytext=offset, fontsize=7)
         if c.get("gen_tokens_per_s"):
             ax2.scatter(size, c["gen_tokens_per_s"], **kw)
-            ax2.annotate(label, (size, c["gen_tokens_per_s"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            ax2.annotate(label, (size, c["gen_tokens_per_s"]), textcoords="offset points", xytext=offset, fontsize=7)
     ax1.set_xlabel("model size on disk (MiB)")
     ax1.set_ylabel(f"mean KL(reference ‖ backend), log scale (floor {kl_floor:g})")
     ax1.set_yscale("log")
     ax1.set_title("accuracy vs size (lower-left is better)")
     ax2.set_xlabel("model size on disk (MiB)")
-    ax2.set_ylabel("generation tokens/s")
+    ax2.set_ylabel("generation tokens/s, log scale")
+    ax2.set_yscale("log")
     ax2.set_title("speed vs size (upper-left is better)")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
@@ -106,7 +108,7 @@ def _plot(cells: Sequence[dict[str, Any]], title: str):
     handles = [Line2D([], [], marker=_MARKERS.get(b, "P"), color="gray", linestyle="", label=b) for b in backends]
     handles += [Line2D([], [], marker="o", color=_COLORS[p], linestyle="", label=p) for p in precisions]
     if handles:
-        ax2.legend(handles=handles, fontsize=8, loc="best")
+        ax2.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     return fig
