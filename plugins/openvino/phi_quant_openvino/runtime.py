@@ -127,29 +127,29 @@ class OpenVINOModel:
         self._request.reset_state()
         return np.concatenate(out, axis=0)
 
-    def generate(self, prompt: str, max_new_tokens: int = 32, *, chat: bool = False) -> str:
-        pipe = self.pipeline
-        config = pipe.get_generation_config()
+    def _greedy_config(self, max_new_tokens: int) -> Any:
+        """The pipeline's generation config (its EOS ids and limits) switched to greedy search."""
+        config = self.pipeline.get_generation_config()
         config.max_new_tokens = int(max_new_tokens)
         config.do_sample = False
         config.num_beams = 1
+        return config
+
+    def generate(self, prompt: str, max_new_tokens: int = 32, *, chat: bool = False) -> str:
+        config = self._greedy_config(max_new_tokens)
         config.apply_chat_template = bool(chat)
-        return str(pipe.generate(prompt, config))
+        return str(self.pipeline.generate(prompt, config))
 
     def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy token ids from token ids (no tokenizer involved): for comparisons with the oracle."""
         import openvino as ov
 
-        pipe = self.pipeline
-        config = pipe.get_generation_config()
-        config.max_new_tokens = int(max_new_tokens)
-        config.do_sample = False
-        config.num_beams = 1
+        config = self._greedy_config(max_new_tokens)
         ids = np.asarray(list(prompt_ids), dtype=np.int64)[None, :]
         from openvino_genai import TokenizedInputs
 
         inputs = TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
-        result = pipe.generate(inputs, config)
+        result = self.pipeline.generate(inputs, config)
         return [int(t) for t in result.tokens[0]]
 
     def close(self) -> None:
