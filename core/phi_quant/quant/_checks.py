@@ -31,24 +31,9 @@ def weight_2d(w: object, src_dtype: str | None, name: str) -> tuple[np.ndarray, 
     bit patterns and must say ``src_dtype="bf16"``. Rows may be strided (a slice of a larger
     tensor); a row whose elements are not adjacent is copied once, that row block only.
     """
-    if not isinstance(w, np.ndarray):
-        raise KernelError(f"tensor {name}: expected a numpy array, got {type(w).__name__}")
-    if w.ndim != 2:
+    if isinstance(w, np.ndarray) and w.ndim != 2:
         raise KernelError(f"tensor {name}: expected a 2-D [N, K] weight, got shape {w.shape}")
-    if src_dtype is None:
-        inferred = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(w.dtype)
-        if inferred is None:
-            raise KernelError(
-                f"tensor {name}: cannot tell the source dtype of a {w.dtype} array; pass src_dtype="
-                "'f32', 'f16' or 'bf16' (bf16 weights are uint16 bit patterns)"
-            )
-        src = inferred
-    else:
-        src = dtype_name(src_dtype, "src_dtype")
-    if w.dtype != _NUMPY_OF[src]:
-        raise KernelError(
-            f"tensor {name}: src_dtype={src!r} needs a {_NUMPY_OF[src]} array, got {w.dtype}"
-        )
+    w, src = any_array(w, src_dtype, name)
     if w.shape[0] == 0 or w.shape[1] == 0:
         raise KernelError(f"tensor {name}: empty weight of shape {w.shape}")
     if w.strides[1] != w.itemsize or w.strides[0] < 0 or w.strides[0] % w.itemsize:
@@ -63,7 +48,10 @@ def any_array(w: object, src_dtype: str | None, name: str) -> tuple[np.ndarray, 
     if src_dtype is None:
         src = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}.get(w.dtype)
         if src is None:
-            raise KernelError(f"tensor {name}: pass src_dtype for a {w.dtype} array (bf16 is uint16 + 'bf16')")
+            raise KernelError(
+                f"tensor {name}: cannot tell the source dtype of a {w.dtype} array; pass src_dtype="
+                "'f32', 'f16' or 'bf16' (bf16 weights are uint16 bit patterns)"
+            )
     else:
         src = dtype_name(src_dtype, "src_dtype")
     if w.dtype != _NUMPY_OF[src]:
