@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from phi_quant.errors import BadWeightsError
+from phi_quant.model.checks import count_nonfinite
 from phi_quant.model.tensors import SourceTensor
 
 from .constants import GGMLType
@@ -20,17 +21,10 @@ __all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite"]
 #: Source bytes per chunk: bounds the working set of one conversion step.
 CHUNK_BYTES = 16 << 20
 
-_NONFINITE_MASK = {"bf16": (np.uint16, 0x7F80), "f16": (np.uint16, 0x7C00)}
-
-
 def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
-    """Raise :class:`BadWeightsError` naming ``name`` if ``raw`` (stored dtype) holds NaN or Inf."""
-    if dtype in _NONFINITE_MASK:
-        view, mask = _NONFINITE_MASK[dtype]
-        bad = np.any((raw.view(view) & mask) == mask)
-    else:
-        bad = not np.all(np.isfinite(raw))
-    if bad:
+    """Raise :class:`BadWeightsError` naming ``name`` if ``raw`` (stored dtype; a whole tensor or one
+    chunk of its rows) holds NaN or Inf. The test is the core's :func:`~phi_quant.model.checks.count_nonfinite`."""
+    if count_nonfinite(raw, dtype):
         raise BadWeightsError(f"tensor {name} contains NaN or Inf values; the checkpoint is damaged (re-download or re-save it)")
 
 
