@@ -28,19 +28,13 @@ def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
         raise BadWeightsError(f"tensor {name} contains NaN or Inf values; the checkpoint is damaged (re-download or re-save it)")
 
 
-def _to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bf16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
-
-
 def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "tensor") -> np.ndarray:
     """Encode a 2-D block of rows (stored dtype, bf16 as uint16) as ggml ``ggml_type`` bytes."""
     import phi_quant.quant as q
 
     t = GGMLType(ggml_type)
     if t == GGMLType.F32:
-        return _to_f32(raw, dtype).view(np.uint8)
+        return q.to_float32(raw, dtype, name=name).view(np.uint8)
     if t == GGMLType.F16:
         return np.asarray(q.to_float16(raw, src_dtype=dtype, name=name)).view(np.uint8)
     if t == GGMLType.BF16:
@@ -56,7 +50,7 @@ def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[
     raw = tensor.raw()
     if raw.ndim == 1:
         check_finite(raw, tensor.dtype, tensor.name)
-        yield _to_f32(raw, tensor.dtype).view(np.uint8) if ggml_type == GGMLType.F32 else encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name)
+        yield encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name)
         return
     rows = raw.reshape(-1, raw.shape[-1])
     row_bytes = rows.shape[1] * rows.dtype.itemsize
