@@ -103,7 +103,7 @@ def encode(tensor: SourceTensor, scheme: Scheme) -> QuantizedTensor:
 def decode(arrays: dict[str, np.ndarray], scheme: str, shape: tuple[int, ...]) -> np.ndarray:
     """float32 weights back from what :func:`encode` stored."""
     if scheme == "bf16":
-        return (arrays["weight"].astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return quant.to_float32(arrays["weight"], "bf16").reshape(shape)
     if "weight" in arrays:
         return arrays["weight"].astype(np.float32).reshape(shape)
     m = _INT_SCHEME.match(scheme)
