@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..model.safetensors_io import SafetensorsWriter
+from ..quant.reference import f32_to_bf16_bits
 from . import tiny_tokenizers as tt
 
 __all__ = [
@@ -98,10 +99,11 @@ def variant_spec(variant: str) -> VariantSpec:
 # -- numbers -------------------------------------------------------------------------------------
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 (nearest, ties to even) and return the 16-bit patterns as uint16."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
+    """Round float32 to bfloat16 (nearest, ties to even) and return the 16-bit patterns as uint16.
+
+    The quantizers' numpy specification does the rounding (as torch and safetensors store bf16).
+    """
+    return f32_to_bf16_bits(x)
 
 
 def _encode(x: np.ndarray, dtype: str) -> np.ndarray:
