@@ -121,14 +121,12 @@ def resolve_options(options: ExportOptions) -> ResolvedOptions:
             "--option ratio=/all_layers=/preset= (see docs/backends/openvino.md)"
         )
 
+    if preset and precision in (C.FP32, C.FP16, "int8"):
+        raise UnsupportedPrecisionError(f"preset {preset!r} is an int4 preset; use --precision int4")
     if precision in (C.FP32, C.FP16):
-        if preset:
-            raise UnsupportedPrecisionError(f"preset {preset!r} is an int4 preset; use --precision int4")
         s = TensorScheme(precision)
         return ResolvedOptions(precision, s, s, 1.0, True, None)
     if precision == "int8":
-        if preset:
-            raise UnsupportedPrecisionError(f"preset {preset!r} is an int4 preset; use --precision int4")
         mode = C.INT8_SYM if options.symmetric else C.INT8_ASYM
         if group is not None:
             raise UnsupportedPrecisionError(
