@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .manifest import MANIFEST_NAME
+from .manifest import model_bytes
 
-__all__ = ["CellSpec", "plan_cells", "run_matrix", "dir_size"]
+__all__ = ["CellSpec", "plan_cells", "run_matrix"]
 
 #: Per-cell subprocess limit, so one hung runtime cannot stall the whole matrix.
 CELL_TIMEOUT_S = 1800
@@ -55,12 +55,6 @@ def plan_cells(
             if p in offered.get(b, ()):
                 cells.append(CellSpec(b, p))
     return cells
-
-
-def dir_size(path: Path) -> int:
-    """Bytes of every file under ``path`` except phi-quant's own manifest and card (the model's size)."""
-    skip = {MANIFEST_NAME, "README.md"}
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not (f.parent == path and f.name in skip))
 
 
 def _cli(*args: str) -> list[str]:
@@ -96,7 +90,7 @@ def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str,
         cell.update(status="failed", error=f"quantize: {err}")
         return cell
     cell["scheme"] = res.get("scheme") or res.get("result", {}).get("scheme")
-    cell["size_bytes"] = dir_size(out)
+    cell["size_bytes"] = model_bytes(out)
     cell["status"] = "converted"
     return cell
 

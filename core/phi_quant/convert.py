@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError, OutputExistsError, UnsupportedPrecisionError
-from .manifest import MANIFEST_NAME, build_manifest, source_record, write_manifest
+from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
 from .model_card import render_model_card
 from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert", "dir_size"]
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert"]
 
 #: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
 TINY_PREFIX = "tiny:"
@@ -94,10 +94,6 @@ def check_options(backend: Backend, options: ExportOptions) -> None:
         raise BadInputError(f"--group-size must be positive, got {options.group_size}")
 
 
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
 def _check_destination(output: Path, force: bool) -> None:
     if output.exists() or output.is_symlink():
         if not force:
@@ -160,7 +156,7 @@ def convert(
             record = source_record(str(model), source)
         timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
         manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result, timings=timings)
-        manifest["output_bytes"] = dir_size(tmp)
+        manifest["output_bytes"] = model_bytes(tmp)
         write_manifest(tmp, manifest)
         (tmp / "README.md").write_text(
             render_model_card(manifest, result.run_instructions, output_name=output.name), encoding="utf-8"
@@ -174,8 +170,8 @@ def convert(
         backend=be.name,
         precision=options.precision,
         scheme=result.scheme,
-        files=sorted(set(result.files) | {MANIFEST_NAME, "README.md"}),
-        output_bytes=dir_size(output),
+        files=sorted(set(result.files) | set(OWN_FILES)),
+        output_bytes=model_bytes(output),
         seconds=time.perf_counter() - t0,
         notes=list(result.notes),
         manifest=manifest,

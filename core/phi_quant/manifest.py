@@ -13,7 +13,6 @@ import hashlib
 import json
 import platform
 import re
-import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +24,8 @@ from .errors import BadInputError
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "OWN_FILES",
+    "model_bytes",
     "file_sha256",
     "source_record",
     "tool_versions",
@@ -35,6 +36,16 @@ __all__ = [
 
 MANIFEST_NAME = "phi-quant.json"
 MANIFEST_VERSION = 1
+#: What phi-quant adds to every output besides the model's own files.
+OWN_FILES = (MANIFEST_NAME, "README.md")
+
+
+def model_bytes(path: Path) -> int:
+    """Bytes of the exported model's files: everything under ``path`` but phi-quant's manifest and card."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*")
+               if f.is_file() and not (f.parent == path and f.name in OWN_FILES))
+
 
 _SOURCE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 

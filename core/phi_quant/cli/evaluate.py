@@ -11,17 +11,17 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import numpy as np
 
 from ..errors import BadInputError
-from ..manifest import MANIFEST_NAME, read_manifest
+from ..manifest import model_bytes, read_manifest
 from ._common import emit_json, fmt_bytes, json_option
 from .run import open_output
 
-__all__ = ["command", "evaluate", "eval_prompts", "bundled_text", "output_size"]
+__all__ = ["command", "evaluate", "eval_prompts", "bundled_text"]
 
 
 def bundled_text() -> str:
@@ -29,13 +29,6 @@ def bundled_text() -> str:
     from ..fidelity import eval_text
 
     return eval_text()
-
-
-def output_size(path: Path) -> int:
-    """Bytes of the model files (phi-quant's manifest and card excluded)."""
-    skip = {MANIFEST_NAME, "README.md"}
-    return sum(f.stat().st_size for f in Path(path).rglob("*")
-               if f.is_file() and not (f.parent == Path(path) and f.name in skip))
 
 
 def _peak_rss_bytes() -> int:
@@ -146,7 +139,7 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
         "precision": manifest.get("precision"),
         "scheme": manifest.get("scheme"),
         "reference": str(reference),
-        "size_bytes": output_size(output),
+        "size_bytes": model_bytes(output),
         "fidelity": fidelity,
         "speed": {
             "load_seconds": load_s,
