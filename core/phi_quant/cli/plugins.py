@@ -50,8 +50,11 @@ def _run_check(name: str, as_json: bool, plugin: str | None = None, streaming: b
             "checks": [{"check": c, "passed": p, "message": m} for c, p, m in results],
         })
     else:
-        click.echo(table(["check", "result", "message"], [(c, "pass" if p else "FAIL", m) for c, p, m in results]))
-        click.echo(f"\n{len(results) - len(failed)}/{len(results)} checks passed for {name}")
+        skipped = [r for r in results if r[1] and r[2].startswith("skipped")]
+        click.echo(table(["check", "result", "message"],
+                         [(c, ("skip" if (c, p, m) in skipped else "pass") if p else "FAIL", m) for c, p, m in results]))
+        click.echo(f"\n{len(results) - len(failed) - len(skipped)}/{len(results)} checks passed for {name}"
+                   + (f", {len(skipped)} skipped" if skipped else ""))
     if failed or not results:
         raise SystemExit(1)
 
