@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from phi_quant import quant
+
 from .external_data import BFLOAT16
 
 __all__ = ["to_float32", "convert", "ONNX_FLOAT_TYPES", "FLOAT_NAMES"]
@@ -22,36 +24,29 @@ ONNX_FLOAT_TYPES = {
 FLOAT_NAMES = tuple(ONNX_FLOAT_TYPES)
 
 
+def _as_stored(raw: np.ndarray, src_dtype: str) -> np.ndarray:
+    """A contiguous array in the stored dtype (computed tables such as rotary caches may be float64)."""
+    if src_dtype == "f32":
+        return np.ascontiguousarray(raw, dtype=np.float32)
+    return np.ascontiguousarray(raw)
+
+
 def to_float32(raw: np.ndarray, src_dtype: str) -> np.ndarray:
     """Widen a raw chunk (stored dtype ``f32``/``f16``/``bf16``) to float32 (a copy)."""
-    if src_dtype == "bf16":
-        return (np.asarray(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-    return np.asarray(raw).astype(np.float32)
-
-
-def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 (nearest, ties to even), returned as uint16 bits; NaN stays NaN."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = 0x7FC0
-    return rounded
+    return quant.to_float32(_as_stored(raw, src_dtype), src_dtype)
 
 
 def convert(raw: np.ndarray, src_dtype: str, target: str) -> np.ndarray:
     """Convert a raw chunk to ``target`` ("fp32", "fp16", "bf16"; bf16 comes back as uint16 bits).
 
-    A bf16 -> bf16 or f16 -> fp16 request copies the bits unchanged (no double rounding).
+    The core kernel does the rounding (nearest even, in C, no float32 detour for bf16/f16
+    sources); a bf16 -> bf16 or f16 -> fp16 request copies the bits unchanged.
     """
+    stored = _as_stored(raw, src_dtype)
     if target == "bf16":
-        if src_dtype == "bf16":
-            return np.array(raw, dtype=np.uint16, copy=True)
-        return _f32_to_bf16_bits(to_float32(raw, src_dtype))
+        return quant.to_bfloat16(stored, src_dtype)
     if target == "fp16":
-        if src_dtype == "f16":
-            return np.array(raw, dtype=np.float16, copy=True)
-        return to_float32(raw, src_dtype).astype(np.float16)
+        return quant.to_float16(stored, src_dtype)
     if target == "fp32":
-        return to_float32(raw, src_dtype)
+        return quant.to_float32(stored, src_dtype)
     raise ValueError(f"unknown float target {target!r}")
