@@ -11,21 +11,9 @@ from phi_quant.types import ExportOptions, NullProgress
 
 
 @pytest.fixture(scope="session")
-def sources():
-    """variant -> opened tiny checkpoint (ModelSource), opened once."""
-    from phi_quant.model.source import open_model
-    from phi_quant.testing.factory import cached_checkpoint
-
-    opened: dict[str, object] = {}
-
-    def get(variant: str):
-        if variant not in opened:
-            opened[variant] = open_model(cached_checkpoint(variant))
-        return opened[variant]
-
-    yield get
-    for s in opened.values():
-        s.close()
+def sources(tiny_sources):
+    """variant -> the tiny checkpoint's ModelSource (the phi-quant pytest plugin's ``tiny_sources``)."""
+    return tiny_sources
 
 
 @pytest.fixture(scope="session")
