@@ -20,6 +20,14 @@
 #define PQ_HOT
 #endif
 
+/* SSE2 is baseline on x86-64, so both clones may use its intrinsics (byte packing). */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define PQ_SSE2 1
+#else
+#define PQ_SSE2 0
+#endif
+
 #if defined(_MSC_VER)
 #define PQ_INLINE static __forceinline
 #else
