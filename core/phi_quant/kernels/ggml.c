@@ -74,7 +74,7 @@ PQ_INLINE int run_q8_0(const float *x, uint8_t *out, int nb) {
             /* roundf; a non-finite product (1/d overflowed) gives 0 */
             q[j] = (int32_t)pq_roundf(pq_zero_beyond(xb[j] * i, 0x1p30f));
         }
-        for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)q[j];
+        pq_store_i8(q, o + 2, 32);
     }
     return 0;
 }

@@ -83,23 +83,10 @@ PQ_HOT static int64_t mnb_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
                 const int len = left < c->block ? (int)left : c->block;
                 const float i = inv[b], z = (float)zp[b];
                 uint8_t *out = c->B + (size_t)(r * c->kb + blk) * (size_t)c->blob;
-                if (len == c->block && c->bits == 4) { /* whole block: quantize and pack in one pass */
-                    for (int j = 0; j < len / 2; j++) {
-                        const int32_t a = pq_round_pos(pq_clampf(xb[2 * j] * i + z, 0.0f, qmax_f));
-                        const int32_t e = pq_round_pos(pq_clampf(xb[2 * j + 1] * i + z, 0.0f, qmax_f));
-                        out[j] = (uint8_t)(a | (e << 4));
-                    }
-                } else if (len == c->block) {
-                    for (int j = 0; j < len; j++) out[j] = (uint8_t)pq_round_pos(pq_clampf(xb[j] * i + z, 0.0f, qmax_f));
-                } else {
-                    for (int j = 0; j < len; j++) q[j] = pq_round_pos(pq_clampf(xb[j] * i + z, 0.0f, qmax_f));
-                    for (int j = len; j < c->block; j++) q[j] = 0; /* padding past K: zero bytes */
-                    if (c->bits == 8) {
-                        for (int j = 0; j < c->block; j++) out[j] = (uint8_t)q[j];
-                    } else {
-                        for (int j = 0; j < c->block / 2; j++) out[j] = (uint8_t)(q[2 * j] | (q[2 * j + 1] << 4));
-                    }
-                }
+                for (int j = 0; j < len; j++) q[j] = pq_round_pos(pq_clampf(xb[j] * i + z, 0.0f, qmax_f));
+                for (int j = len; j < c->block; j++) q[j] = 0; /* padding past K: zero bytes */
+                if (c->bits == 8) pq_store_u8(q, out, c->block);
+                else pq_store_nibble_pairs(q, out, c->block);
                 if (zrow) {
                     if (c->bits == 8) zrow[blk] = (uint8_t)zp[b];
                     else if (blk % 2 == 0) zrow[blk / 2] = (uint8_t)((zrow[blk / 2] & 0xf0) | zp[b]);

@@ -113,6 +113,58 @@ PQ_INLINE float pq_clampf(float v, float lo, float hi) {
     return v < hi ? v : hi;
 }
 
+/* ---- narrowing int32 quants to bytes ----
+   Compilers leave int32 -> byte stores scalar (one extract and one store per byte); SSE2's
+   saturating packs do 16 at a time and are exact for values already inside the byte range. */
+
+/* out[j] = (uint8_t)q[j] for 0 <= q[j] <= 255. */
+PQ_INLINE void pq_store_u8(const int32_t *q, uint8_t *out, int n) {
+    int j = 0;
+#if PQ_SSE2
+    for (; j + 16 <= n; j += 16) {
+        const __m128i *v = (const __m128i *)(q + j);
+        __m128i a = _mm_packs_epi32(_mm_loadu_si128(v), _mm_loadu_si128(v + 1));
+        __m128i b = _mm_packs_epi32(_mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3));
+        _mm_storeu_si128((__m128i *)(out + j), _mm_packus_epi16(a, b));
+    }
+#endif
+    for (; j < n; j++) out[j] = (uint8_t)q[j];
+}
+
+/* out[j] = (uint8_t)(int8_t)q[j] for -128 <= q[j] <= 127. */
+PQ_INLINE void pq_store_i8(const int32_t *q, uint8_t *out, int n) {
+    int j = 0;
+#if PQ_SSE2
+    for (; j + 16 <= n; j += 16) {
+        const __m128i *v = (const __m128i *)(q + j);
+        __m128i a = _mm_packs_epi32(_mm_loadu_si128(v), _mm_loadu_si128(v + 1));
+        __m128i b = _mm_packs_epi32(_mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3));
+        _mm_storeu_si128((__m128i *)(out + j), _mm_packs_epi16(a, b));
+    }
+#endif
+    for (; j < n; j++) out[j] = (uint8_t)(int8_t)q[j];
+}
+
+/* out[j] = q[2j] | q[2j+1] << 4 for nibbles 0 <= q <= 15 (n even). */
+PQ_INLINE void pq_store_nibble_pairs(const int32_t *q, uint8_t *out, int n) {
+    int j = 0;
+#if PQ_SSE2
+    const __m128i lowbyte = _mm_set1_epi16(0x00ff);
+    for (; j + 32 <= n; j += 32) {
+        const __m128i *v = (const __m128i *)(q + j);
+        /* 16-bit lanes hold (q[2i], q[2i+1]) as bytes; lane | lane >> 4 puts q[2i+1] << 4 into the low byte */
+        __m128i a = _mm_packus_epi16(_mm_packs_epi32(_mm_loadu_si128(v), _mm_loadu_si128(v + 1)),
+                                     _mm_packs_epi32(_mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3)));
+        __m128i b = _mm_packus_epi16(_mm_packs_epi32(_mm_loadu_si128(v + 4), _mm_loadu_si128(v + 5)),
+                                     _mm_packs_epi32(_mm_loadu_si128(v + 6), _mm_loadu_si128(v + 7)));
+        a = _mm_and_si128(_mm_or_si128(a, _mm_srli_epi16(a, 4)), lowbyte);
+        b = _mm_and_si128(_mm_or_si128(b, _mm_srli_epi16(b, 4)), lowbyte);
+        _mm_storeu_si128((__m128i *)(out + j / 2), _mm_packus_epi16(a, b));
+    }
+#endif
+    for (; j < n; j += 2) out[j / 2] = (uint8_t)(q[j] | (q[j + 1] << 4));
+}
+
 /* ---- block statistics ----
    The vendors scan a block with `if (v < min) min = v` (the first of equal values wins). For
    finite values that only matters for signed zeros, so the fast path reduces integer keys that
