@@ -54,6 +54,10 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
                 const float s = scale[g], bb = bias[g];
                 for (int j = 0; j < c->group; j++) q[j] = (int32_t)pq_clampf(pq_rint((xg[j] - bb) / s), 0.0f, nbins);
                 uint32_t *og = out + (g0 + g) * (c->group / per_word);
+#if PQ_SSE2 /* x86 is little-endian: element j at bit j*b of its word is plain byte/nibble order */
+                if (c->bits == 4) pq_store_nibble_pairs(q, (uint8_t *)og, c->group);
+                else pq_store_u8(q, (uint8_t *)og, c->group);
+#else
                 if (c->bits == 4) {
                     for (int w = 0; w < c->group / per_word; w++) {
                         uint32_t word = 0;
@@ -67,6 +71,7 @@ PQ_HOT static int64_t mlx_rows(void *vctx, int64_t r0, int64_t r1, float *buf) {
                         og[w] = word;
                     }
                 }
+#endif
             }
         }
     }
