@@ -192,7 +192,8 @@ PQ_INLINE float pq_unkey(int32_t k) { return pq_float((uint32_t)(k ^ (int32_t)((
    those of +-FLT_MAX, so the finiteness check costs nothing extra. */
 PQ_INLINE int pq_minmax(const float *x, int n, float *mn, float *mx) {
     int32_t kmin = INT32_MAX, kmax = INT32_MIN;
-    for (int j = 0; j < n; j += 16) PQ_PREFETCH(x + j + PQ_AHEAD);
+    if (n <= 256) /* blocks and groups; a whole row (per-channel) streams well without */
+        for (int j = 0; j < n; j += 16) PQ_PREFETCH(x + j + PQ_AHEAD);
     for (int j = 0; j < n; j++) {
         int32_t k = pq_key(x[j]);
         kmin = k < kmin ? k : kmin;
@@ -217,7 +218,8 @@ PQ_INLINE int pq_minmax(const float *x, int n, float *mn, float *mx) {
    that is not finite means the block holds NaN or Inf. */
 PQ_INLINE float pq_absmax(const float *x, int n) {
     uint32_t m = 0;
-    for (int j = 0; j < n; j += 16) PQ_PREFETCH(x + j + PQ_AHEAD);
+    if (n <= 256) /* blocks and groups; a whole row (per-channel) streams well without */
+        for (int j = 0; j < n; j += 16) PQ_PREFETCH(x + j + PQ_AHEAD);
     for (int j = 0; j < n; j++) {
         uint32_t a = pq_bits(x[j]) & 0x7fffffffu;
         m = a > m ? a : m;
