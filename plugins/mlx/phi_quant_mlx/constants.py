@@ -23,16 +23,9 @@ SHARD_METADATA = {"format": "mlx"}
 #: mlx-lm's default shard bound (``MAX_FILE_SIZE_GB``).
 DEFAULT_SHARD_BYTES = 5 << 30
 
-#: Tokenizer files copied verbatim when the source has them (mlx-lm loads them with transformers).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-)
+#: Tokenizer files of the source (``ModelSource.tokenizer_files``) that are NOT copied: mlx-lm's
+#: tokenizer reads its chat template from tokenizer_config.json or chat_template.jinja.
+SKIPPED_TOKENIZER_FILES = ("chat_template.json",)
 
 #: config.json keys for quantization; the same dict is mirrored under the second key
 #: (``save_config`` does this "to support the hf model tree").

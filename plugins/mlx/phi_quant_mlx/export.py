@@ -26,7 +26,7 @@ from .constants import (
     PRECISION_BITS,
     PRECISION_DTYPE,
     SAFETENSORS_DTYPE,
-    TOKENIZER_FILES,
+    SKIPPED_TOKENIZER_FILES,
 )
 from .encode import encode_chunks
 from .layout import PlannedTensor, QuantParams, parse_overrides, plan_tensors, resolve_float_dtype, resolve_group_size
@@ -105,7 +105,7 @@ def _float_dtype(source, options: ExportOptions) -> str:
 def _copy_tokenizer(source, output_dir: Path) -> list[str]:
     files = []
     for name, path in sorted(source.tokenizer_files.items()):
-        if name in TOKENIZER_FILES or name.endswith(".jinja"):
+        if name not in SKIPPED_TOKENIZER_FILES:
             shutil.copyfile(path, output_dir / name)
             files.append(name)
     has_template = "chat_template" in (source.tokenizer_config or {}) or any(f.endswith(".jinja") for f in files)
