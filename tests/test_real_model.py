@@ -19,7 +19,6 @@ from phi_quant import builtin
 from phi_quant.builtin import llama_gguf, smollm2
 from phi_quant.cli import cli
 from phi_quant.errors import BadInputError, CheckpointError
-from phi_quant.model.source import open_model
 from phi_quant.model.tensors import TensorRole
 from phi_quant.quant.reference import ggml_dequantize, ggml_q4_1
 
@@ -38,18 +37,6 @@ def gguf_file():
     from phi_quant.builtin.gguf_file import GGUFFile
 
     return GGUFFile(smollm2.gguf_path()[0])
-
-
-@pytest.fixture(scope="module")
-def noisy():
-    with open_model(smollm2.cached_checkpoint("smollm2")) as src:
-        yield src
-
-
-@pytest.fixture(scope="module")
-def grid():
-    with open_model(smollm2.cached_checkpoint("smollm2-grid")) as src:
-        yield src
 
 
 def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -87,8 +74,8 @@ def test_header_reader_agrees_with_llama_cpp(gguf_file):
     assert checked >= 20
 
 
-def test_config_comes_from_the_gguf(noisy, grid):
-    for src, dtype in ((noisy, "bfloat16"), (grid, "float32")):
+def test_config_comes_from_the_gguf(real_smollm2, real_smollm2_grid):
+    for src, dtype in ((real_smollm2, "bfloat16"), (real_smollm2_grid, "float32")):
         c = src.config
         assert (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
                 c.vocab_size) == (576, 30, 9, 3, 64, 1536, 49152)
@@ -98,7 +85,8 @@ def test_config_comes_from_the_gguf(noisy, grid):
         assert src.chat_template and "<|im_start|>" in src.chat_template
         assert src.tokenizer_config["eos_token"] == "<|im_end|>"
         assert c.parameter_count() == 134_515_008
-    assert {i.dtype for i in noisy.tensor_infos()} == {"bf16"} and {i.dtype for i in grid.tensor_infos()} == {"f32"}
+    assert {i.dtype for i in real_smollm2.tensor_infos()} == {"bf16"}
+    assert {i.dtype for i in real_smollm2_grid.tensor_infos()} == {"f32"}
 
 
 def test_unpermute_inverts_llama_cpp_permutation():
@@ -110,18 +98,18 @@ def test_unpermute_inverts_llama_cpp_permutation():
         np.testing.assert_array_equal(llama_gguf.unpermute_rows(permuted, heads), w)
 
 
-def test_grid_checkpoint_holds_the_exact_dequantized_values(gguf_file, grid):
+def test_grid_checkpoint_holds_the_exact_dequantized_values(gguf_file, real_smollm2_grid):
     q = gguf_file.dequantize("blk.3.attn_q.weight")
     k = gguf_file.dequantize("blk.3.attn_k.weight")
     v = gguf_file.dequantize("blk.3.attn_v.weight")
-    qkv = grid.tensor(TensorRole.QKV, 3).to_float32()
+    qkv = real_smollm2_grid.tensor(TensorRole.QKV, 3).to_float32()
     np.testing.assert_array_equal(qkv[:576], llama_gguf.unpermute_rows(q, 9))
     np.testing.assert_array_equal(qkv[576:768], llama_gguf.unpermute_rows(k, 3))
     np.testing.assert_array_equal(qkv[768:], v)  # V is not permuted
-    gate_up = grid.tensor(TensorRole.GATE_UP, 3).to_float32()
+    gate_up = real_smollm2_grid.tensor(TensorRole.GATE_UP, 3).to_float32()
     np.testing.assert_array_equal(gate_up[:1536], gguf_file.dequantize("blk.3.ffn_gate.weight"))
     np.testing.assert_array_equal(gate_up[1536:], gguf_file.dequantize("blk.3.ffn_up.weight"))
-    np.testing.assert_array_equal(grid.tensor(TensorRole.FINAL_NORM).to_float32(),
+    np.testing.assert_array_equal(real_smollm2_grid.tensor(TensorRole.FINAL_NORM).to_float32(),
                                   gguf_file.dequantize("output_norm.weight"))
 
 
@@ -130,13 +118,13 @@ def _requant_error(w: np.ndarray) -> float:
     return float(np.abs(ggml_dequantize(ggml_q4_1(w), "Q4_1", w.shape[1]) - w).mean())
 
 
-def test_noise_is_one_grid_cell_and_takes_the_weights_off_the_grid(gguf_file, noisy, grid):
+def test_noise_is_one_grid_cell_and_takes_the_weights_off_the_grid(gguf_file, real_smollm2, real_smollm2_grid):
     """real:smollm2 = grid + U(-d/2, d/2) per block (then bf16); re-quantizing to Q4_1 is lossless only on the grid."""
     name = "blk.5.ffn_down.weight"
     raw = np.ascontiguousarray(gguf_file.raw(name)).reshape(-1, 20)
     d = np.abs(raw[:, :2].copy().view(np.float16).astype(np.float32))[:, 0]  # each block's scale
-    w_grid = grid.tensor(TensorRole.DOWN, 5).to_float32()
-    w_noisy = noisy.tensor(TensorRole.DOWN, 5).to_float32()
+    w_grid = real_smollm2_grid.tensor(TensorRole.DOWN, 5).to_float32()
+    w_noisy = real_smollm2.tensor(TensorRole.DOWN, 5).to_float32()
     delta = (w_noisy - w_grid).reshape(-1, 32) / d[:, None]
     bf16_slack = np.abs(w_noisy).reshape(-1, 32) * 2.0**-8 / d[:, None]
     assert np.all(np.abs(delta) <= 0.5 + bf16_slack + 1e-6)
@@ -145,10 +133,11 @@ def test_noise_is_one_grid_cell_and_takes_the_weights_off_the_grid(gguf_file, no
     print(f"Q4_1 re-quantization error: grid {grid_err:.3g}, noisy {noisy_err:.3g} (mean d {d.mean():.3g})")
     assert grid_err < 0.02 * noisy_err
     # the Q8_0 embedding got its (small) cell of noise too; F32 norms only bf16 rounding
-    e_grid, e_noisy = grid.tensor(TensorRole.EMBED).to_float32()[:64], noisy.tensor(TensorRole.EMBED).to_float32()[:64]
+    e_grid = real_smollm2_grid.tensor(TensorRole.EMBED).to_float32()[:64]
+    e_noisy = real_smollm2.tensor(TensorRole.EMBED).to_float32()[:64]
     assert 0 < np.abs(e_noisy - e_grid).max() < 0.05
-    n_grid = grid.tensor(TensorRole.ATTN_NORM, 0).to_float32()
-    n_noisy = noisy.tensor(TensorRole.ATTN_NORM, 0).to_float32()
+    n_grid = real_smollm2_grid.tensor(TensorRole.ATTN_NORM, 0).to_float32()
+    n_noisy = real_smollm2.tensor(TensorRole.ATTN_NORM, 0).to_float32()
     np.testing.assert_allclose(n_noisy, n_grid, rtol=2.0**-8)
 
 

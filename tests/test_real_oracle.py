@@ -33,7 +33,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
 from phi_quant.builtin import smollm2  # noqa: E402
 from phi_quant.cache import user_cache_dir  # noqa: E402
 from phi_quant.errors import CheckpointError  # noqa: E402
-from phi_quant.model.source import open_model  # noqa: E402
 from phi_quant.reference import ReferenceModel  # noqa: E402
 from phi_quant.testing.prompts import ASCII_PROMPT, EMOJI_PROMPT, UNICODE_PROMPT  # noqa: E402
 from phi_quant.texts import evaluation_text  # noqa: E402
@@ -68,33 +67,21 @@ def _chat(template: str, user: str = QUESTION) -> str:
 
 
 @pytest.fixture(scope="module")
-def noisy():
-    with open_model(smollm2.cached_checkpoint("smollm2")) as src:
-        yield src
-
-
-@pytest.fixture(scope="module")
-def grid():
-    with open_model(smollm2.cached_checkpoint("smollm2-grid")) as src:
-        yield src
-
-
-@pytest.fixture(scope="module")
-def oracle(noisy):
+def oracle(real_smollm2):
     """The numpy oracle of real:smollm2 (float32 weights, built once for the module)."""
-    return ReferenceModel.from_source(noisy)
+    return ReferenceModel.from_source(real_smollm2)
 
 
 @pytest.fixture(scope="module")
-def phi3_noisy(noisy):
-    return _phi3(noisy.path)
+def phi3_noisy(real_smollm2):
+    return _phi3(real_smollm2.path)
 
 
 @pytest.fixture(scope="module")
-def prompt_ids(grid):
+def prompt_ids(real_smollm2_grid):
     """Token ids of the prompts the logits are compared on: three hard strings, a chat, 64 tokens of prose."""
-    tok = grid.hf_tokenizer()
-    texts = [ASCII_PROMPT, UNICODE_PROMPT, EMOJI_PROMPT, _chat(grid.chat_template)]
+    tok = real_smollm2_grid.hf_tokenizer()
+    texts = [ASCII_PROMPT, UNICODE_PROMPT, EMOJI_PROMPT, _chat(real_smollm2_grid.chat_template)]
     seqs = [tok.encode(t, add_special_tokens=False).ids for t in texts]
     seqs.append(tok.encode(evaluation_text().text, add_special_tokens=False).ids[:64])
     return seqs
@@ -125,14 +112,14 @@ def _phi3(path: Path):
     return transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
 
 
-def test_relayout_equals_transformers_llama_loaded_from_the_gguf(grid, prompt_ids, phi3_noisy):
+def test_relayout_equals_transformers_llama_loaded_from_the_gguf(real_smollm2_grid, prompt_ids, phi3_noisy):
     def compute():
         llama = transformers.LlamaForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32,
                                                               attn_implementation="eager").eval()
         return {f"p{i}": _logits(llama, ids) for i, ids in enumerate(prompt_ids)}
 
     theirs = _cached("llama-gguf-logits", prompt_ids, compute)
-    phi3 = _phi3(grid.path)
+    phi3 = _phi3(real_smollm2_grid.path)
     worst = 0.0
     for i, ids in enumerate(prompt_ids):
         ours = _logits(phi3, ids)
@@ -155,7 +142,7 @@ def test_numpy_oracle_equals_transformers_phi3_on_real_smollm2(oracle, phi3_nois
     assert worst <= TOLERANCE
 
 
-def test_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer(noisy):
+def test_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer(real_smollm2):
     """Same ids as llama.cpp on every text; as transformers' GGUF tokenizer too, except where it is known to differ.
 
     transformers' GGUF converter builds a plain ByteLevel pre-tokenizer for every gpt2-type vocabulary
@@ -164,8 +151,8 @@ def test_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer(noisy):
     (½ is numeric, UTF-8 C2 BD, and "ĠÂ" is a token) does not.
     """
     llama_cpp = pytest.importorskip("llama_cpp", reason="the llamacpp plugin installs llama-cpp-python")
-    ours = noisy.hf_tokenizer()
-    template = noisy.chat_template
+    ours = real_smollm2.hf_tokenizer()
+    template = real_smollm2.chat_template
     texts = TOKENIZER_TEXTS + [_chat(template)]
 
     def compute():
@@ -192,7 +179,7 @@ def test_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer(noisy):
         llm.close()
     assert str(hf["template"]) == template
     # transformers reads our tokenizer files back with the same ids, specials and chat template
-    auto = transformers.AutoTokenizer.from_pretrained(noisy.path)
+    auto = transformers.AutoTokenizer.from_pretrained(real_smollm2.path)
     for text in texts:
         assert auto.encode(text, add_special_tokens=False) == ours.encode(text, add_special_tokens=False).ids
     rendered = auto.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
@@ -201,7 +188,7 @@ def test_tokenizer_matches_llama_cpp_and_transformers_gguf_tokenizer(noisy):
     assert (auto.bos_token, auto.eos_token, auto.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
 
 
-def test_oracle_answers_the_capital_of_france(noisy, oracle, phi3_noisy):
+def test_oracle_answers_the_capital_of_france(real_smollm2, oracle, phi3_noisy):
     """The oracle's greedy answer, found in one forward pass instead of one per token.
 
     transformers (with its KV cache) proposes a greedy continuation; one oracle pass over prompt +
@@ -209,12 +196,12 @@ def test_oracle_answers_the_capital_of_france(noisy, oracle, phi3_noisy):
     argmax, so the oracle's answer is the proposal up to the first disagreement, then the oracle's
     token there, and decoding goes on from that point with the oracle itself.
     """
-    tok = noisy.hf_tokenizer()
-    ids = tok.encode(_chat(noisy.chat_template), add_special_tokens=False).ids
-    eos = set(noisy.config.eos_token_ids)
+    tok = real_smollm2.hf_tokenizer()
+    ids = tok.encode(_chat(real_smollm2.chat_template), add_special_tokens=False).ids
+    eos = set(real_smollm2.config.eos_token_ids)
     with torch.no_grad():
         out = phi3_noisy.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                  eos_token_id=list(eos), pad_token_id=noisy.config.pad_token_id)
+                                  eos_token_id=list(eos), pad_token_id=real_smollm2.config.pad_token_id)
     proposal = out[0, len(ids):].tolist()
     greedy = [int(t) for t in oracle.logits(ids + proposal)[len(ids) - 1:].argmax(-1)]
     answer: list[int] = []
