@@ -155,7 +155,7 @@ def test_builds_are_cached_and_record_where_they_came_from():
     prov = json.loads((path / builtin.PROVENANCE_FILE).read_text())
     assert prov["source"]["sha256"] == smollm2.gguf_path()[1] and prov["weights"]["noise"]["seed"] == smollm2.NOISE_SEED
     assert prov["source"]["license"] == "apache-2.0"
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".smollm2")]  # no half-written leftovers
+    assert path.name == "smollm2" and not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # none half-written
 
 
 def test_missing_wheel_or_gguf_is_one_clear_error(monkeypatch):

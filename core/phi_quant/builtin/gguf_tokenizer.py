@@ -10,6 +10,7 @@ guessed, because a wrong split gives plausible but different token ids.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from ..errors import UnsupportedModelError
@@ -41,8 +42,6 @@ PRE_TOKENIZERS: dict[str, Callable[[], Any]] = {
 
 def _tokenizer_json(tokens: list[str], types: list[int], merges: list[str], pre: str, bos: int | None,
                     add_bos: bool, control: int, user_defined: int) -> dict[str, Any]:
-    import json
-
     from tokenizers import AddedToken, Tokenizer, decoders, processors
     from tokenizers.models import BPE
 

@@ -101,11 +101,11 @@ def cached_checkpoint(variant: str = "smollm2") -> Path:
     """The built ``real:<variant>`` directory, made on first use (a few seconds) and reused afterwards."""
     spec = VARIANTS[variant]
     path, digest, version = gguf_path()
-    gguf_file.require_gguf(f"building real:{variant}")
     versions = _versions()
     key = hashlib.sha256(json.dumps([_SOURCE_DIGEST, digest, variant, versions]).encode()).hexdigest()[:12]
 
     def build(tmp: Path) -> None:
+        gguf_file.require_gguf(f"building real:{variant}")
         f = gguf_file.GGUFFile(path)
         provenance = {
             "name": f"real:{variant}",
@@ -120,4 +120,5 @@ def cached_checkpoint(variant: str = "smollm2") -> Path:
         llama_gguf.write_checkpoint(f, tmp, dtype=spec.dtype, noise_seed=NOISE_SEED if spec.noise else None,
                                     extra_files={PROVENANCE_FILE: provenance})
 
-    return build_once(user_cache_dir() / "real", f"{variant}-{key}", build)
+    # real/<key>/<variant>: the directory keeps the model's own name (backends name their files after it)
+    return build_once(user_cache_dir() / "real" / key, variant, build)
