@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,10 +36,12 @@ class CellSpec:
     backend: str
     precision: str
     extra_args: tuple[str, ...] = field(default=())
+    label: str = ""  # names a cell with extra_args, e.g. "Q4_K_M" or "asym-b128"; part of its key
 
     @property
     def key(self) -> str:
-        return f"{self.backend}-{self.precision}"
+        base = f"{self.backend}-{self.precision}"
+        return f"{base}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.label)}" if self.label else base
 
 
 def plan_cells(
@@ -79,6 +82,8 @@ def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, st
 
 def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str, Any]:
     cell: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision, "output_dir": str(out)}
+    if spec.label:
+        cell["label"] = spec.label
     t0 = time.perf_counter()
     res, err = _run_json(
         _cli("quantize", model, "--backend", spec.backend, "--precision", spec.precision,
@@ -95,6 +100,12 @@ def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str,
     return cell
 
 
+#: What a cell keeps of ``eval --json`` (its fidelity, speed and memory sections, flattened).
+_EVAL_KEYS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff", "text_kl_mean", "text_kl_max",
+              "text_top1_agreement", "text_positions", "perplexity", "reference_perplexity", "load_seconds",
+              "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes")
+
+
 def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float) -> None:
     args = ["eval", cell["output_dir"], "--reference", model, "--json"]
     if text:
@@ -107,10 +118,17 @@ def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float
     for k in ("fidelity", "speed", "memory", "metrics"):
         if isinstance(res.get(k), dict):
             flat.update(res[k])
-    for key in ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff", "perplexity",
-                "reference_perplexity", "load_seconds", "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes"):
+    for key in _EVAL_KEYS:
         if key in flat:
             cell[key] = flat[key]
+    if "perplexity" in cell and "reference_perplexity" in cell:
+        cell["ppl_delta"] = cell["perplexity"] - cell["reference_perplexity"]
+    if isinstance(res.get("answers"), dict):
+        a = res["answers"]
+        cell["answers_agree"] = f"{a['agree']}/{a['of']}"
+        cell["answers"] = a["items"]
+    if isinstance(flat.get("text"), dict):
+        cell["text"] = {k: flat["text"][k] for k in ("name", "sha256", "files", "tokens", "window") if k in flat["text"]}
     cell["status"] = "ok"
 
 

@@ -12,7 +12,7 @@ from .. import __version__
 from ..compare import plan_cells, run_matrix
 from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
-from ..report import markdown_table, write_report
+from ..report import markdown_table, text_record, write_report
 from ._common import emit_json, json_option
 
 __all__ = ["command"]
@@ -77,6 +77,9 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    text = text_record(results)
+    if text:
+        meta["text"] = text
     written = write_report(report_dir, results, meta)
     if as_json:
         emit_json({"meta": meta, "cells": results, "files": {k: str(v) for k, v in written.items()}})
