@@ -129,3 +129,51 @@ def test_a_cell_subprocess_dies_with_its_parent_and_removes_its_partial_output(t
             runner.kill()
     assert not psutil.pid_exists(held["pid"]) or psutil.Process(held["pid"]).status() == psutil.STATUS_ZOMBIE
     assert _partials(tmp_path / "work") == [] and not out.exists()
+
+
+# -- the command line around --ray ---------------------------------------------------------------
+@needs_reference
+def test_shared_dir_without_ray_is_refused(tmp_path):
+    res = CliRunner().invoke(cli, ["compare", "tiny:phi3-mini", "--backend", "reference", "--shared-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--shared-dir applies only with --ray" in res.output
+
+
+@needs_reference
+def test_an_object_store_uri_is_refused_in_one_line(tmp_path):
+    res = CliRunner().invoke(cli, ["compare", "tiny:phi3-mini", "--backend", "reference", "-o", str(tmp_path),
+                                   "--ray", "127.0.0.1:1", "--shared-dir", "s3://bucket/zoo"])
+    assert res.exit_code == 2 and "object-store URIs are not supported yet" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "s3:").exists()
+
+
+@needs_reference
+def test_a_ray_address_where_nothing_listens_is_refused_at_once(tmp_path):
+    res = CliRunner().invoke(cli, ["compare", "tiny:phi3-mini", "--backend", "reference", "-o", str(tmp_path),
+                                   "--ray", "127.0.0.1:1"])
+    assert res.exit_code == 2 and "nothing answers at 127.0.0.1:1" in res.output
+
+
+@needs_reference
+def test_ray_not_installed_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    res = CliRunner().invoke(cli, ["compare", "tiny:phi3-mini", "--backend", "reference", "-o", str(tmp_path), "--ray"])
+    assert res.exit_code == 2 and "pip install 'phi-quant[ray]'" in res.output
+
+
+def test_matrix_progress_prints_one_line_per_step_and_nothing_when_quiet():
+    import io
+
+    from phi_quant.progress import MatrixProgress
+
+    stream = io.StringIO()
+    progress = MatrixProgress({"converted": 2, "evaluated": 2}, stream=stream)
+    progress("converted", {"backend": "b", "precision": "int8", "status": "converted"})
+    progress("converted", {"backend": "b", "precision": "int4", "status": "failed", "error": "quantize: boom"})
+    progress.close()
+    assert stream.getvalue().splitlines() == ["[converted 1/2] b int8: converted",
+                                              "[converted 2/2] b int4: failed: quantize: boom"]
+    quiet = io.StringIO()
+    MatrixProgress({"converted": 1}, quiet=True, stream=quiet)("converted", {"backend": "b", "precision": "p"})
+    assert quiet.getvalue() == ""
