@@ -185,12 +185,14 @@ def portable_model(model: str) -> str:
 
 def model_config(model: str) -> Any:
     """The model's PhiConfig for sizing, read from config.json only (never the weights); None if unknown."""
-    from .convert import TINY_PREFIX, resolve_model
+    from .builtin import REAL_PREFIX, TINY_PREFIX
+    from .convert import resolve_model
     from .model.config import normalize_config
     from .model.hub import looks_like_hub_id
 
     try:
-        path = Path(resolve_model(model)) if model.startswith(TINY_PREFIX) else Path(model).expanduser()
+        builtin = model.startswith((TINY_PREFIX, REAL_PREFIX))
+        path = Path(resolve_model(model)) if builtin else Path(model).expanduser()
         if path.is_dir():
             raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
         elif looks_like_hub_id(model):
