@@ -162,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell.get('label', '')}: {what}{extra}", file=sys.stderr, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="real-fidelity-", dir=args.output.parent))
+    results: list[dict] = []
     try:
-        results = run_matrix(MODEL, cells, work, jobs=args.jobs, on_progress=progress)
+        # One backend at a time: run_matrix converts all its cells before evaluating them, and
+        # forty exports of the model at once would hold ~8 GB of disk.
+        for backend in dict.fromkeys(c.backend for c in cells):
+            results += run_matrix(MODEL, [c for c in cells if c.backend == backend], work / backend, jobs=args.jobs,
+                                  on_progress=progress)
     finally:
         import shutil
 
