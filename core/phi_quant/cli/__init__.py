@@ -1,18 +1,21 @@
 """The ``phi-quant`` command line: a click group with one module per command.
 
 Errors from :mod:`phi_quant.errors` become one ``Error: ...`` line on stderr and the error's
-exit code (2 bad input, 1 failure). With ``--debug`` or ``PHI_QUANT_DEBUG=1`` they propagate
-with their traceback instead (tests and bug reports).
+exit code (2 bad input, 1 failure); so do Ctrl-C and SIGTERM (exit 1), a full disk, a file-size
+limit and running out of memory anywhere. With ``--debug`` or ``PHI_QUANT_DEBUG=1`` they
+propagate with their traceback instead (tests and bug reports). docs/errors.md lists them all.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
 import click
 
 from .. import __version__
-from ..errors import PhiQuantError
+from ..errors import RESOURCE_ERRNOS, Interrupted, PhiQuantError, ResourceError, os_error
+from ..vendor_telemetry import disable_vendor_telemetry
 
 __all__ = ["cli", "main", "PhiQuantGroup"]
 
@@ -37,7 +40,17 @@ class PhiQuantGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt as exc:
+                raise Interrupted(f"{exc.args[0] if exc.args else 'interrupted (Ctrl-C)'}; nothing partial was left "
+                                  "behind") from exc
+            except MemoryError as exc:
+                raise ResourceError("out of memory; close other programs or use a machine with more memory") from exc
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:  # a full disk or a limit anywhere: one line, not a traceback
+                    raise os_error(exc, "writing to disk" if exc.filename is None else f"using {exc.filename}") from exc
+                raise
         except PhiQuantError as exc:
             if debug_enabled(ctx):
                 raise
@@ -56,9 +69,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import doctor, evaluate, inspect, plugins, quantize, run
+    from . import doctor, evaluate, inspect, plugins, quantize, run, verify
 
-    for module in (plugins, doctor, inspect, quantize, run, evaluate):
+    for module in (plugins, doctor, inspect, quantize, run, evaluate, verify):
         cli.add_command(module.command)
     for name in ("compare", "recommend"):  # optional commands, present when their module is
         try:
@@ -73,6 +86,12 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C, so a killed conversion cleans up too."""
+    signal.signal(signal.SIGTERM, _terminated)
+    disable_vendor_telemetry()
     cli(prog_name="phi-quant")
