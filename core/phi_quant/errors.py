@@ -9,6 +9,7 @@ that says what to do next. The CLI turns them into one clear line and an exit co
 from __future__ import annotations
 
 import errno
+import os
 
 __all__ = [
     "PhiQuantError",
@@ -28,6 +29,7 @@ __all__ = [
     "ResourceError",
     "Interrupted",
     "os_error",
+    "resource_errno",
     "RESOURCE_ERRNOS",
 ]
 
@@ -137,3 +139,16 @@ def os_error(exc: OSError, doing: str) -> PhiQuantError:
     if exc.errno in _LOCATION_ERRNOS:
         return OutputLocationError(text)
     return ExportFailedError(text)
+
+
+def resource_errno(exc: BaseException) -> int | None:
+    """The resource errno behind ``exc``: its own, or one a vendor library folded into its message
+    (safetensors' Rust writer, OpenVINO's and ONNX's C++ writers report a full disk as their own
+    exception types, with the system's text such as "No space left on device")."""
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+        return exc.errno
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if os.strerror(code) in text:
+            return code
+    return None

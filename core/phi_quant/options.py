@@ -74,12 +74,16 @@ def _type_ok(kind: str, value: Any) -> bool:
     return True
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _range_text(lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
-        return f" from {lo:g} to {hi:g}"
+        return f" from {_num(lo)} to {_num(hi)}"
     if lo is not None:
-        return f" of at least {lo:g}"
-    return f" of at most {hi:g}" if hi is not None else ""
+        return f" of at least {_num(lo)}"
+    return f" of at most {_num(hi)}" if hi is not None else ""
 
 
 _KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}

@@ -28,13 +28,13 @@ from typing import Any, Iterator
 import pluggy
 
 from .errors import (
-    RESOURCE_ERRNOS,
     BackendNotInstalledError,
     PhiQuantError,
     PluginError,
     ResourceError,
     UnsupportedPrecisionError,
     os_error,
+    resource_errno,
 )
 from .hookspecs import PROJECT_NAME, PhiQuantSpec
 from .vendor_telemetry import disable_vendor_telemetry
@@ -134,11 +134,10 @@ class Backend:
         except MemoryError as exc:
             raise ResourceError(f"backend {self.name!r} ran out of memory in {hook}; close other programs or use a "
                                 "machine with more memory") from exc
-        except OSError as exc:
-            if exc.errno in RESOURCE_ERRNOS:
-                raise os_error(exc, f"backend {self.name!r} {hook}") from exc
-            raise PluginError(self.name, f"{hook} failed: {type(exc).__name__}: {exc}") from exc
         except BaseException as exc:  # noqa: BLE001 - SystemExit from plugin code must not end phi-quant
+            code = resource_errno(exc)
+            if code is not None:  # a full disk or a limit, whatever type the vendor's writer wraps it in
+                raise os_error(OSError(code, os.strerror(code)), f"backend {self.name!r} {hook}") from exc
             raise PluginError(self.name, f"{hook} failed: {type(exc).__name__}: {exc}") from exc
         if expected is not None and not isinstance(result, expected):
             raise PluginError(

@@ -14,7 +14,7 @@ import signal
 import click
 
 from .. import __version__
-from ..errors import RESOURCE_ERRNOS, Interrupted, PhiQuantError, ResourceError, os_error
+from ..errors import Interrupted, PhiQuantError, ResourceError, os_error, resource_errno
 from ..vendor_telemetry import disable_vendor_telemetry
 
 __all__ = ["cli", "main", "PhiQuantGroup"]
@@ -48,9 +48,10 @@ class PhiQuantGroup(click.Group):
             except MemoryError as exc:
                 raise ResourceError("out of memory; close other programs or use a machine with more memory") from exc
             except OSError as exc:
-                if exc.errno in RESOURCE_ERRNOS:  # a full disk or a limit anywhere: one line, not a traceback
-                    raise os_error(exc, "writing to disk" if exc.filename is None else f"using {exc.filename}") from exc
-                raise
+                if resource_errno(exc) is None:
+                    raise
+                # a full disk or a limit anywhere: one line, not a traceback
+                raise os_error(exc, "writing to disk" if exc.filename is None else f"using {exc.filename}") from exc
         except PhiQuantError as exc:
             if debug_enabled(ctx):
                 raise
