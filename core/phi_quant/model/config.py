@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedModelError
+from .config_check import PHI3_FIELDS, check_architectures, check_config
 
 __all__ = ["RopeSpec", "PhiConfig", "normalize_config", "SUPPORTED_ARCHITECTURES"]
 
@@ -160,9 +161,13 @@ def _guess_family(cfg: dict[str, Any], hidden: int, vocab: int, longrope: bool, 
     return "phi3-family (custom size)"
 
 
-def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
-    """Turn a raw ``config.json`` dict into a :class:`PhiConfig`, refusing what we cannot convert."""
-    archs = raw.get("architectures") or []
+def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None, file: str = "config.json") -> PhiConfig:
+    """Turn a raw ``config.json`` dict into a :class:`PhiConfig`, refusing what we cannot convert.
+
+    Every field is checked by type and range first (:mod:`phi_quant.model.config_check`), so the
+    arithmetic below only sees sane values; ``file`` is how refusals name the config.
+    """
+    archs = check_architectures(raw, file)
     model_type = raw.get("model_type")
     arch = archs[0] if archs else None
     if arch in _REFUSED:
@@ -175,6 +180,7 @@ def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) 
             f"architecture {arch or model_type or 'unknown'} is not supported. "
             f"Supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Phi-3/3.5-mini, Phi-3-medium, Phi-4, Phi-4-mini)."
         )
+    check_config(raw, file, PHI3_FIELDS)
     hidden = int(_need(raw, "hidden_size"))
     heads = int(_need(raw, "num_attention_heads"))
     kv_heads = int(raw.get("num_key_value_heads") or heads)
@@ -192,11 +198,17 @@ def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) 
     if scaling:
         kind = scaling.get("rope_type") or scaling.get("type")
         if kind in ("longrope", "su"):
+            for key in ("short_factor", "long_factor"):
+                if not isinstance(scaling.get(key), list):
+                    raise UnsupportedModelError(
+                        f"{file}: rope scaling {kind!r} needs {key}, a list of rotary_dim/2 = {rotary_dim // 2} numbers"
+                    )
             short = tuple(float(x) for x in scaling["short_factor"])
             long = tuple(float(x) for x in scaling["long_factor"])
             if len(short) != rotary_dim // 2 or len(long) != rotary_dim // 2:
                 raise UnsupportedModelError(
-                    f"LongRoPE factors have {len(short)}/{len(long)} entries; expected rotary_dim/2 = {rotary_dim // 2}"
+                    f"{file}: the LongRoPE short_factor/long_factor have {len(short)}/{len(long)} entries; expected "
+                    f"rotary_dim/2 = {rotary_dim // 2} (head_dim {head_dim} x partial_rotary_factor {partial:g} / 2)"
                 )
             orig = int(
                 raw.get("original_max_position_embeddings")
@@ -218,7 +230,9 @@ def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) 
                 attention_factor=float(attn),
             )
         elif kind not in (None, "default"):
-            raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (Phi uses longrope)")
+            raise UnsupportedModelError(
+                f"{file}: rope scaling type {kind!r} is not supported; Phi uses longrope (or the older name su)"
+            )
     eos = raw.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
     vocab = int(_need(raw, "vocab_size"))

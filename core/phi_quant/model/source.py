@@ -18,6 +18,7 @@ from .config import PhiConfig, normalize_config
 from .hub import resolve_model_dir
 from .checkpoint_files import checkpoint_file, checkpoint_roots, read_index, read_json
 from .safetensors_io import HeaderEntry, map_bytes, read_header
+from .tensor_check import check_layer_count, check_no_unexpected
 from .tensors import SourceTensor, TensorInfo, TensorRole, hf_name
 from .tokenizer_check import (
     TokenizerIds,
@@ -92,7 +93,8 @@ class ModelSource:
             f = self.tokenizer_files["chat_template.json"]
             check_template_file(_read_json(f, ""), str(f))
         token_ids = self._tokenizer_ids()
-        self.config: PhiConfig = normalize_config(raw, tokenizer_size=token_ids.size if token_ids else None)
+        self.config: PhiConfig = normalize_config(raw, tokenizer_size=token_ids.size if token_ids else None,
+                                                  file=str(config_file))
         if token_ids is not None:
             check_ids_fit(token_ids, str(self.tokenizer_files["tokenizer.json"]), self.config.vocab_size)
         gen = path / "generation_config.json"
@@ -101,7 +103,10 @@ class ModelSource:
             gen = self._file("generation_config.json")
             self.generation_config = check_generation_config(_read_json(gen, ""), str(gen), self.config.vocab_size)
         self._entries = self._index_tensors()
+        check_layer_count(self._entries, self.config.num_layers, str(config_file))  # before planning any layer
         self._infos = self._plan()
+        tied_copy = ("lm_head.weight",) if self.config.tie_word_embeddings else ()  # transformers ignores it too
+        check_no_unexpected(self._entries, [*(i.name for i in self._infos), *tied_copy], self.config.architecture)
 
     def _file(self, name: str, origin: str = "the checkpoint holds") -> Path:
         """``self.path / name``, refused when it (or its link target) lies outside the checkpoint."""

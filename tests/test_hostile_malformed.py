@@ -1,5 +1,6 @@
 """Class 1 of issue 18: malformed safetensors headers, shard indexes and config values are refused
-with one line naming the file and the field, exit 2, never a traceback, nothing written.
+with one line naming the file and the field (what was found, what is expected), exit 2, never a
+traceback, nothing written.
 
 (The seeded fuzzing of the same readers is tests/test_reader_fuzz.py.)
 """
@@ -10,7 +11,7 @@ import json
 
 import pytest
 
-from phi_quant.testing.factory import copy_checkpoint, rewrite_header
+from phi_quant.testing.factory import copy_checkpoint, edit_config, rewrite_header
 
 SHARD1 = "model-00001-of-00002.safetensors"
 EMBED = "model.embed_tokens.weight"
@@ -87,3 +88,47 @@ def test_malformed_index_is_one_line(ckpt, quantize_refuses, case):
     _write_index(ckpt, edit, text)
     line = quantize_refuses(ckpt, *fragments)
     assert "model.safetensors.index.json" in line
+
+
+LONGROPE = {"type": "longrope", "short_factor": [1.0] * 32, "long_factor": [2.0] * 32}
+
+CONFIG_CASES = {
+    "layers-abc": ({"num_hidden_layers": "abc"}, "num_hidden_layers must be an integer from 1 to 4096, found the string 'abc'"),
+    "heads-zero": ({"num_attention_heads": 0}, "num_attention_heads must be an integer from 1 to 4096, found the number 0"),
+    "hidden-a-list": ({"hidden_size": [256]}, "hidden_size must be an integer from 1 to 131072, found a list [256]"),
+    "hidden-a-bool": ({"hidden_size": True}, "hidden_size must be an integer from 1 to 131072, found true"),
+    "hidden-a-float": ({"hidden_size": 256.0}, "hidden_size must be an integer"),
+    "rope-scaling-a-string": ({"rope_scaling": "longrope"}, "rope_scaling must be a JSON object, found the string 'longrope'"),
+    "rope-factors-strings": ({"rope_scaling": dict(LONGROPE, short_factor=["1.0"] * 32)},
+                             "rope_scaling.short_factor must be a list of finite numbers above 0"),
+    "rope-factor-missing": ({"rope_scaling": {"type": "longrope", "long_factor": [1.0] * 32}},
+                            "rope scaling 'longrope' needs short_factor, a list of rotary_dim/2 = 32 numbers"),
+    "rope-factor-nan": ({"rope_scaling": dict(LONGROPE, long_factor=[float("nan")] * 32)},
+                        "rope_scaling.long_factor must be a list of finite numbers"),
+    "rope-type-a-number": ({"rope_scaling": {"type": 3}}, "rope_scaling.type must be a string, found the number 3"),
+    "max-position-4k": ({"max_position_embeddings": "4k"}, "max_position_embeddings must be an integer from 1 to 1048576"),
+    "max-position-huge": ({"max_position_embeddings": 10**12}, "max_position_embeddings must be an integer from 1 to 1048576"),
+    "eps-negative": ({"rms_norm_eps": -1e-5}, "rms_norm_eps must be a finite number above 0.0 and at most 1.0"),
+    "theta-infinite": ({"rope_theta": 1e400}, "rope_theta must be a finite number"),
+    "partial-two": ({"partial_rotary_factor": 2.0}, "partial_rotary_factor must be a finite number above 0.0 and at most 1.0"),
+    "tied-yes": ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false, found the string 'yes'"),
+    "window-zero": ({"sliding_window": 0}, "sliding_window must be an integer from 1 to 16777216, found the number 0"),
+    "eos-beyond-vocab": ({"eos_token_id": 10**6}, "eos_token_id must be a token id (or a list of ids) below vocab_size 512"),
+    "bos-a-string": ({"bos_token_id": "<s>"}, "bos_token_id must be a token id below vocab_size 512"),
+    "kv-heads-not-dividing": ({"num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    "odd-rotary": ({"partial_rotary_factor": 0.3}, "gives 19 rotary dimensions", ),
+    "head-size-undefined": ({"num_attention_heads": 3, "num_key_value_heads": 3},
+                            "hidden_size 256 is not a multiple of num_attention_heads 3"),
+    "config-a-list": (None, "config.json does not hold a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
+def test_malformed_config_value_is_one_line(ckpt, quantize_refuses, case):
+    change, fragment = CONFIG_CASES[case]
+    if change is None:
+        (ckpt / "config.json").write_text("[1, 2]")
+    else:
+        edit_config(ckpt, **change)
+    line = quantize_refuses(ckpt, fragment)
+    assert "config.json" in line
