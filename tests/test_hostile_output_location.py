@@ -112,3 +112,23 @@ def test_openvino_telemetry_is_off(cli_process, tmp_path):
         runs[keep] = sorted(p.name for p in (home / "intel").glob("*")) if (home / "intel").exists() else []
     assert runs["0"] == [], runs
     assert "openvino_ga_cid" in runs["1"], runs  # the control: the vendor's default does write and send
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0])
+def test_ctrl_c_during_an_openvino_conversion_is_one_line(cli_process, tmp_path, one_line_error, delay):
+    """The case of the issue: Ctrl-C while OpenVINO imports and builds (it used to print a
+    KeyboardInterrupt traceback from its telemetry child, or an ImportError when the signal landed
+    inside its C++ module's initialisation)."""
+    pytest.importorskip("phi_quant_openvino")
+    out = tmp_path / "out"
+    proc = cli_process.start("quantize", "tiny:phi3-mini", "-b", "openvino", "-p", "int4", "-o", out,
+                             plugins="openvino", extra={"HOME": str(tmp_path)})
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 1, "interrupted (Ctrl-C)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no partial output, no telemetry files in HOME"

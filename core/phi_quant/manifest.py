@@ -51,12 +51,9 @@ def model_bytes(path: Path) -> int:
 _SOURCE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # reads into one reused buffer
 
 
 def source_record(model: str, source: Any) -> dict[str, Any]:
