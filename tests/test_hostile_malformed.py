@@ -119,15 +119,17 @@ CONFIG_CASES = {
     "odd-rotary": ({"partial_rotary_factor": 0.3}, "gives 19 rotary dimensions", ),
     "head-size-undefined": ({"num_attention_heads": 3, "num_key_value_heads": 3},
                             "hidden_size 256 is not a multiple of num_attention_heads 3"),
-    "config-a-list": (None, "config.json does not hold a JSON object"),
+    "config-a-list": ("[1, 2]", "config.json does not hold a JSON object"),
+    "config-nested-deep": ('{"a": ' + "[" * 100000 + "]" * 100000 + "}", "config.json is not valid JSON (nested too deeply)"),
+    "config-huge-integer": ('{"hidden_size": ' + "9" * 5000 + "}", "config.json is not valid JSON"),
 }
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
 def test_malformed_config_value_is_one_line(ckpt, quantize_refuses, case):
     change, fragment = CONFIG_CASES[case]
-    if change is None:
-        (ckpt / "config.json").write_text("[1, 2]")
+    if isinstance(change, str):
+        (ckpt / "config.json").write_text(change)
     else:
         edit_config(ckpt, **change)
     line = quantize_refuses(ckpt, fragment)

@@ -125,3 +125,12 @@ def test_run_options_are_checked(manager, npy_backend, tmp_path, one_line_error,
     res = CliRunner().invoke(cli, ["run", str(out), "--prompt", "hi", *args])
     one_line_error(res, 2, fragment)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["doctor", "--context-length", "-5"], "--context-length must be an integer from 1 to 16777216, got -5"),
+    (["recommend", "tiny:phi3-mini", "--context-length", "0"], "--context-length must be an integer from 1"),
+    (["recommend", "tiny:phi3-mini", "--memory", "-3"], "--memory must be a number of GiB above 0, got -3"),
+])
+def test_doctor_and_recommend_options_are_checked(manager, npy_backend, one_line_error, args, fragment):
+    one_line_error(CliRunner().invoke(cli, args), 2, fragment)
