@@ -311,7 +311,8 @@ def quantize_refuses(npy_backend, tmp_path):
 
 #: A backend for the subprocess tests, steered by environment variables: ``TESTPLUG_READY=path``
 #: (after writing a file, record the temporary directory there and sleep: a signal target),
-#: ``TESTPLUG_FILL=1`` (then fill the file system it writes to), ``TESTPLUG_CARD_BYTES`` /
+#: ``TESTPLUG_FILL=1`` (then fill the file system it writes to, leaving ``TESTPLUG_FILL_LEAVE``
+#: bytes free), ``TESTPLUG_CARD_BYTES`` /
 #: ``TESTPLUG_DETAILS_BYTES`` (make the model card / the manifest that large).
 TESTPLUG = """
 import errno, os, time
@@ -336,13 +337,17 @@ def export(source, output_dir, options, progress):
         for _ in range(1200):
             time.sleep(0.05)
     if os.environ.get("TESTPLUG_FILL"):
+        fill = output_dir / "fill.bin"
         try:
-            with open(output_dir / "fill.bin", "wb") as f:
+            with open(fill, "wb") as f:
                 while True:
                     f.write(bytes(65536))
                     f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC, e
+        leave = int(os.environ.get("TESTPLUG_FILL_LEAVE", "0"))
+        if leave:
+            os.truncate(fill, max(0, fill.stat().st_size - leave))
         files.append("fill.bin")
     card = int(os.environ.get("TESTPLUG_CARD_BYTES", "0"))
     details = int(os.environ.get("TESTPLUG_DETAILS_BYTES", "0"))

@@ -1,8 +1,8 @@
 """Class 5 of issue 18: resource failures are one line, exit 1 or 2, and leave nothing behind.
 
 A full disk (a small tmpfs mounted for the test: root only, skipped otherwise) while the backend
-writes and while the core writes the model card; a file-size limit (``ulimit -f``) while the core
-writes the manifest; a read-only or impossible ``-o``; a 250-character output name (legal, and it
+writes, while the core writes the model card and while it writes the manifest; a file-size limit
+(``ulimit -f``) while the core writes the manifest; a read-only or impossible ``-o``; a 250-character output name (legal, and it
 works) and a 300-character one (refused up front); parent directories created for ``-o`` removed
 again when the conversion fails; running out of memory inside a backend.
 """
@@ -59,6 +59,15 @@ def test_disk_full_while_the_core_writes_the_model_card(cli_process, small_fs, t
     res = cli_process.run("quantize", "tiny:phi3-mini", "-b", "testplug", "-p", "fp32", "-o", small_fs / "out",
                           plugins="testplug", site=[testplug_site], extra={"TESTPLUG_FILL": "1"})
     one_line_error(res, 1, "writing README.md of the output failed: No space left on device")
+    assert list(small_fs.iterdir()) == []
+
+
+def test_disk_full_while_the_core_writes_the_manifest(cli_process, small_fs, testplug_site, one_line_error):
+    """Room is left for the model card (written first, ~2 KB) but not for a 200 KB manifest."""
+    res = cli_process.run("quantize", "tiny:phi3-mini", "-b", "testplug", "-p", "fp32", "-o", small_fs / "out",
+                          plugins="testplug", site=[testplug_site],
+                          extra={"TESTPLUG_FILL": "1", "TESTPLUG_FILL_LEAVE": "16384", "TESTPLUG_DETAILS_BYTES": "200000"})
+    one_line_error(res, 1, "writing phi-quant.json of the output failed: No space left on device")
     assert list(small_fs.iterdir()) == []
 
 
