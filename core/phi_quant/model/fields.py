@@ -12,7 +12,7 @@ reaches arithmetic, an allocation or a backend.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import CheckpointError, PhiQuantError
 
@@ -146,25 +146,18 @@ class Fields:
 
     # -- containers --------------------------------------------------------------------------
     def list(self, key: str, default: Any = REQUIRED, *, item: str = "", check: Callable[[Any], bool] | None = None,
-             length: int | None = None, max_length: int | None = None) -> Any:
+             length: int | None = None) -> Any:
         """A list whose items all pass ``check`` (described by ``item``, e.g. "integers")."""
         present, value = self._get(key, default)
         if not present:
             return value
         ok = isinstance(value, list)
-        ok = ok and (length is None or len(value) == length) and (max_length is None or len(value) <= max_length)
+        ok = ok and (length is None or len(value) == length)
         ok = ok and (check is None or all(check(v) for v in value))
         if not ok:
             size = f" of {length}" if length is not None else ""
             raise self.error(key, f"a list{size}{' ' + item if item else ''}", value)
         return value
-
-    def int_list(self, key: str, default: Any = REQUIRED, *, min: int | None = None, max: int | None = None) -> Any:
-        """A list of integers within ``[min, max]``."""
-        def check(v: Any) -> bool:
-            return type(v) is int and (min is None or v >= min) and (max is None or v <= max)
-
-        return self.list(key, default, item=f"of integers{_range_text(min, max)}", check=check)
 
     def float_list(self, key: str, default: Any = REQUIRED, *, length: int | None = None,
                    min: float | None = None, min_open: bool = False) -> Any:
@@ -176,10 +169,7 @@ class Fields:
 
         got = self.list(key, default, item=f"of finite numbers{_range_text(min, None, min_open)}", check=check,
                         length=length)
-        return got if got is default and not isinstance(got, list) else [float(v) for v in got]
-
-    def str_list(self, key: str, default: Any = REQUIRED) -> Any:
-        return self.list(key, default, item="of strings", check=lambda v: isinstance(v, str))
+        return [float(v) for v in got] if isinstance(got, list) else got
 
     def object(self, key: str, default: Any = REQUIRED) -> Any:
         """A nested object as :class:`Fields` (messages name ``key.field``)."""
@@ -191,17 +181,12 @@ class Fields:
         return Fields(value, self.file, f"{self.prefix}{key}.", missing=self._missing, hint=self._hint)
 
     def mapping(self, key: str, default: Any = REQUIRED, *, value: str = "",
-                check: Callable[[Any], bool] | None = None, max_items: int | None = None) -> Any:
+                check: Callable[[Any], bool] | None = None) -> Any:
         """An object whose values all pass ``check`` (keys are JSON strings already)."""
         present, got = self._get(key, default)
         if not present:
             return got
-        ok = isinstance(got, dict) and (max_items is None or len(got) <= max_items)
-        ok = ok and (check is None or all(check(v) for v in got.values()))
+        ok = isinstance(got, dict) and (check is None or all(check(v) for v in got.values()))
         if not ok:
             raise self.error(key, f"an object{' of ' + value if value else ''}", got)
         return got
-
-    def items(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.data.items())
-
