@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, PluginError, os_error
+from .errors import BadInputError, PluginError, UnsupportedModelError, os_error
 from .manifest import MANIFEST_NAME, OWN_FILES, build_manifest, manifest_text, model_bytes, source_record
 from .model.checkpoint_files import checkpoint_roots
 from .model_card import render_model_card
 from .options import check_options, check_options_for_model
 from .output_dir import OutputStaging, check_destination, check_location
-from .plugins import get_manager
+from .plugins import Backend, get_manager
 from .types import ExportOptions, ExportResult, NullProgress, Progress
 from .verify import OUTPUTS_KEY, record_outputs
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert"]
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
 
 #: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
 TINY_PREFIX = "tiny:"
@@ -82,6 +82,19 @@ def open_source(model: str | Path) -> Any:
     return open_model(resolve_model(model))
 
 
+def check_architecture(backend: Backend, config: Any) -> None:
+    """Refuse a checkpoint whose architecture the backend does not declare, naming those that do."""
+    arch = config.arch_name
+    if backend.info.writes(arch):
+        return
+    others = [b.name for b in get_manager().backends() if b.info.writes(arch)]
+    hint = f"; backends that write it: {', '.join(others)}" if others else ""
+    raise UnsupportedModelError(
+        f"backend {backend.name!r} does not write architecture {arch} ({config.architecture}); "
+        f"it writes: {', '.join(backend.info.architectures)}{hint}"
+    )
+
+
 def convert(
     model: str | Path,
     backend: str,
@@ -99,6 +112,7 @@ def convert(
     check_destination(output, force)
     progress = progress or NullProgress()
     with open_source(model) as source:  # validated from headers before anything is created on disk
+        check_architecture(be, source.config)
         options = check_options_for_model(be, options, source.config)
         check_location(output, checkpoint_roots(Path(source.path)))
         staging = OutputStaging(output, force)

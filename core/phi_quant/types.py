@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "PRECISIONS",
     "HOOK_CONTRACT_VERSION",
+    "DEFAULT_ARCHITECTURES",
     "BackendInfo",
     "OptionSpec",
     "OPTION_KINDS",
@@ -28,9 +29,13 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 #: Version of the hook contract. A plugin declares the versions it was built for in
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
-#: 1.1 added the option declarations (``BackendInfo.options``/``targets``,
-#: ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin leaves them undeclared.
+#: 1.1 added :attr:`BackendInfo.architectures` and the option declarations
+#: (``BackendInfo.options``/``targets``, ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin
+#: leaves them undeclared.
 HOOK_CONTRACT_VERSION = "1.1"
+
+#: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
+DEFAULT_ARCHITECTURES = ("phi3",)
 
 #: Value kinds of :class:`OptionSpec`: ``any`` is passed on unchanged (text or structured values
 #: the backend parses itself, such as a per-tensor override list).
@@ -94,7 +99,12 @@ class OptionSpec:
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """Who a backend is. Returned by the ``backend_info`` hook."""
+    """Who a backend is. Returned by the ``backend_info`` hook.
+
+    ``architectures`` names the architectures the backend writes (``phi_quant.arch`` names:
+    ``"phi3"``; see ``phi-quant inspect``). The core refuses to hand it a checkpoint of any other
+    before ``export`` is called. Default: ``("phi3",)``, what every 1.0 plugin wrote.
+    """
 
     name: str  # CLI name: "llamacpp", "onnx", "openvino", "mlx", ...
     format: str  # output format: "GGUF", "ONNX", "OpenVINO IR", "MLX safetensors"
@@ -104,11 +114,16 @@ class BackendInfo:
     description: str = ""
     hook_contract: str = HOOK_CONTRACT_VERSION  # contract version the plugin was built for
     install_hint: str = ""  # e.g. "pip install phi-quant-llamacpp"
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES  # .. versionadded:: contract 1.1
     #: Every ``--option`` the backend accepts; unknown names are refused with this list. ``None``: not
     #: declared, the backend checks ``extra`` itself (contract 1.0). .. versionadded:: 1.1
     options: tuple[OptionSpec, ...] | None = None
     #: ``--target`` values the backend accepts; ``()`` refuses ``--target``; ``None``: not declared (1.1).
     targets: tuple[str, ...] | None = None
+
+    def writes(self, architecture: str) -> bool:
+        """True when this backend writes checkpoints of ``architecture`` (an ``arch`` name)."""
+        return architecture in self.architectures
 
 
 @dataclass

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .fields import Fields
+from ..fields import Fields
 
 __all__ = ["checkpoint_roots", "checkpoint_file", "read_index", "MAX_JSON_BYTES"]
 

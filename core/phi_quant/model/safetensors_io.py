@@ -21,7 +21,7 @@ from typing import BinaryIO, Iterable, Mapping
 import numpy as np
 
 from ..errors import CheckpointError
-from .fields import describe
+from ..fields import describe
 
 __all__ = [
     "ST_DTYPES",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CheckpointError
-from .fields import Fields
+from ..fields import Fields
 
 __all__ = ["check_tokenizer_json", "check_tokenizer_config", "check_generation_config", "check_ids_fit",
            "check_template_file", "TokenizerIds", "MODEL_TYPES"]

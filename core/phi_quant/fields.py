@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from ..errors import CheckpointError, PhiQuantError
+from .errors import CheckpointError, PhiQuantError
 
 __all__ = ["Fields", "describe", "REQUIRED"]
 

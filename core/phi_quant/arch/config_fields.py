@@ -1,16 +1,16 @@
 """Every ``config.json`` field an architecture reads, checked by type and range before any use.
 
 A config from the Hub may say ``num_hidden_layers: "abc"``, ``num_attention_heads: 0``,
-``hidden_size: [256]``, ``rope_scaling: "longrope"`` or ``num_hidden_layers: 1000000000``. The
-architecture's field table (:data:`PHI3_FIELDS` for the Phi3ForCausalLM family) is checked
-through :class:`~phi_quant.model.fields.Fields` first, so the normalisation that follows only
-ever computes with values of the right type in a sane range, and each refusal names the file, the
-field, what it found and what it expects. The ranges are generous bounds on what a model can be
-(the largest published Phi has 40 layers and a 131072-token context), low enough that no size
-computed from them can exhaust memory; the tensors actually present are checked against the
-config afterwards (:func:`phi_quant.model.source.ModelSource`).
-
-An architecture module passes its own table to :func:`check_config`.
+``hidden_size: [256]``, ``rope_scaling: "longrope"`` or ``num_hidden_layers: 1000000000``. Each
+architecture module declares the fields it reads as a table of :class:`Field` (``FIELDS`` in
+:mod:`phi_quant.arch.phi3`) and calls :func:`check_config` with it first thing in its
+``parse_config``; the check goes through the shared accessor
+:class:`~phi_quant.fields.Fields`, so every refusal names the file, the field, what it
+found and what it expects, and the parsing that follows only computes with values of the right
+type in a sane range. The ranges are generous bounds on what a model can be (the largest
+published Phi has 40 layers and a 131072-token context), low enough that no size computed from
+them can exhaust memory; the tensors actually present are checked against the config afterwards
+(:mod:`phi_quant.model.tensor_check`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedModelError
-from .fields import Fields
+from ..fields import Fields
 
-__all__ = ["Field", "PHI3_FIELDS", "ROPE_FIELDS", "check_architectures", "check_config", "MAX_CONTEXT"]
+__all__ = ["Field", "ROPE_FIELDS", "check_architectures", "check_config", "check_heads", "MAX_CONTEXT"]
 
 #: Largest context any config may declare (tables sized by it, such as ONNX's rotary caches, stay bounded).
 MAX_CONTEXT = 1 << 20
@@ -38,31 +38,6 @@ class Field:
     max: float | None = None
     min_open: bool = False  # the minimum itself is excluded (a positive float)
 
-
-PHI3_FIELDS: tuple[Field, ...] = (
-    Field("model_type", "str"),
-    Field("hidden_size", "int", True, 1, 1 << 17),
-    Field("num_attention_heads", "int", True, 1, 4096),
-    Field("num_key_value_heads", "int", False, 1, 4096),
-    Field("head_dim", "int", False, 1, 4096),
-    Field("num_hidden_layers", "int", True, 1, 4096),
-    Field("intermediate_size", "int", True, 1, 1 << 20),
-    Field("vocab_size", "int", True, 1, 1 << 24),
-    Field("rms_norm_eps", "float", False, 0.0, 1.0, min_open=True),
-    Field("max_position_embeddings", "int", True, 1, MAX_CONTEXT),
-    Field("original_max_position_embeddings", "int", False, 2, MAX_CONTEXT),
-    Field("rope_theta", "float", False, 0.0, 1e12, min_open=True),
-    Field("partial_rotary_factor", "float", False, 0.0, 1.0, min_open=True),
-    Field("rope_scaling", "object"),
-    Field("rope_parameters", "object"),
-    Field("tie_word_embeddings", "bool"),
-    Field("sliding_window", "int", False, 1, 1 << 24),
-    Field("bos_token_id", "token"),
-    Field("pad_token_id", "token"),
-    Field("eos_token_id", "tokens"),
-    Field("torch_dtype", "str"),
-    Field("dtype", "str"),
-)
 
 #: Fields of ``rope_scaling`` and of transformers 5's ``rope_parameters``.
 ROPE_FIELDS: tuple[Field, ...] = (
@@ -107,12 +82,11 @@ def _check(f: Fields, fields: tuple[Field, ...], vocab: int | None) -> None:
                 raise f.error(field.name, f"{what} below vocab_size {vocab}", value)
 
 
-def check_config(raw: dict[str, Any], file: str = "config.json", fields: tuple[Field, ...] = PHI3_FIELDS) -> None:
+def check_config(raw: dict[str, Any], fields: tuple[Field, ...], file: str = "config.json") -> None:
     """Check every field of ``fields`` (and the rope objects) in ``raw``; raise on the first bad one.
 
     Missing required fields are :class:`UnsupportedModelError` (the file is not a config of this
-    architecture); malformed values :class:`~phi_quant.errors.CheckpointError`; values that are
-    each fine but contradict each other :class:`UnsupportedModelError`, naming both.
+    architecture); malformed values :class:`~phi_quant.errors.CheckpointError`.
     """
     f = Fields(raw, file, missing=UnsupportedModelError, hint="is this a Phi-3/Phi-4 checkpoint?")
     for field in fields:  # required fields first, so a wrong file says so before anything else
@@ -126,6 +100,13 @@ def check_config(raw: dict[str, Any], file: str = "config.json", fields: tuple[F
             _check(rope, ROPE_FIELDS, vocab)
             for name in _FACTORS:
                 rope.float_list(name, None, min=0.0, min_open=True)
+
+
+def check_heads(raw: dict[str, Any], file: str = "config.json") -> None:
+    """The attention fields (checked by :func:`check_config` before) must agree with each other:
+    a defined head size, query heads a multiple of KV heads, an even number of rotary dimensions."""
+    f = Fields(raw, file)
+    rope_parameters = f.object("rope_parameters", None)
     heads, hidden = f.data["num_attention_heads"], f.data["hidden_size"]
     head_dim = f.data.get("head_dim")
     if head_dim is None and hidden % heads:
@@ -138,7 +119,7 @@ def check_config(raw: dict[str, Any], file: str = "config.json", fields: tuple[F
         raise UnsupportedModelError(
             f"{file}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
         )
-    params = rope_objects[1].data if rope_objects[1] is not None else {}
+    params = rope_parameters.data if rope_parameters is not None else {}
     partial = params.get("partial_rotary_factor") or f.data.get("partial_rotary_factor") or 1.0
     head = head_dim or hidden // heads
     rotary = int(head * partial)
