@@ -184,6 +184,18 @@ def _debug_off(monkeypatch):
     monkeypatch.delenv("PHI_QUANT_DEBUG", raising=False)
 
 
+@pytest.fixture(scope="module")
+def real_smollm2(real_sources):
+    """The ModelSource of real:smollm2 (continuous weights, bf16)."""
+    return real_sources("smollm2")
+
+
+@pytest.fixture(scope="module")
+def real_smollm2_grid(real_sources):
+    """The ModelSource of real:smollm2-grid (the GGUF's exact values, float32)."""
+    return real_sources("smollm2-grid")
+
+
 # -- hostile-input helpers: the real CLI in a subprocess, one-line errors, what is left on disk ----
 
 def _lines(text: str) -> list[str]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, PluginError, UnsupportedModelError, os_error
+from .builtin import TINY_PREFIX
+from .errors import PluginError, UnsupportedModelError, os_error
 from .manifest import MANIFEST_NAME, OWN_FILES, build_manifest, manifest_text, model_bytes, source_record
 from .model.checkpoint_files import checkpoint_roots
 from .model_card import render_model_card
@@ -29,9 +30,6 @@ from .types import ExportOptions, ExportResult, NullProgress, Progress
 from .verify import OUTPUTS_KEY, record_outputs
 
 __all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
-
-#: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
-TINY_PREFIX = "tiny:"
 
 
 @dataclass
@@ -63,20 +61,14 @@ class ConvertResult:
 
 
 def resolve_model(model: str | Path) -> str | Path:
-    """Turn ``tiny:<variant>`` into the path of the cached tiny checkpoint; anything else unchanged."""
-    text = str(model)
-    if not text.startswith(TINY_PREFIX):
-        return model
-    from .testing.factory import VARIANTS, cached_checkpoint
+    """Turn a built-in name (``tiny:<variant>``, ``real:<name>``) into its cached checkpoint's path; anything else unchanged."""
+    from .builtin import resolve
 
-    variant = text[len(TINY_PREFIX):]
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
-    return cached_checkpoint(variant)
+    return resolve(model)
 
 
 def open_source(model: str | Path) -> Any:
-    """Open a checkpoint (local dir, hub id or ``tiny:<variant>``) as a ModelSource."""
+    """Open a checkpoint (local dir, hub id or a built-in name such as ``tiny:phi4-mini``) as a ModelSource."""
     from .model.source import open_model
 
     return open_model(resolve_model(model))
