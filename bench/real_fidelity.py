@@ -2,7 +2,8 @@
 
     python bench/real_fidelity.py                       # every cell below, then the tables
     python bench/real_fidelity.py --backend mlx         # one backend's cells
-    python bench/real_fidelity.py --tables OUT/report.json   # the tables again, from a finished run
+    python bench/real_fidelity.py --cell onnx-int4 --cell onnx-int4-asym-b32   # cells by key
+    python bench/real_fidelity.py --tables OUT/report.json [MORE/report.json ...]   # the tables again
 
 Each cell is what a user runs by hand: ``phi-quant quantize real:smollm2 ... --json`` then
 ``phi-quant eval OUT --reference real:smollm2 --json`` in their own processes (through
@@ -12,8 +13,9 @@ KL(oracle‖export) and top-1 agreement at each of those positions, and answers 
 questions greedily (32 new tokens) in the vendor runtime and in the fp32 oracle. The oracle's
 results come from phi-quant's oracle cache, so the numpy oracle runs once for the whole table.
 
-Writes OUT/report.json (+ report.md and report.png, as ``compare`` does) and OUT/fidelity.md: the
-table for docs/fidelity.md (one row per cell, a ``recipe`` column so recipe rows can be added) and
+Writes OUT/report.json (+ report.md and report.png, as ``compare`` does) and OUT/fidelity.md after
+each backend, so an interrupted run keeps what it finished (``--tables`` joins the reports of
+several runs, e.g. one per ``--backend``). fidelity.md holds the table for docs/fidelity.md (one row per cell, a ``recipe`` column so recipe rows can be added) and
 each backend's rows for its page. Prints the load average before and after: the two cores here
 are shared, so tokens/s are not the point of this bench (see docs/performance.md).
 """
@@ -142,14 +144,29 @@ def tables(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", action="append", help="only this backend's cells (repeatable)")
+    ap.add_argument("--cell", action="append", metavar="KEY",
+                    help="only this cell, by key: backend-precision[-label], e.g. onnx-int4-asym-b32 (repeatable)")
     ap.add_argument("-o", "--output", type=Path, default=Path(tempfile.gettempdir()) / "phi-quant-real-fidelity")
     ap.add_argument("--jobs", type=int, default=1, help="conversions at once (evaluations always run one at a time)")
-    ap.add_argument("--tables", type=Path, metavar="REPORT_JSON", help="only print the tables of a finished run")
+    ap.add_argument("--max-text-tokens", type=int,
+                    help="tokens of the evaluation text each cell scores (default: eval's, 2048 in 512-token windows)")
+    ap.add_argument("--tables", type=Path, nargs="+", metavar="REPORT_JSON",
+                    help="only print the tables of finished runs (their cells joined, the first run's header)")
     args = ap.parse_args(argv)
     if args.tables:
-        sys.stdout.write(tables(json.loads(args.tables.read_text())))
+        reports = [json.loads(p.read_text()) for p in args.tables]
+        joined = {"meta": reports[0]["meta"], "cells": [c for r in reports for c in r["cells"]]}
+        if len(reports) > 1:
+            joined["meta"] = dict(joined["meta"], command="; ".join(r["meta"].get("command", "?") for r in reports),
+                                  load_before=" | ".join(str(r["meta"].get("load_before")) for r in reports),
+                                  load_after=" | ".join(str(r["meta"].get("load_after")) for r in reports),
+                                  wall_seconds=sum(r["meta"].get("wall_seconds") or 0 for r in reports))
+        sys.stdout.write(tables(joined))
         return 0
-    cells = [c for c in CELLS if not args.backend or c.backend in args.backend]
+    cells = [c for c in CELLS if (not args.backend or c.backend in args.backend) and (not args.cell or c.key in args.cell)]
+    unknown = sorted(set(args.cell or ()) - {c.key for c in CELLS})
+    if unknown or not cells:
+        ap.error(f"no such cell: {', '.join(unknown) or 'none selected'} (keys: {', '.join(c.key for c in CELLS)})")
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     t0 = time.perf_counter()
 
@@ -161,34 +178,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:7.0f} s] {stage} {cell['backend']} {cell['precision']} "
               f"{cell.get('label', '')}: {what}{extra}", file=sys.stderr, flush=True)
 
+    eval_args = ("--max-text-tokens", str(args.max_text_tokens)) if args.max_text_tokens else ()
     work = Path(tempfile.mkdtemp(prefix="real-fidelity-", dir=args.output.parent))
     results: list[dict] = []
+
+    def write() -> None:
+        meta = {
+            "model": MODEL,
+            "command": "python bench/real_fidelity.py" + "".join(f" --backend {b}" for b in args.backend or ())
+            + "".join(f" --cell {k}" for k in args.cell or ())
+            + (f" --max-text-tokens {args.max_text_tokens}" if args.max_text_tokens else ""),
+            "phi_quant_version": __version__,
+            "cells": len(results),
+            "failed": sum(1 for c in results if c.get("status") != "ok"),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+            "load_before": load_before,
+            "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "text": text_record(results),
+        }
+        write_report(args.output, results, meta)
+        report = json.loads((args.output / "report.json").read_text())
+        (args.output / "fidelity.md").write_text(tables(report))
+
     try:
         # One backend at a time: run_matrix converts all its cells before evaluating them, and
         # forty exports of the model at once would hold ~8 GB of disk.
         for backend in dict.fromkeys(c.backend for c in cells):
             results += run_matrix(MODEL, [c for c in cells if c.backend == backend], work / backend, jobs=args.jobs,
-                                  on_progress=progress)
+                                  on_progress=progress, eval_args=eval_args)
+            write()
     finally:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    meta = {
-        "model": MODEL,
-        "command": "python bench/real_fidelity.py" + "".join(f" --backend {b}" for b in args.backend or ()),
-        "phi_quant_version": __version__,
-        "cells": len(results),
-        "failed": sum(1 for c in results if c.get("status") != "ok"),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "load_before": load_before,
-        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "text": text_record(results),
-    }
-    write_report(args.output, results, meta)
-    report = json.loads((args.output / "report.json").read_text())
-    text = tables(report)
-    (args.output / "fidelity.md").write_text(text)
-    sys.stdout.write(text)
+    sys.stdout.write((args.output / "fidelity.md").read_text())
     print(f"\nwritten: {args.output}/report.json, fidelity.md, report.md, report.png", file=sys.stderr)
     return 0
 

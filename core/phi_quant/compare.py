@@ -140,8 +140,9 @@ _EVAL_KEYS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_dif
               "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes")
 
 
-def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float) -> None:
-    args = ["eval", cell["output_dir"], "--reference", model, "--json"]
+def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float,
+              eval_args: Sequence[str] = ()) -> None:
+    args = ["eval", cell["output_dir"], "--reference", model, "--json", *eval_args]
     if text:
         args += ["--text", text]
     res, err = _run_json(_cli(*args), timeout)
@@ -176,8 +177,12 @@ def run_matrix(
     text: str | None = None,
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     timeout: float = CELL_TIMEOUT_S,
+    eval_args: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Convert every cell (``jobs`` at a time), then evaluate them one by one; never raises for a cell."""
+    """Convert every cell (``jobs`` at a time), then evaluate them one by one; never raises for a cell.
+
+    ``eval_args`` are extra ``phi-quant eval`` arguments for every cell (say ``--max-text-tokens 1024``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     note = on_progress or (lambda stage, cell: None)
 
@@ -190,7 +195,7 @@ def run_matrix(
         results = list(pool.map(convert_one, cells))
     for cell in results:
         if cell["status"] == "converted":
-            _evaluate(cell, model, text, timeout)
+            _evaluate(cell, model, text, timeout, eval_args)
         note("evaluated", cell)
         if not keep:
             shutil.rmtree(cell["output_dir"], ignore_errors=True)
