@@ -24,7 +24,7 @@ OUT="build/demo/$NAME-$BACKEND"
 QUESTIONS=("What is the capital of France?" "Who wrote Romeo and Juliet?" "What is the largest planet in our solar system?")
 
 echo "== $MODEL: export at fp32 and int4 with $BACKEND"
-phi-quant inspect "$MODEL" | head -4
+phi-quant inspect "$MODEL" | sed -n 1,4p  # sed reads it all: no SIGPIPE under pipefail
 phi-quant quantize "$MODEL" --backend "$BACKEND" --precision fp32 -o "$OUT-fp32" --force
 phi-quant quantize "$MODEL" --backend "$BACKEND" --precision int4 -o "$OUT-int4" --force
 

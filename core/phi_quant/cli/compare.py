@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -64,6 +65,7 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_
     total = len(cells)
     progress = MatrixProgress({"converted": total, "evaluated": total}, quiet=quiet or as_json)
     t0 = time.perf_counter()
+    load_before = _load_average()
     ray_meta = None
     try:
         if ray_address is not None:
@@ -82,6 +84,8 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_
         "failed": sum(1 for c in results if c.get("status") != "ok"),
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        # tokens/s mean little without it: the machine may be shared
+        "load_average": f"{load_before} before, {_load_average()} after",
     }
     text = text_record(results)
     if text:
@@ -95,6 +99,13 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_
     click.echo(markdown_table(results))
     click.echo("")
     click.echo("report: " + ", ".join(str(p) for p in written.values()))
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not every platform has one
+        return "?"
 
 
 def _run_here(model, cells, report_dir: Path, *, jobs: int, keep: bool, text, on_progress) -> list[dict]:
