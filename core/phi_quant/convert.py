@@ -63,11 +63,12 @@ def resolve_model(model: str | Path) -> str | Path:
     text = str(model)
     if not text.startswith(TINY_PREFIX):
         return model
-    from .testing.factory import VARIANTS, cached_checkpoint
+    from .testing.factory import ALL_VARIANTS, cached_checkpoint
 
     variant = text[len(TINY_PREFIX):]
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
+    if variant not in ALL_VARIANTS:
+        raise BadInputError(
+            f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in ALL_VARIANTS)}")
     return cached_checkpoint(variant)
 
 

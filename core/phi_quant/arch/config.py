@@ -29,7 +29,8 @@ class RopeSpec:
     through. With ``scaling == "longrope"``, ``short_factor``/``long_factor`` (rotary_dim/2
     entries each) divide the inverse frequencies: transformers uses the long factors when the
     sequence is longer than ``original_max_position``; cos/sin are multiplied by
-    ``attention_factor``.
+    ``attention_factor``, or, where the config gives them (Phi-3.5-MoE), by ``short_mscale`` /
+    ``long_mscale`` with the factor set they belong to (:meth:`mscale`).
     """
 
     theta: float
@@ -39,10 +40,21 @@ class RopeSpec:
     long_factor: tuple[float, ...] | None = None
     original_max_position: int | None = None
     attention_factor: float = 1.0
+    short_mscale: float | None = None
+    long_mscale: float | None = None
 
     @property
     def is_longrope(self) -> bool:
         return self.scaling == "longrope"
+
+    def uses_long_factors(self, seq_len: int) -> bool:
+        """Whether a sequence of ``seq_len`` tokens takes the long LongRoPE factors."""
+        return self.is_longrope and seq_len > (self.original_max_position or seq_len)
+
+    def mscale(self, long: bool) -> float:
+        """The cos/sin scale that goes with the short (``long=False``) or long factor set."""
+        own = self.long_mscale if long else self.short_mscale
+        return float(own) if own is not None else self.attention_factor
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,11 @@ class PhiConfig:
     ``arch_name`` names the architecture module (:mod:`phi_quant.arch`) that parsed it and that
     answers every question about its tensors: ``config.arch`` is that module's object.
     ``architecture`` is the Hugging Face class name the checkpoint declared.
+
+    The fields after ``arch_name`` describe what sets a layout apart from the dense Phi-3 one;
+    their defaults are Phi-3's, so a dense architecture never sets them. ``rms_norm_eps`` is
+    the epsilon of the model's norms whichever ``norm`` kind they are (transformers' PhiMoE
+    reads its LayerNorm epsilon from the same key).
     """
 
     architecture: str
@@ -74,6 +91,16 @@ class PhiConfig:
     family: str = "phi3"  # a best guess at the published model, for display only
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     arch_name: str = "phi3"
+    norm: str = "rms"  # "rms" (RMSNorm, scale only) or "layer" (LayerNorm with a shift)
+    attention_bias: bool = False  # q/k/v/o projections carry biases
+    lm_head_bias: bool = False
+    num_experts: int = 0  # experts per mixture-of-experts layer; 0: a dense MLP
+    experts_per_token: int = 0  # experts each token is routed to
+    router_jitter: float = 0.0  # sparsemixer's jitter epsilon: how close to the best a logit must be to share
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     @property
     def arch(self) -> "Architecture":
@@ -142,8 +169,12 @@ def rope_scaling(raw: dict[str, Any]) -> dict[str, Any] | None:
     return scaling
 
 
-def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int) -> RopeSpec:
-    """Plain RoPE or LongRoPE (``longrope``/``su``) from the config; any other scaling is refused."""
+def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int, *, mscale: bool = False) -> RopeSpec:
+    """Plain RoPE or LongRoPE (``longrope``/``su``) from the config; any other scaling is refused.
+
+    ``mscale``: the architecture scales cos/sin by the config's ``short_mscale``/``long_mscale``
+    (PhiMoE), which must then be numbers; Phi-3 ignores those keys.
+    """
     scaling = rope_scaling(raw)
     if not scaling:
         return RopeSpec(theta=theta, rotary_dim=rotary_dim)
@@ -164,6 +195,13 @@ def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int)
         # transformers prefers an explicit ``factor``; Phi configs omit it and use the ratio.
         factor = float(scaling.get("factor") or max_pos / orig)
         attn = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    scales: dict[str, float] = {}
+    if mscale:
+        for key in ("short_mscale", "long_mscale"):
+            value = scaling.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UnsupportedModelError(f"LongRoPE {key} must be a number, not {value!r}")
+            scales[key] = float(value)
     return RopeSpec(
         theta=theta,
         rotary_dim=rotary_dim,
@@ -172,6 +210,7 @@ def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int)
         long_factor=long,
         original_max_position=orig,
         attention_factor=float(attn),
+        **scales,
     )
 
 
