@@ -27,8 +27,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 #: Version of the hook contract. A plugin declares the versions it was built for in
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
-#: 1.1 added :attr:`BackendInfo.architectures`.
-HOOK_CONTRACT_VERSION = "1.1"
+#: 1.1 added :attr:`BackendInfo.architectures`; 1.2 :attr:`PrecisionSpec.arch_thresholds`.
+HOOK_CONTRACT_VERSION = "1.2"
 
 #: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
 DEFAULT_ARCHITECTURES = ("phi3",)
@@ -49,7 +49,12 @@ class FidelityThresholds:
 
 @dataclass(frozen=True)
 class PrecisionSpec:
-    """One precision a backend offers and the native scheme it maps to."""
+    """One precision a backend offers and the native scheme it maps to.
+
+    ``thresholds`` bound every architecture the backend writes unless ``arch_thresholds`` has
+    its own entry for one (``{"phimoe": FidelityThresholds(...)}``): for a runtime that computes
+    an architecture with a documented difference from the model, the bounds measured for it.
+    """
 
     precision: str  # one of PRECISIONS
     scheme: str  # backend-native name, e.g. "Q4_0", "MatMulNBits-4bit-b32", "int4_asym_g128"
@@ -57,6 +62,11 @@ class PrecisionSpec:
     schemes: tuple[str, ...] = ()  # other schemes selectable with --scheme for this precision
     thresholds: FidelityThresholds | None = None
     default_group_size: int | None = None
+    arch_thresholds: dict[str, FidelityThresholds] = field(default_factory=dict, hash=False)  # .. versionadded:: 1.2
+
+    def thresholds_for(self, architecture: str) -> FidelityThresholds | None:
+        """The bounds for a model of ``architecture`` (an ``arch`` name)."""
+        return self.arch_thresholds.get(architecture, self.thresholds)
 
 
 @dataclass(frozen=True)
