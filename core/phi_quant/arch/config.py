@@ -18,7 +18,7 @@ from ..errors import UnsupportedModelError
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Architecture
 
-__all__ = ["RopeSpec", "PhiConfig", "need", "rope_parameters", "rope_scaling", "parse_rope", "eos_ids"]
+__all__ = ["RopeSpec", "PhiConfig", "need", "rope_parameters", "rope_scaling", "parse_rope", "eos_ids", "decoder_fields"]
 
 
 @dataclass(frozen=True)
@@ -218,3 +218,45 @@ def eos_ids(raw: dict[str, Any]) -> tuple[int, ...]:
     """``eos_token_id`` as a tuple (configs store one id or a list)."""
     eos = raw.get("eos_token_id")
     return tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+
+
+def decoder_fields(raw: dict[str, Any], *, tokenizer_size: int | None, default_theta: float,
+                   mscale: bool = False) -> dict[str, Any]:
+    """The :class:`PhiConfig` fields every Phi decoder reads the same way: sizes, attention heads,
+    RoPE (``mscale``: with PhiMoE's short/long mscales), special ids, stored dtype, and ``raw``
+    (with the tokenizer's size). An architecture's ``parse_config`` adds its own fields."""
+    hidden = int(need(raw, "hidden_size"))
+    heads = int(need(raw, "num_attention_heads"))
+    kv_heads = int(raw.get("num_key_value_heads") or heads)
+    head_dim = int(raw.get("head_dim") or hidden // heads)
+    if heads % kv_heads:
+        raise UnsupportedModelError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+    params = rope_parameters(raw)
+    partial = float(raw.get("partial_rotary_factor", 1.0) or 1.0)
+    partial = float(params.get("partial_rotary_factor", partial) or partial)
+    theta = float(raw.get("rope_theta") or params.get("rope_theta") or default_theta)
+    max_pos = int(need(raw, "max_position_embeddings"))
+    rope = parse_rope(raw, int(head_dim * partial), theta, max_pos, mscale=mscale)
+    vocab = int(need(raw, "vocab_size"))
+    raw = dict(raw)
+    if tokenizer_size is not None:
+        raw["_tokenizer_size"] = tokenizer_size
+    return dict(
+        hidden_size=hidden,
+        num_layers=int(need(raw, "num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=int(need(raw, "intermediate_size")),
+        vocab_size=vocab,
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+        max_position_embeddings=max_pos,
+        rope=rope,
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        sliding_window=raw.get("sliding_window"),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_ids=eos_ids(raw),
+        pad_token_id=raw.get("pad_token_id"),
+        torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+        raw=raw,
+    )

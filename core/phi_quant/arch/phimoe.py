@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from .base import Architecture, TensorSpec
-from .config import PhiConfig, eos_ids, need, parse_rope, rope_parameters
+from .config import PhiConfig, decoder_fields, need
 from .oracle import ReferenceModel, causal_attention, layer_norm, rope_tables, rotate, silu, sparsemixer
 from .roles import TensorRole
 
@@ -88,12 +88,6 @@ def _guess_family(hidden: int, experts: int) -> str:
 def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
     """A PhiMoE ``config.json`` (``rope_scaling`` or transformers 5 ``rope_parameters``) as a
     :class:`PhiConfig`, refusing what cannot be converted."""
-    hidden = int(need(raw, "hidden_size"))
-    heads = int(need(raw, "num_attention_heads"))
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    if heads % kv_heads:
-        raise UnsupportedModelError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     experts = int(need(raw, "num_local_experts"))
     per_token = int(raw.get("num_experts_per_tok") or 2)
     if per_token != 2 or experts < 2:
@@ -104,36 +98,11 @@ def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> P
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedModelError(f"PhiMoE experts use silu; this config asks for hidden_act {act!r}")
-    params = rope_parameters(raw)
-    partial = float(params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)) or 1.0)
-    rotary_dim = int(head_dim * partial)
-    theta = float(raw.get("rope_theta") or params.get("rope_theta") or 1e6)  # PhimoeConfig's default theta
-    max_pos = int(need(raw, "max_position_embeddings"))
-    rope = parse_rope(raw, rotary_dim, theta, max_pos, mscale=True)
-    vocab = int(need(raw, "vocab_size"))
-    raw = dict(raw)
-    if tokenizer_size is not None:
-        raw["_tokenizer_size"] = tokenizer_size
+    # PhimoeConfig's default theta is 1e6 (Phi-3.5-MoE's config sets 10000)
+    fields = decoder_fields(raw, tokenizer_size=tokenizer_size, default_theta=1e6, mscale=True)
     return PhiConfig(
         architecture=(raw.get("architectures") or ["PhimoeForCausalLM"])[0],
-        hidden_size=hidden,
-        num_layers=int(need(raw, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=int(need(raw, "intermediate_size")),
-        vocab_size=vocab,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        max_position_embeddings=max_pos,
-        rope=rope,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        sliding_window=raw.get("sliding_window"),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_ids=eos_ids(raw),
-        pad_token_id=raw.get("pad_token_id"),
-        torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
-        family=_guess_family(hidden, experts),
-        raw=raw,
+        family=_guess_family(fields["hidden_size"], experts),
         arch_name="phimoe",
         norm="layer",
         attention_bias=bool(raw.get("attention_bias", False)),
@@ -141,6 +110,7 @@ def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> P
         num_experts=experts,
         experts_per_token=per_token,
         router_jitter=float(raw.get("router_jitter_noise", 0.01)),
+        **fields,
     )
 
 

@@ -453,6 +453,12 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
     layers = max(1, -(-(min_bytes - fixed) // per_layer))
     spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
                        sliding_window=2047)
+    return _write_generated(out_dir, spec, base, dtype, seed, shard_bytes)
+
+
+def _write_generated(out_dir: str | os.PathLike, spec: VariantSpec, base: VariantSpec, dtype: str, seed: int,
+                     shard_bytes: int) -> Path:
+    """A checkpoint of ``spec``'s shapes with ``base``'s tokenizer and random values, in shards."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer_files(base)
@@ -461,7 +467,7 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
     _write_json(out / "generation_config.json", generation)
     _write_tokenizer(out, tok)
     tensors = _tensor_plan(config)
-    total = sum(t.numel * item for t in tensors)
+    total = sum(t.numel * (4 if dtype == "f32" else 2) for t in tensors)
     _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), _random_bits(dtype, seed))
     return out
 
@@ -502,18 +508,6 @@ def make_large_moe_checkpoint(out_dir: str | os.PathLike, num_experts: int = 16,
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
-    item = 4 if dtype == "f32" else 2
-    base = variant_spec("phimoe")
     spec = VariantSpec("phimoe-large", 2048, 2, 32, 8, 64, 2048, 32064, 10000.0, "spm", 4096, 4096,
                        sliding_window=4096, arch="phimoe", experts=num_experts, attention_bias=True, lm_head_bias=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer_files(base)
-    config, generation = _config_dicts(spec, tok, dtype)
-    _write_json(out / "config.json", config)
-    _write_json(out / "generation_config.json", generation)
-    _write_tokenizer(out, tok)
-    tensors = _tensor_plan(config)
-    total = sum(t.numel * item for t in tensors)
-    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), _random_bits(dtype, seed))
-    return out
+    return _write_generated(out_dir, spec, variant_spec("phimoe"), dtype, seed, shard_bytes)
