@@ -119,7 +119,11 @@ def supported_precisions() -> list[PrecisionSpec]:
 @hookimpl
 def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
     """One tensor as it is stored in the GGUF: ``arrays["blocks"]`` uint8 [rows, row_bytes]; an
-    expert's matrix is its slice of the stacked ``*_exps`` tensor ``name`` (``meta["expert"]``)."""
+    expert's matrix is its slice of the stacked ``*_exps`` tensor ``name`` (``meta["expert"]``).
+
+    The export's PhiMoE weight rewrite (:mod:`.phimoe`, ``phimoe_weights=faithful``) needs the
+    model, not one tensor, and is not applied here: these are the ``as-is`` bytes.
+    """
     scheme = resolve_scheme(options)
     name = gguf_name(tensor.role, tensor.layer, tensor.expert)
     raw = tensor.raw()
