@@ -15,6 +15,7 @@ from phi_quant.model.checks import count_nonfinite
 from phi_quant.model.tensors import SourceTensor
 
 from .constants import GGMLType
+from .phimoe import Rewrite
 
 __all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite"]
 
@@ -45,18 +46,26 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "t
     raise ValueError(f"{t.name} is not made by phi-quant's kernel")
 
 
-def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[np.ndarray]:
-    """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf."""
+def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType, rewrite: Rewrite | None = None) -> Iterator[np.ndarray]:
+    """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf.
+
+    ``rewrite`` (PhiMoE's faithful weights, :mod:`.phimoe`) changes the values first: each chunk
+    is widened to float32, rewritten and encoded from there.
+    """
+    import phi_quant.quant as q
+
     raw = tensor.raw()
-    if raw.ndim == 1:
-        check_finite(raw, tensor.dtype, tensor.name)
-        yield encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name)
-        return
-    rows = raw.reshape(-1, raw.shape[-1])
+    rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
     row_bytes = rows.shape[1] * rows.dtype.itemsize
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    if rewrite is not None:
+        check_finite(raw, tensor.dtype, tensor.name)  # the rewrite's statistics read every row
+        apply = rewrite.prepare(rows, tensor.dtype, step)
     for r0 in range(0, rows.shape[0], step):
         block = rows[r0 : r0 + step]
-        check_finite(block, tensor.dtype, tensor.name)
-        yield encode_rows(block, tensor.dtype, ggml_type, tensor.name)
+        if rewrite is None:
+            check_finite(block, tensor.dtype, tensor.name)
+            yield encode_rows(block, tensor.dtype, ggml_type, tensor.name)
+        else:
+            yield encode_rows(apply(q.to_float32(block, tensor.dtype)), "f32", ggml_type, tensor.name)
 

@@ -8,6 +8,7 @@ removed, then ``llama_model_quantize``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,18 +21,35 @@ import numpy as np
 from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
-from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, TensorName
+from . import phimoe
+from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, GGMLType, TensorName
 from .encode import encode_tensor_chunks
 from .gguf_file import GGUFStreamWriter, TensorSlot
 from .kquant import llama_quantize_file
-from .layout import PlannedTensor, parse_tensor_types, plan_tensors, rope_factor_slots
+from .layout import PlannedTensor, parse_tensor_types, plan_tensors, rope_factor_slots, slots_by_source
 from .metadata import model_metadata, model_name
+from .phimoe import Rewrite
 from .vocab import build_vocab
 
 __all__ = ["resolve_scheme", "export_gguf", "gguf_filename", "LOSSLESS_TYPES"]
 
 #: Lossless GGUF type for each stored dtype (the temporary input of llama.cpp's quantizer).
 LOSSLESS_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+
+
+_PHIMOE_NOTES = {
+    "faithful": (
+        "PhiMoE weights rewritten so llama.cpp's phimoe graph (RMSNorm, softmax-renormalised top-2 routing) "
+        "computes the model's LayerNorm and sparsemixer routing: residual writers centred, experts' w2 x2, router "
+        "x2^-12; tokens whose router logits nearly tie still differ (phimoe_weights=as-is writes the checkpoint's "
+        "values, which llama.cpp runs as a different function)"
+    ),
+    "as-is": (
+        "PhiMoE weights written as in the checkpoint (like convert_hf_to_gguf.py): llama.cpp's phimoe graph runs them "
+        "with RMSNorm and softmax-renormalised routing, not the model's LayerNorm and sparsemixer, so its outputs "
+        "differ from transformers'; the default phimoe_weights=faithful corrects that"
+    ),
+}
 
 
 def resolve_scheme(options: ExportOptions) -> str:
@@ -83,9 +101,24 @@ def _has_phi3_rstrip(tokenizer_files: dict[str, Path]) -> bool:
     return any(a.get("rstrip") and a.get("special") for a in tj.get("added_tokens", []))
 
 
-def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor], rope: list[TensorSlot], progress: Progress) -> None:
+def _rewrites(source, mode: str | None) -> dict[str, Rewrite]:
+    """Source tensor name -> its PhiMoE weight rewrite (none for other architectures or ``as-is``)."""
+    if mode is None:
+        return {}
+    return {i.name: r for i in source.tensor_infos() if (r := phimoe.rewrite_for(i, mode)) is not None}
+
+
+def _widen(plan: list[PlannedTensor], rewrites: dict[str, Rewrite]) -> list[PlannedTensor]:
+    """Rewritten tensors at F32 in the lossless file llama.cpp's quantizer reads (their values are
+    no longer the checkpoint's, so its dtype would round them)."""
+    return [dataclasses.replace(p, slot=dataclasses.replace(p.slot, type=GGMLType.F32), reason="rewritten: F32")
+            if p.info.name in rewrites else p for p in plan]
+
+
+def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor], rope: list[TensorSlot],
+                  progress: Progress, rewrites: dict[str, Rewrite]) -> None:
     slots = rope + [p.slot for p in plan]
-    by_name = {p.info.name: p for p in plan}
+    by_name = slots_by_source(plan)  # a stacked expert tensor receives each expert's rows in turn
     with open(path, "wb") as fh:
         writer = GGUFStreamWriter(fh, metadata, slots)
         cfg = source.config
@@ -94,7 +127,7 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
             writer.write(TensorName.ROPE_FACTORS_SHORT, np.asarray(cfg.rope.short_factor, dtype=np.float32))
         for tensor in source.tensors():
             planned = by_name[tensor.name]
-            for chunk in encode_tensor_chunks(tensor, planned.slot.type):
+            for chunk in encode_tensor_chunks(tensor, planned.slot.type, rewrites.get(tensor.name)):
                 writer.write(planned.slot.name, chunk)
             progress.advance(tensor.nbytes, tensor.name)
         writer.finish()
@@ -115,7 +148,7 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
     cfg = source.config
     if cfg.num_heads * cfg.head_dim != cfg.hidden_size:
         raise UnsupportedModelError(
-            f"llama.cpp's phi3 graph needs heads x head_dim == hidden size ({cfg.num_heads} x {cfg.head_dim} != "
+            f"llama.cpp's {cfg.arch_name} graph needs heads x head_dim == hidden size ({cfg.num_heads} x {cfg.head_dim} != "
             f"{cfg.hidden_size}); use another backend for this model"
         )
     vocab = build_vocab(
@@ -128,6 +161,11 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         chat_template=source.chat_template,
         stop_ids=_stop_ids(source),
     )
+    mode = None
+    if cfg.arch_name == "phimoe":
+        phimoe.check_supported(cfg)
+        mode = phimoe.weights_mode(options)
+    rewrites = _rewrites(source, mode)
     infos = source.tensor_infos()
     name = model_name(cfg, _has_phi3_rstrip(source.tokenizer_files))
     out_name = gguf_filename(source.path, scheme)
@@ -138,21 +176,21 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
     if scheme in KERNEL_TYPES:
         plan = plan_tensors(infos, scheme, overrides, kernel_only=True)
         metadata = {**model_metadata(cfg, scheme, name), **vocab.metadata}
-        _write_stream(source, out_path, metadata, plan, rope, progress)
+        _write_stream(source, out_path, metadata, plan, rope, progress, rewrites)
         types = {p.slot.name: p.slot.type.name for p in plan}
         notes += [f"{p.slot.name}: {p.reason}" for p in plan if "fallback" in p.reason]
     else:
         assert scheme in LLAMA_QUANTIZER_SCHEMES
-        stored = {i.dtype for i in infos if not i.role.is_norm}
+        stored = {i.dtype for i in infos if i.role.is_matmul}
         lossless = LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"  # mixed dtypes: widen
-        plan = plan_tensors(infos, lossless, {}, kernel_only=True)
+        plan = _widen(plan_tensors(infos, lossless, {}, kernel_only=True), rewrites)
         plan_tensors(infos, "Q8_0", overrides, kernel_only=False)  # refuse overrides that match no tensor
         metadata = {**model_metadata(cfg, lossless, name), **vocab.metadata}
         tmp = Path(output_dir) / ".llamacpp-lossless"
         tmp.mkdir()
         try:
             lossless_path = tmp / f"lossless-{lossless}.gguf"
-            _write_stream(source, lossless_path, metadata, plan, rope, progress)
+            _write_stream(source, lossless_path, metadata, plan, rope, progress, rewrites)
             llama_quantize_file(lossless_path, out_path, scheme, overrides, options.threads, _truthy(options.get("verbose")))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -171,6 +209,8 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
             f"{cfg.rope.original_max_position} tokens (-c/n_ctx), the short ones otherwise; transformers switches "
             f"per sequence length. Load with n_ctx <= {cfg.rope.original_max_position} unless you need long prompts."
         )
+    if mode is not None:
+        notes.append(_PHIMOE_NOTES[mode])
     details = {
         "file": out_name,
         "tensor_types": dict(sorted(counts.items())),
@@ -178,11 +218,12 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         "overrides": overrides,
         "tokenizer": {"model": vocab.model, "pre": vocab.pre, "rows": vocab.size},
         "general.name": name,
+        "phimoe_weights": mode,
         "rope": {
             "dimension_count": cfg.rope.rotary_dim,
             "longrope": cfg.rope.is_longrope,
             "original_context_length": cfg.rope.original_max_position,
-            "attn_factor": cfg.rope.attention_factor if cfg.rope.is_longrope else None,
+            "attn_factor": cfg.rope.mscale(long=False) if cfg.rope.is_longrope else None,
         },
     }
     n_ctx = min(cfg.rope.original_max_position or 4096, 4096) if cfg.rope.is_longrope else min(cfg.max_position_embeddings, 4096)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from phi_quant.hookspecs import hookimpl
-from phi_quant.model.tensors import SourceTensor
+from phi_quant.model.tensors import SourceTensor, TensorRole
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -33,7 +33,8 @@ from .hardware import detect
 from .layout import choose_type, gguf_name, parse_tensor_types
 from .runtime import LlamaCppModel
 
-__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "PHIMOE_SCHEME_THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware",
+           "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds per scheme from the measurements in docs/fidelity.md: about twice the worst tiny
 #: variant's KL, top-1 a few points under its worst (the tiny random models are far more
@@ -53,6 +54,22 @@ SCHEME_THRESHOLDS = {
 
 #: Per precision: the bounds of its default scheme.
 THRESHOLDS = {p: SCHEME_THRESHOLDS[default] for p, (default, _) in PRECISION_SCHEMES.items()}
+
+#: The same for PhiMoE (tiny phimoe, default phimoe_weights=faithful, docs/fidelity.md). Even F32
+#: is not exact: llama.cpp's phimoe graph gives both routed experts weight 1 where sparsemixer
+#: shares a weight between near-tied experts (see phimoe.py); the tokens that meet one move
+#: everything after them. About twice the measured KL, top-1 a few points under it.
+PHIMOE_SCHEME_THRESHOLDS = {
+    "F32": FidelityThresholds(kl_max=0.1, top1_min=0.93),  # measured 0.049, 0.966
+    "F16": FidelityThresholds(kl_max=0.1, top1_min=0.93),  # 0.049, 0.966
+    "BF16": FidelityThresholds(kl_max=0.15, top1_min=0.92),  # 0.075, 0.953
+    "Q8_0": FidelityThresholds(kl_max=0.26, top1_min=0.85),  # 0.130, 0.891
+    "Q6_K": FidelityThresholds(kl_max=1.1, top1_min=0.70),  # 0.558, 0.760
+    "Q5_K_M": FidelityThresholds(kl_max=1.3, top1_min=0.58),  # 0.663, 0.643
+    "Q4_K_M": FidelityThresholds(kl_max=3.2, top1_min=0.38),  # 1.58, 0.444
+    "Q4_1": FidelityThresholds(kl_max=3.2, top1_min=0.32),  # 1.60, 0.377
+    "Q4_0": FidelityThresholds(kl_max=3.6, top1_min=0.33),  # 1.78, 0.395
+}
 
 _DESCRIPTIONS = {
     "fp32": "F32: exact copy (1-D norms and rope factors are F32 in every scheme)",
@@ -85,9 +102,9 @@ def backend_info() -> BackendInfo:
         runtime="llama.cpp (llama-cpp-python)",
         distribution="phi-quant-llamacpp",
         version=__version__,
-        description="One GGUF file (arch phi3) for llama.cpp, LM Studio, Ollama; Q4_0/Q4_1/Q8_0 by our kernel, K-quants by llama.cpp",
+        description="One GGUF file (arch phi3 or phimoe) for llama.cpp, LM Studio, Ollama; Q4_0/Q4_1/Q8_0 by our kernel, K-quants by llama.cpp",
         install_hint="pip install phi-quant-llamacpp",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=("phi3", "phimoe"),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -105,6 +122,7 @@ def supported_precisions() -> list[PrecisionSpec]:
             description=_DESCRIPTIONS[p],
             schemes=tuple(others),
             thresholds=THRESHOLDS[p],
+            arch_thresholds={"phimoe": PHIMOE_SCHEME_THRESHOLDS[default]},
             default_group_size=BLOCK_SIZES[GGMLType[default]][0] if BLOCK_SIZES[GGMLType[default]][0] > 1 else None,
             group_sizes=(),  # each GGUF scheme fixes its block size (Q4_0: 32, K-quants: 256)
             symmetric=(),  # and its symmetry: choose Q4_0 (symmetric) or Q4_1 (with a minimum) by --scheme
@@ -115,9 +133,14 @@ def supported_precisions() -> list[PrecisionSpec]:
 
 @hookimpl
 def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    """One tensor as it is stored in the GGUF: ``arrays["blocks"]`` uint8 [rows, row_bytes]."""
+    """One tensor as it is stored in the GGUF: ``arrays["blocks"]`` uint8 [rows, row_bytes]; an
+    expert's matrix is its slice of the stacked ``*_exps`` tensor ``name`` (``meta["expert"]``).
+
+    The export's PhiMoE weight rewrite (:mod:`.phimoe`, ``phimoe_weights=faithful``) needs the
+    model, not one tensor, and is not applied here: these are the ``as-is`` bytes.
+    """
     scheme = resolve_scheme(options)
-    name = gguf_name(tensor.role, tensor.layer)
+    name = gguf_name(tensor.role, tensor.layer, tensor.expert)
     raw = tensor.raw()
     check_finite(raw, tensor.dtype, tensor.name)
     rows = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
@@ -127,7 +150,8 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
         blocks = encode_rows(rows, tensor.dtype, ggml_type, tensor.name)
         note = "bytes exactly as written to the GGUF"
     else:
-        ggml_type = GGMLType.F32 if tensor.role.is_norm else _MIX_BASE[scheme]
+        keep_f32 = not tensor.role.is_matmul or tensor.role is TensorRole.ROUTER  # llama.cpp never quantizes these
+        ggml_type = GGMLType.F32 if keep_f32 else _MIX_BASE[scheme]
         if rows.shape[1] % BLOCK_SIZES[ggml_type][0]:
             ggml_type = GGMLType.Q8_0 if rows.shape[1] % 32 == 0 else GGMLType.F16
         f32 = tensor.to_float32().reshape(rows.shape)
@@ -141,7 +165,8 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
         shape=shape,
         arrays={"blocks": blocks},
         dequantize=lambda: ggml_dequantize(blocks, ggml_type, shape),
-        meta={"ggml_type": int(ggml_type), "source": tensor.name, "file_scheme": scheme, "note": note},
+        meta={"ggml_type": int(ggml_type), "source": tensor.name, "file_scheme": scheme, "note": note,
+              "expert": tensor.expert},
     )
 
 
