@@ -92,6 +92,11 @@ def check_options(backend: Backend, options: ExportOptions) -> None:
         )
     if options.group_size is not None and options.group_size <= 0:
         raise BadInputError(f"--group-size must be positive, got {options.group_size}")
+    from .quant.budget import check_budget_options
+    from .quant.recipes import get_recipe
+
+    get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
+    check_budget_options(options)
 
 
 def _check_destination(output: Path, force: bool) -> None:

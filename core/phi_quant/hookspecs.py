@@ -71,16 +71,22 @@ class PhiQuantSpec:
         """
 
     @hookspec
-    def quantize(self, tensor: "SourceTensor", options: "ExportOptions") -> "QuantizedTensor":
+    def quantize(self, tensor: "SourceTensor", options: "ExportOptions", source: "ModelSource | None") -> "QuantizedTensor":
         """Quantize one tensor of the stream to this backend's layout for ``options.precision``.
 
-        Called per tensor (by ``export`` itself, by ``eval`` and by tests); must not read other
-        tensors. Raise :class:`phi_quant.errors.BadWeightsError` naming the tensor on NaN/Inf.
+        Called per tensor (by ``eval``, by tests and by the conformance kit, which checks that the
+        bytes equal what ``export`` wrote for the same tensor); must not hold other tensors. The
+        arrays are chosen by the same per-tensor plan ``export`` follows, which may depend on the
+        whole model (tied embeddings, a size budget): ``source`` is the checkpoint the tensor came
+        from, or None when the caller has only the tensor (then the tensor is planned alone).
+        Raise :class:`phi_quant.errors.BadWeightsError` naming the tensor on NaN/Inf.
 
         :param tensor: the source tensor (lazy, memory-mapped).
-        :param options: the export options (precision, group size, symmetry, scheme, ...).
-        :returns: a :class:`phi_quant.types.QuantizedTensor` in the format's layout.
+        :param options: the export options (precision, group size, symmetry, scheme, recipe, ...).
+        :param source: the opened checkpoint ``tensor`` belongs to, or None.
+        :returns: a :class:`phi_quant.types.QuantizedTensor` holding the bytes ``export`` writes.
         .. versionadded:: 0.1
+        .. versionchanged:: 1.1 ``source``; the result must equal what ``export`` writes.
         """
 
     @hookspec

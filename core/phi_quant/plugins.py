@@ -118,8 +118,10 @@ class Backend:
         if impl is None:
             raise PluginError(self.name, f"does not implement the {hook!r} hook")
         args = [kwargs[a] for a in impl.argnames]
+        # parameters with a default (``source=None``) are pluggy's kwargnames: pass them too
+        optional = {a: kwargs[a] for a in getattr(impl, "kwargnames", ()) if a in kwargs}
         try:
-            result = impl.function(*args)
+            result = impl.function(*args, **optional)
         except PhiQuantError:
             raise
         except Exception as exc:
@@ -153,9 +155,9 @@ class Backend:
         """What this backend's runtime can use on this machine."""
         return self._call("detect_hardware", HardwareReport)
 
-    def quantize(self, tensor: Any, options: ExportOptions) -> QuantizedTensor:
-        """Quantize one source tensor to this backend's layout."""
-        return self._call("quantize", QuantizedTensor, tensor=tensor, options=options)
+    def quantize(self, tensor: Any, options: ExportOptions, source: Any = None) -> QuantizedTensor:
+        """Quantize one source tensor to this backend's layout (``source``: its checkpoint, for the plan)."""
+        return self._call("quantize", QuantizedTensor, tensor=tensor, options=options, source=source)
 
     def export(self, source: Any, output_dir: Path, options: ExportOptions, progress: Progress | None = None) -> ExportResult:
         """Write ``source`` into the (empty) ``output_dir`` in this backend's format."""

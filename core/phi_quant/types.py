@@ -26,7 +26,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 #: Version of the hook contract. A plugin declares the versions it was built for in
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
-HOOK_CONTRACT_VERSION = "1.0"
+HOOK_CONTRACT_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,10 @@ class ExportOptions:
     """What the user asked for; backends read the fields they understand and refuse bad values.
 
     ``extra`` carries backend-specific options (``--option key=value`` on the CLI), for example
-    ``{"scheme": "Q4_K_M"}`` or ``{"accuracy_level": 4}``.
+    ``{"scheme": "Q4_K_M"}`` or ``{"accuracy_level": 4}``. ``recipe`` names the core rule that
+    chooses quantized values (:mod:`phi_quant.quant.recipes`; None: round to nearest);
+    ``bits_per_weight`` asks for a size budget and ``policy`` for a named per-tensor policy
+    (:mod:`phi_quant.quant.budget`), both expressed in the backend's own mixed-precision means.
     """
 
     precision: str
@@ -96,6 +99,9 @@ class ExportOptions:
     target: str | None = None  # e.g. "cpu", "cuda", "dml", "npu"
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # None: "rtn", the vendors' round to nearest
+    bits_per_weight: float | None = None  # a size budget, in bits of tensor data per parameter
+    policy: str | None = None  # a named per-tensor policy, e.g. "q4_k_m"; None: the backend's default
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.extra.get(key, default)
@@ -110,6 +116,9 @@ class ExportResult:
     details: dict[str, Any] = field(default_factory=dict)  # per-tensor choices, fallbacks, notes
     run_instructions: str = ""  # Markdown: how to run the output in the vendor runtime
     notes: list[str] = field(default_factory=list)  # things the user should know (fallbacks, caveats)
+    #: The per-tensor plan as written: recipe, bits per weight and one record per tensor (scheme,
+    #: bytes, bits per weight, sha256 of the bytes written), from ``TensorPlan.summary``.
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass

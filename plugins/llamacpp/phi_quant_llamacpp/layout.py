@@ -3,7 +3,9 @@
 The plan is made from ``source.tensor_infos()`` before any data is read, so the header can be
 written first. Defaults follow llama.cpp: 1-D tensors (norms, rope factors) stay F32; for our own
 schemes every matrix takes the scheme's type (like ``convert_hf_to_gguf --outtype``), and a
-per-tensor override (``tensor_types="token_embd=Q8_0,output=F16"``) changes single tensors.
+per-tensor override (``tensor_types="token_embd=Q8_0,output=Q6_K"``, any ggml type: those our
+kernel does not write are made by ggml's quantizer) changes single tensors. :mod:`.plan` builds
+the whole export's plan (policies, budgets, llama.cpp's K-quant mixes) on top of this.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from phi_quant.errors import UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
 from phi_quant.model.tensors import TensorInfo, TensorRole
 
-from .constants import BLOCK_SIZES, KERNEL_TYPES, GGMLType, TensorName
+from .constants import BLOCK_SIZES, GGMLType, TensorName
 from .gguf_file import TensorSlot
 
 __all__ = ["PlannedTensor", "gguf_name", "choose_type", "plan_tensors", "override_matches", "parse_tensor_types", "rope_factor_slots"]
@@ -84,12 +86,11 @@ def _fits(ggml_type: GGMLType, shape: tuple[int, ...]) -> bool:
     return shape[-1] % BLOCK_SIZES[ggml_type][0] == 0
 
 
-def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *, kernel_only: bool) -> tuple[PlannedTensor, set[str]]:
+def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str]) -> tuple[PlannedTensor, set[str]]:
     """One tensor's slot: norms F32, matrices ``matrix_type`` unless an override matches.
 
-    Returns the plan entry and the override patterns that matched it. ``kernel_only`` restricts
-    overrides to the types our kernel writes. A matrix whose row length is not a multiple of the
-    block falls back to F16, said in ``reason``.
+    Returns the plan entry and the override patterns that matched it. A matrix whose row length
+    is not a multiple of the block falls back to F16, said in ``reason``.
     """
     name = gguf_name(info.role, info.layer)
     if info.role.is_norm:
@@ -98,11 +99,6 @@ def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *
     type_name, reason = matrix_type, "scheme default"
     if matched:
         type_name, reason = overrides[sorted(matched, key=list(overrides).index)[0]], "override"
-        if kernel_only and type_name not in KERNEL_TYPES:
-            raise UnsupportedPrecisionError(
-                f"tensor_types: {type_name} for {name} needs llama.cpp's quantizer; with our kernel's schemes "
-                f"use one of {', '.join(KERNEL_TYPES)} (or pick a K-quant --scheme)"
-            )
     ggml_type = GGMLType[type_name]
     if not _fits(ggml_type, info.shape):
         reason = f"row length {info.shape[-1]} not a multiple of the {type_name} block: F16 fallback"
@@ -110,11 +106,11 @@ def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *
     return PlannedTensor(info, TensorSlot(name, info.shape, ggml_type), reason), matched
 
 
-def plan_tensors(infos: list[TensorInfo], matrix_type: str, overrides: dict[str, str], *, kernel_only: bool) -> list[PlannedTensor]:
+def plan_tensors(infos: list[TensorInfo], matrix_type: str, overrides: dict[str, str]) -> list[PlannedTensor]:
     """:func:`choose_type` for every tensor; an override that matches no tensor is refused."""
     plan, used = [], set()
     for info in infos:
-        entry, matched = choose_type(info, matrix_type, overrides, kernel_only=kernel_only)
+        entry, matched = choose_type(info, matrix_type, overrides)
         plan.append(entry)
         used |= matched
     unused = [p for p in overrides if p not in used]

@@ -29,7 +29,11 @@ from phi_quant.types import (
 
 from . import __version__
 from .runtime import INDEX_NAME, ReferenceModelRunner
-from .weights import DEFAULT_SCHEMES, encode, resolve_scheme
+from phi_quant.quant.digest import digest_arrays
+from phi_quant.quant.encode import check_recipe
+from phi_quant.quant.plan import PlannedTensor, TensorPlan
+
+from .weights import DEFAULT_SCHEMES, encode, resolve_scheme, tensor_scheme
 
 NAME = "reference"
 #: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
@@ -84,20 +88,33 @@ def supported_precisions() -> list[PrecisionSpec]:
     return specs
 
 
+def plan(infos, options: ExportOptions) -> TensorPlan:
+    """Every tensor's core scheme; refuses a recipe that cannot fill one of them."""
+    scheme = resolve_scheme(options)
+    entries = [PlannedTensor(i, i.name, tensor_scheme(i, scheme)) for i in infos]
+    for p in entries:
+        check_recipe(options.recipe, p.scheme, p.name)
+    return TensorPlan(entries, (options.recipe or "rtn"))
+
+
 @hookimpl
-def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    return encode(tensor, resolve_scheme(options))
+def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
+    plan([tensor.info()], options)  # refuse bad options as export would
+    return encode(tensor, resolve_scheme(options), options.recipe, source)
 
 
 @hookimpl
 def export(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
     scheme = resolve_scheme(options)  # refuse bad options before writing anything
+    tensor_plan = plan(source.tensor_infos(), options)
     (output_dir / "weights").mkdir()
     index: dict = {"format": "phi-quant-reference", "version": 1, "scheme": scheme.name, "tensors": {}}
+    digests = {}
     for tensor in source.tensors():  # one tensor in memory at a time
-        qt = encode(tensor, scheme)
+        qt = encode(tensor, scheme, options.recipe, source)
         file = f"weights/{tensor.name}.safetensors"
         save_file(qt.arrays, str(output_dir / file))
+        digests[tensor.name] = digest_arrays(qt.arrays)
         index["tensors"][tensor.name] = {"file": file, "scheme": qt.scheme, "shape": list(qt.shape)}
         progress.advance(tensor.nbytes, tensor.name)
 
@@ -116,6 +133,7 @@ def export(source, output_dir: Path, options: ExportOptions, progress: Progress)
         details={"tensors": len(index["tensors"]), "group_size": scheme.group_size, "symmetric": scheme.symmetric},
         run_instructions="```sh\nphi-quant run <this directory> --prompt \"Hello\"\n```",
         notes=["RMSNorm weights are stored as float32 in every scheme"],
+        quantization=tensor_plan.summary(digests),
     )
 
 
