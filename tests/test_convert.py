@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from phi_quant.cli import cli
 from phi_quant.convert import convert
-from phi_quant.errors import OutputExistsError, PluginError, UnsupportedPrecisionError
+from phi_quant.errors import OutputExistsError, PluginError, UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.manifest import file_sha256, read_manifest
 from phi_quant.progress import RecordingProgress
 from phi_quant.testing.factory import VARIANTS, cached_checkpoint
@@ -202,3 +202,39 @@ def test_eval_refuses_the_wrong_reference_and_warns_about_a_changed_one(manager,
     res = invoke("eval", out, "--reference", changed, "--json", "--max-text-tokens", "16", "--gen-tokens", "2")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["warnings"] == ["config.json of the reference differs from the one npy output was made from"]
+
+
+def _other_arch_backend(fakes, declared):
+    """The npy fake under another name, declaring that it writes only ``declared``."""
+    import dataclasses
+
+    from phi_quant.hookspecs import hookimpl
+
+    class Other(fakes["NpyBackend"]):
+        @hookimpl
+        def backend_info(self):
+            return dataclasses.replace(super().backend_info(), architectures=declared)
+
+    return Other("otherarch")
+
+
+def test_undeclared_architecture_is_refused_before_export(manager, npy_backend, fakes, tiny, tmp_path):
+    other = _other_arch_backend(fakes, ("phimoe",))
+    manager.register(other, "otherarch")
+    try:
+        assert manager.get("otherarch").info.architectures == ("phimoe",)
+        with pytest.raises(UnsupportedModelError) as e:
+            convert(tiny, "otherarch", ExportOptions("fp32"), tmp_path / "out")
+        assert str(e.value) == ("backend 'otherarch' does not write architecture phi3 (Phi3ForCausalLM); "
+                                "it writes: phimoe; backends that write it: npy")
+        assert other.exported_to == [] and leftovers(tmp_path, set()) == []
+        res = invoke("quantize", tiny, "-b", "otherarch", "-p", "fp32", "-o", tmp_path / "out")
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "does not write architecture phi3" in res.output
+        data = json.loads(invoke("inspect", tiny, "--json").stdout)
+        assert data["arch"] == "phi3" and data["active_parameters"] == data["parameters"]
+        assert data["backends"]["otherarch"] == {"error": "does not write phi3 (writes phimoe)"}
+        assert data["backends"]["npy"] == {"fp32": "f32", "int8": "int8-row"}
+        assert data["backend_architectures"] == {"npy": ["phi3"], "otherarch": ["phimoe"]}
+        assert "otherarch  does not write phi3 (writes phimoe)" in invoke("inspect", tiny).stdout
+    finally:
+        manager.unregister("otherarch")

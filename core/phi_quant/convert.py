@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, OutputExistsError, UnsupportedPrecisionError
+from .errors import BadInputError, OutputExistsError, UnsupportedModelError, UnsupportedPrecisionError
 from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
 from .model_card import render_model_card
 from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert"]
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
 
 #: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
 TINY_PREFIX = "tiny:"
@@ -99,6 +99,19 @@ def check_options(backend: Backend, options: ExportOptions) -> None:
     check_budget_options(options)
 
 
+def check_architecture(backend: Backend, config: Any) -> None:
+    """Refuse a checkpoint whose architecture the backend does not declare, naming those that do."""
+    arch = config.arch_name
+    if backend.info.writes(arch):
+        return
+    others = [b.name for b in get_manager().backends() if b.info.writes(arch)]
+    hint = f"; backends that write it: {', '.join(others)}" if others else ""
+    raise UnsupportedModelError(
+        f"backend {backend.name!r} does not write architecture {arch} ({config.architecture}); "
+        f"it writes: {', '.join(backend.info.architectures)}{hint}"
+    )
+
+
 def _check_destination(output: Path, force: bool) -> None:
     if output.exists() or output.is_symlink():
         if not force:
@@ -146,6 +159,7 @@ def convert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         with open_source(model) as source:
+            check_architecture(be, source.config)
             t_open = time.perf_counter()
             progress.start(int(getattr(source, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
             try:

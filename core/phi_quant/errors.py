@@ -41,7 +41,7 @@ class CheckpointError(BadInputError):
 
 
 class UnsupportedModelError(BadInputError):
-    """The checkpoint is not a Phi3ForCausalLM-family model we can convert."""
+    """The checkpoint is not of an architecture phi-quant reads (``phi_quant.arch``), or is inconsistent."""
 
 
 class UnsupportedPrecisionError(BadInputError):

@@ -9,6 +9,16 @@ Streaming is part of the contract: ``export`` reads tensors one at a time from
 ``source.tensors()`` and writes each before reading the next; it never holds the whole model.
 Atomic output is the core's job: ``export`` writes into ``output_dir``, a fresh temporary
 directory that the core moves into place only when the hook returns without raising.
+
+Architectures are part of the contract too (since 1.1). A backend lists the architectures it
+writes in ``BackendInfo.architectures`` (``phi_quant.arch`` names, default ``("phi3",)``); the
+core refuses a checkpoint of any other architecture before ``export`` is called. ``export``
+sees ``source.config.arch`` (the architecture object; ``.name`` is one the backend declared),
+and ``source.tensors()`` yields the tensors in that architecture's stream order,
+``source.config.arch.stream_plan(source.config)``, each tagged with ``role``, ``layer`` and
+``expert``; ``source.tensor_infos()`` gives the same list up front, without data. For ``phi3``
+the order is: embed; per layer attn_norm, qkv, o, ffn_norm, gate_up, down; final_norm; lm_head
+(absent when embeddings are tied). Each module in ``phi_quant/arch/`` states its order.
 """
 
 from __future__ import annotations
@@ -45,10 +55,12 @@ class PhiQuantSpec:
 
     @hookspec
     def backend_info(self) -> "BackendInfo":
-        """Describe this backend: CLI name, output format, runtime, hook contract version.
+        """Describe this backend: CLI name, output format, runtime, hook contract version and the
+        architectures it writes (``architectures``; the core refuses others before ``export``).
 
         :returns: a :class:`phi_quant.types.BackendInfo`.
         .. versionadded:: 0.1
+        .. versionchanged:: contract 1.1 ``BackendInfo.architectures``.
         """
 
     @hookspec
@@ -86,7 +98,7 @@ class PhiQuantSpec:
         :param source: the opened checkpoint ``tensor`` belongs to, or None.
         :returns: a :class:`phi_quant.types.QuantizedTensor` holding the bytes ``export`` writes.
         .. versionadded:: 0.1
-        .. versionchanged:: 1.1 ``source``; the result must equal what ``export`` writes.
+        .. versionchanged:: 1.2 ``source``; the result must equal what ``export`` writes.
         """
 
     @hookspec
@@ -99,11 +111,13 @@ class PhiQuantSpec:
     ) -> "ExportResult":
         """Write the model in this backend's format into ``output_dir`` (an empty temporary directory).
 
-        Stream ``source.tensors()`` one at a time; copy tokenizer files as the runtime needs them;
+        Stream ``source.tensors()`` one at a time, in the order of the architecture's stream plan
+        (``source.config.arch.stream_plan``); copy tokenizer files as the runtime needs them;
         call ``progress.advance(nbytes)`` per source tensor. Raise
         :class:`phi_quant.errors.UnsupportedPrecisionError` for a precision or option it cannot do.
+        Only checkpoints of an architecture listed in ``BackendInfo.architectures`` reach it.
 
-        :param source: the opened checkpoint (config, tokenizer files, tensor stream).
+        :param source: the opened checkpoint (config and its ``arch``, tokenizer files, tensor stream).
         :param output_dir: empty directory to write into; the core moves it into place on success.
         :param options: what the user asked for.
         :param progress: progress sink, advanced in bytes of source tensors consumed.

@@ -175,6 +175,15 @@ class Backend:
         return model
 
 
+def _architectures(plugin: str, declared: Any) -> tuple[str, ...]:
+    """``BackendInfo.architectures`` as a tuple of names; one name alone is accepted, none is refused."""
+    names = (declared,) if isinstance(declared, str) else tuple(declared or ())
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise PluginError(plugin, f"backend_info declares no architecture it writes (architectures={declared!r}); "
+                                  "declare e.g. architectures=(\"phi3\",)")
+    return names
+
+
 def _type_names(t: type | tuple[type, ...]) -> str:
     return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
 
@@ -289,6 +298,7 @@ class PhiQuant:
             raise PluginError(name, "backend_info returned an empty backend name")
         return dataclasses.replace(
             info,
+            architectures=_architectures(name, info.architectures),
             distribution=info.distribution or distribution,
             version=info.version or version,
             install_hint=info.install_hint or (f"pip install {distribution}" if distribution else ""),

@@ -3,6 +3,9 @@
 Shared by ``inspect`` (sizes per precision) and ``recommend`` (what fits a device). The figures
 are estimates from the model's shape, not measurements of a backend's file: each backend stores
 scales a little differently (see ``bits_per_weight``), which moves sizes by a few percent.
+What depends on the layout (which tensors exist and are quantized, the KV cache's shape) is the
+architecture module's answer (:class:`phi_quant.arch.Architecture`); this module adds the bits
+per weight of each precision and the runtime overhead.
 """
 
 from __future__ import annotations
@@ -41,17 +44,16 @@ def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric
 
 
 def weight_bytes(config: PhiConfig, precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> int:
-    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them."""
-    h = config.hidden_size
-    norms = (2 * config.num_layers + 1) * h
-    matmul = config.parameter_count() - norms
-    bpw = bits_per_weight(precision, group_size, asymmetric=asymmetric)
-    return int(matmul * bpw / 8 + norms * 4)
+    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them.
+
+    The architecture module counts them from its tensor list (``config.arch.weight_bytes``).
+    """
+    return config.arch.weight_bytes(config, bits_per_weight(precision, group_size, asymmetric=asymmetric))
 
 
 def kv_cache_bytes(config: PhiConfig, context_length: int, *, bytes_per_value: int = 2) -> int:
     """KV cache for one sequence of ``context_length`` tokens (fp16 cache by default)."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * context_length * bytes_per_value
+    return config.arch.kv_cache_bytes(config, context_length, bytes_per_value)
 
 
 @dataclass(frozen=True)

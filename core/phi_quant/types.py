@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "PRECISIONS",
     "HOOK_CONTRACT_VERSION",
+    "DEFAULT_ARCHITECTURES",
     "BackendInfo",
     "PrecisionSpec",
     "HardwareReport",
@@ -26,7 +27,12 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 #: Version of the hook contract. A plugin declares the versions it was built for in
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
-HOOK_CONTRACT_VERSION = "1.1"
+#: 1.1 added :attr:`BackendInfo.architectures`; 1.2 the ``quantize`` hook's ``source`` argument,
+#: :attr:`ExportOptions.recipe` / ``bits_per_weight`` / ``policy`` and :attr:`ExportResult.quantization`.
+HOOK_CONTRACT_VERSION = "1.2"
+
+#: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
+DEFAULT_ARCHITECTURES = ("phi3",)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,12 @@ class PrecisionSpec:
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """Who a backend is. Returned by the ``backend_info`` hook."""
+    """Who a backend is. Returned by the ``backend_info`` hook.
+
+    ``architectures`` names the architectures the backend writes (``phi_quant.arch`` names:
+    ``"phi3"``; see ``phi-quant inspect``). The core refuses to hand it a checkpoint of any other
+    before ``export`` is called. Default: ``("phi3",)``, what every 1.0 plugin wrote.
+    """
 
     name: str  # CLI name: "llamacpp", "onnx", "openvino", "mlx", ...
     format: str  # output format: "GGUF", "ONNX", "OpenVINO IR", "MLX safetensors"
@@ -66,6 +77,11 @@ class BackendInfo:
     description: str = ""
     hook_contract: str = HOOK_CONTRACT_VERSION  # contract version the plugin was built for
     install_hint: str = ""  # e.g. "pip install phi-quant-llamacpp"
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES  # .. versionadded:: contract 1.1
+
+    def writes(self, architecture: str) -> bool:
+        """True when this backend writes checkpoints of ``architecture`` (an ``arch`` name)."""
+        return architecture in self.architectures
 
 
 @dataclass

@@ -27,7 +27,12 @@ def describe_model(source: Any) -> dict[str, Any]:
         for p, g in SIZE_ROWS
     ]
     support: dict[str, Any] = {}
+    writers: dict[str, list[str]] = {}
     for b in get_manager().backends():
+        writers[b.name] = list(b.info.architectures)
+        if not b.info.writes(cfg.arch_name):
+            support[b.name] = {"error": f"does not write {cfg.arch_name} (writes {', '.join(b.info.architectures)})"}
+            continue
         try:
             support[b.name] = {p.precision: p.scheme for p in b.precisions()}
         except PhiQuantError as exc:
@@ -36,7 +41,9 @@ def describe_model(source: Any) -> dict[str, Any]:
         "path": str(source.path),
         "family": cfg.family,
         "architecture": cfg.architecture,
+        "arch": cfg.arch_name,
         "parameters": cfg.parameter_count(),
+        "active_parameters": cfg.active_parameter_count(),
         "dims": {
             "hidden_size": cfg.hidden_size,
             "num_layers": cfg.num_layers,
@@ -59,6 +66,7 @@ def describe_model(source: Any) -> dict[str, Any]:
         "quirks": cfg.quirks(),
         "estimated_sizes": sizes,
         "backends": support,
+        "backend_architectures": writers,
     }
 
 
@@ -76,8 +84,11 @@ def command(model: str, as_json: bool) -> None:
         return
     d, r = data["dims"], data["rope"]
     click.echo(f"Model       {model}")
-    click.echo(f"Family      {data['family']} ({data['architecture']}, stored as {data['stored_dtype']})")
-    click.echo(f"Parameters  {data['parameters']:,}")
+    click.echo(f"Family      {data['family']} ({data['architecture']}, architecture {data['arch']}, "
+               f"stored as {data['stored_dtype']})")
+    active = data["active_parameters"]
+    click.echo(f"Parameters  {data['parameters']:,}"
+               + (f" ({active:,} active per token)" if active != data["parameters"] else ""))
     click.echo(f"Dims        hidden {d['hidden_size']}, layers {d['num_layers']}, heads {d['num_heads']}/{d['num_kv_heads']} "
                f"(head_dim {d['head_dim']}), ffn {d['intermediate_size']}, vocab {d['vocab_size']}, "
                f"context {d['max_position_embeddings']}")

@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import CheckpointError, UnsupportedModelError
+from ..errors import CheckpointError
 from .checks import check_finite
 from .config import PhiConfig, normalize_config
 from .hub import resolve_model_dir
 from .safetensors_io import HeaderEntry, map_bytes, read_header
-from .tensors import SourceTensor, TensorInfo, TensorRole, hf_name
+from .tensors import SourceTensor, TensorInfo, TensorRole
 
 __all__ = ["open_model", "ModelSource", "TOKENIZER_FILES", "check_finite"]
 
@@ -37,14 +37,9 @@ TOKENIZER_FILES = (
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-_SPLITS = {
-    TensorRole.QKV: (TensorRole.Q, TensorRole.K, TensorRole.V),
-    TensorRole.GATE_UP: (TensorRole.GATE, TensorRole.UP),
-}
-
 
 def open_model(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> "ModelSource":
-    """Open a Phi3ForCausalLM-family checkpoint (local directory or Hub id) for streaming.
+    """Open a checkpoint of an architecture phi-quant reads (local directory or Hub id) for streaming.
 
     Raises :class:`CheckpointError` for missing/corrupt/pickled files and
     :class:`UnsupportedModelError` for architectures phi-quant cannot convert.
@@ -85,6 +80,8 @@ class ModelSource:
         gen = path / "generation_config.json"
         self.generation_config: dict[str, Any] = _read_json(gen, "") if gen.is_file() else {}
         self.config: PhiConfig = normalize_config(raw, tokenizer_size=self._tokenizer_size())
+        self.arch = self.config.arch
+        self._splits = self.arch.splits(self.config)
         self._entries = self._index_tensors()
         self._infos = self._plan()
 
@@ -147,57 +144,28 @@ class ModelSource:
                 )
         return entries
 
-    def _expected_shape(self, role: TensorRole) -> tuple[int, ...]:
-        c = self.config
-        h, i = c.hidden_size, c.intermediate_size
-        return {
-            TensorRole.EMBED: (c.vocab_size, h),
-            TensorRole.ATTN_NORM: (h,),
-            TensorRole.QKV: (c.qkv_rows, h),
-            TensorRole.O: (h, c.q_size),
-            TensorRole.FFN_NORM: (h,),
-            TensorRole.GATE_UP: (2 * i, h),
-            TensorRole.DOWN: (h, i),
-            TensorRole.FINAL_NORM: (h,),
-            TensorRole.LM_HEAD: (c.vocab_size, h),
-        }[role]
-
     def _plan(self) -> list[TensorInfo]:
-        """The fused stream in canonical order, each tensor checked against the config."""
-        c = self.config
-        roles: list[tuple[TensorRole, int | None]] = [(TensorRole.EMBED, None)]
-        for n in range(c.num_layers):
-            roles += [(r, n) for r in (TensorRole.ATTN_NORM, TensorRole.QKV, TensorRole.O, TensorRole.FFN_NORM,
-                                       TensorRole.GATE_UP, TensorRole.DOWN)]
-        roles.append((TensorRole.FINAL_NORM, None))
-        if not c.tie_word_embeddings:
-            roles.append((TensorRole.LM_HEAD, None))
-        if any(".q_proj." in n or ".gate_proj." in n for n in self._entries) and not any(
-            ".qkv_proj." in n for n in self._entries
-        ):
-            raise UnsupportedModelError(
-                "this checkpoint stores separate q/k/v (or gate/up) projections: it is not in the Phi3ForCausalLM "
-                "layout (fused qkv_proj and gate_up_proj)"
-            )
+        """The architecture's stream in its order, each tensor checked against the config."""
+        self.arch.check_layout(self._entries)
         infos = []
-        for role, layer in roles:
-            name = hf_name(role, layer)
+        for spec in self.arch.stream_plan(self.config):
+            name = spec.name
             e = self._entries.get(name)
             if e is None:
-                hint = " (config says tie_word_embeddings=false)" if role is TensorRole.LM_HEAD else ""
+                hint = " (config says tie_word_embeddings=false)" if spec.role is TensorRole.LM_HEAD else ""
                 raise CheckpointError(f"tensor {name} is missing from the checkpoint{hint}; re-download it")
             if e.dtype not in ("f32", "f16", "bf16"):
                 raise CheckpointError(
                     f"tensor {name} is stored as {e.dtype}; phi-quant reads F32, F16 and BF16 weights. Use the "
                     "unquantized checkpoint of this model (an fp8/int checkpoint must be dequantized first)."
                 )
-            want = self._expected_shape(role)
+            want = spec.shape
             if e.shape != want:
                 raise CheckpointError(
                     f"tensor {name} has shape {list(e.shape)} but config.json implies {list(want)}; "
                     "config.json and the weights do not belong together"
                 )
-            infos.append(TensorInfo(name, role, layer, e.dtype, e.shape))
+            infos.append(TensorInfo(name, spec.role, spec.layer, e.dtype, e.shape, expert=spec.expert))
         return infos
 
     # -- the public API ---------------------------------------------------------------------------
@@ -227,34 +195,38 @@ class ModelSource:
             raise CheckpointError(f"{f} cannot be loaded by the tokenizers library: {e}") from e
 
     def tensor_infos(self, split: bool = False) -> list[TensorInfo]:
-        """Every tensor of the stream, in canonical order, without reading data."""
+        """Every tensor of the stream, in the architecture's order, without reading data."""
         if not split:
             return list(self._infos)
         out = []
         for info in self._infos:
-            if info.role in _SPLITS:
+            if info.role in self._splits:
                 out += [t.info() for t in self._split(info)]
             else:
                 out.append(info)
         return out
 
     def tensors(self, split: bool = False) -> Iterator[SourceTensor]:
-        """Lazy tensors in canonical order; ``split`` yields q/k/v and gate/up as row-slice views."""
+        """Lazy tensors in the architecture's stream order (``config.arch.stream_plan``); ``split``
+        yields the parts of fused tensors (phi3: q/k/v and gate/up) as row-slice views."""
         for info in self._infos:
-            if split and info.role in _SPLITS:
+            if split and info.role in self._splits:
                 yield from self._split(info)
             else:
                 yield self._tensor(info)
 
-    def tensor(self, role: TensorRole | str, layer: int | None = None) -> SourceTensor:
-        """One tensor by role (fused or split) and layer."""
+    def tensor(self, role: TensorRole | str, layer: int | None = None, expert: int | None = None) -> SourceTensor:
+        """One tensor by role (fused or split), layer and expert."""
         role = TensorRole(role)
         for info in self._infos:
-            if info.layer == layer and info.role is role:
+            if info.layer != layer or info.expert != expert:
+                continue
+            if info.role is role:
                 return self._tensor(info)
-            if info.layer == layer and role in _SPLITS.get(info.role, ()):
+            if any(p.role is role for p in self._splits.get(info.role, ())):
                 return next(t for t in self._split(info) if t.role is role)
-        raise KeyError(f"no tensor with role {role.value} and layer {layer}")
+        where = f" and expert {expert}" if expert is not None else ""
+        raise KeyError(f"no tensor with role {role.value} and layer {layer}{where}")
 
     @property
     def total_bytes(self) -> int:
@@ -288,16 +260,11 @@ class ModelSource:
         def load() -> Any:
             return map_bytes(path, offset, dtype, shape)
 
-        name = info.name if role is None else hf_name(role, info.layer)
-        return SourceTensor(name, role or info.role, info.layer, dtype, shape, _loader=load)
+        name = info.name if role is None else self.arch.hf_name(role, info.layer, info.expert)
+        return SourceTensor(name, role or info.role, info.layer, dtype, shape, _loader=load, expert=info.expert)
 
     def _split(self, info: TensorInfo) -> list[SourceTensor]:
-        c = self.config
-        if info.role is TensorRole.QKV:
-            bounds = [0, c.q_size, c.q_size + c.kv_size, c.qkv_rows]
-        else:
-            bounds = [0, c.intermediate_size, 2 * c.intermediate_size]
-        return [self._tensor(info, (bounds[k], bounds[k + 1]), r) for k, r in enumerate(_SPLITS[info.role])]
+        return [self._tensor(info, (p.start, p.stop), p.role) for p in self._splits[info.role]]
 
 
 def _pickle_message(path: Path) -> str:

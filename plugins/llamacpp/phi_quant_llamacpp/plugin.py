@@ -75,6 +75,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="One GGUF file (arch phi3) for llama.cpp, LM Studio, Ollama; Q4_0/Q4_1/Q8_0 by our kernel, K-quants by llama.cpp",
         install_hint="pip install phi-quant-llamacpp",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 

@@ -69,6 +69,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="The folder mlx_lm.load opens (config.json + safetensors shards); affine int4/int8 bit-identical to mx.quantize",
         install_hint="pip install phi-quant-mlx",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 

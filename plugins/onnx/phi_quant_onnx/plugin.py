@@ -67,6 +67,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="ONNX decoder with KV cache for ONNX Runtime GenAI (GroupQueryAttention, MatMulNBits), built without torch",
         install_hint="pip install phi-quant-onnx",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 

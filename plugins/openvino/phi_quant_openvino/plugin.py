@@ -48,6 +48,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="stateful OpenVINO IR with NNCF-style compressed weights, for Intel CPU/GPU/NPU",
         install_hint="pip install phi-quant-openvino",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 

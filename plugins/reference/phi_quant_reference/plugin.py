@@ -37,7 +37,10 @@ from .weights import DEFAULT_SCHEMES, encode, resolve_scheme, tensor_scheme
 
 NAME = "reference"
 #: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
-HOOK_CONTRACT = "1.0"
+HOOK_CONTRACT = "1.2"
+#: The architectures (phi_quant.arch names) it writes. Tensors are stored by name and run by the
+#: core's oracle, so any architecture the core reads would work; each is listed once the kit passes on it.
+ARCHITECTURES = ("phi3",)
 
 #: What each precision promises against the oracle: measured on the four tiny variants
 #: (docs/fidelity.md, "reference backend"), with margin.
@@ -67,6 +70,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="Reference backend: plain safetensors run by the numpy oracle; the plugin authoring example",
         hook_contract=HOOK_CONTRACT,
+        architectures=ARCHITECTURES,
     )  # distribution and install hint: filled in by the core from the entry point's metadata
 
 
