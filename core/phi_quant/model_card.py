@@ -31,6 +31,23 @@ def _options_lines(options: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _quantization_lines(quant: dict[str, Any] | None) -> list[str]:
+    """The per-tensor plan as written: recipe, bits per weight, scheme counts and every tensor."""
+    if not quant:
+        return []
+    counts = ", ".join(f"{name} x{n}" for name, n in (quant.get("schemes") or {}).items())
+    lines = ["", "## Quantization", "",
+             f"- Recipe: **{quant.get('recipe')}**; {quant.get('bits_per_weight')} bits per weight over "
+             f"{quant.get('parameters', 0):,} parameters ({_fmt_bytes(quant.get('tensor_bytes'))} of tensor data)",
+             f"- Schemes: {counts}", "", "<details><summary>Every tensor</summary>", "",
+             "| tensor | stored as | scheme | bits/weight | bytes | why |", "|---|---|---|---|---|---|"]
+    for t in quant.get("tensors") or []:
+        lines.append(f"| `{t.get('name')}` | `{t.get('output')}` | {t.get('scheme')} | {t.get('bits_per_weight')} | "
+                     f"{t.get('bytes')} | {t.get('reason', '')} |")
+    lines += ["", "</details>"]
+    return lines
+
+
 def render_model_card(manifest: dict[str, Any], run_instructions: str = "", output_name: str = "OUTPUT") -> str:
     """Markdown text of the model card for one output directory."""
     src = manifest["source"]
@@ -57,6 +74,7 @@ def render_model_card(manifest: dict[str, Any], run_instructions: str = "", outp
     opts = _options_lines(manifest.get("options", {}))
     if opts:
         lines += ["", "Options:", "", *opts]
+    lines += _quantization_lines(manifest.get("quantization"))
     notes = manifest.get("notes") or []
     if notes:
         lines += ["", "## Notes and fallbacks", "", *[f"- {n}" for n in notes]]

@@ -12,6 +12,7 @@ from .. import __version__
 from ..compare import plan_cells, run_matrix
 from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
+from ..quant.recipes import recipe_names
 from ..report import markdown_table, write_report
 from ._common import emit_json, json_option
 
@@ -25,12 +26,14 @@ __all__ = ["command"]
 @click.option("--backend", "backends", multiple=True, help="Backend to include (repeatable; default: all installed).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]),
               help="Precision to include (repeatable; default: fp32 fp16 int8 int4).")
+@click.option("--recipe", "recipes", multiple=True, type=click.Choice(recipe_names(), case_sensitive=False),
+              help="Recipe for the int8/int4 cells (repeatable: one cell per recipe; default: rtn).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Conversions run at once; evaluations always run one at a time so tokens/s compare fairly.")
 @click.option("--keep", is_flag=True, help="Keep each cell's exported model under OUTPUT/models/.")
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), help="Text file for perplexity.")
 @json_option
-def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_json) -> None:
+def command(model, report_dir, backends, precisions, recipes, jobs, keep, text_file, as_json) -> None:
     """Convert MODEL with every installed backend at every precision, evaluate each against the
     fp32 oracle, and write a report with size, KL, top-1, perplexity and tokens/s side by side."""
     mgr = get_manager()
@@ -46,7 +49,7 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
     if missing:
         for name in missing:
             mgr.get(name)  # raises BackendNotInstalledError with the package to install
-    cells = plan_cells(offered, backends or None, precisions or None)
+    cells = plan_cells(offered, backends or None, precisions or None, [r.lower() for r in recipes] or None)
     if not cells:
         raise BadInputError("nothing to compare: no installed backend offers the selected precisions "
                             "(see `phi-quant plugins`)")
@@ -59,7 +62,8 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
         status = cell.get("status")
         mark = "failed: " + cell.get("error", "") if status == "failed" else stage
         if not as_json:
-            click.echo(f"[{stage} {done[stage]}/{total}] {cell['backend']} {cell['precision']}: {mark}", err=True)
+            recipe = f" {cell['recipe']}" if cell.get("recipe", "rtn") != "rtn" else ""
+            click.echo(f"[{stage} {done[stage]}/{total}] {cell['backend']} {cell['precision']}{recipe}: {mark}", err=True)
 
     t0 = time.perf_counter()
     try:
