@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .builtin import TINY_PREFIX
 from .errors import BadInputError, OutputExistsError, UnsupportedModelError, UnsupportedPrecisionError
 from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
 from .model_card import render_model_card
@@ -25,9 +26,6 @@ from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
 
 __all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
-
-#: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
-TINY_PREFIX = "tiny:"
 
 
 @dataclass
@@ -59,20 +57,14 @@ class ConvertResult:
 
 
 def resolve_model(model: str | Path) -> str | Path:
-    """Turn ``tiny:<variant>`` into the path of the cached tiny checkpoint; anything else unchanged."""
-    text = str(model)
-    if not text.startswith(TINY_PREFIX):
-        return model
-    from .testing.factory import VARIANTS, cached_checkpoint
+    """Turn a built-in name (``tiny:<variant>``, ``real:<name>``) into its cached checkpoint's path; anything else unchanged."""
+    from .builtin import resolve
 
-    variant = text[len(TINY_PREFIX):]
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
-    return cached_checkpoint(variant)
+    return resolve(model)
 
 
 def open_source(model: str | Path) -> Any:
-    """Open a checkpoint (local dir, hub id or ``tiny:<variant>``) as a ModelSource."""
+    """Open a checkpoint (local dir, hub id or a built-in name such as ``tiny:phi4-mini``) as a ModelSource."""
     from .model.source import open_model
 
     return open_model(resolve_model(model))
