@@ -20,7 +20,7 @@ from typing import Any
 
 from .builtin import TINY_PREFIX
 from .errors import BadInputError, OutputExistsError, UnsupportedModelError, UnsupportedPrecisionError
-from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
+from .manifest import OWN_FILES, _jsonable, build_manifest, model_bytes, source_record, write_manifest
 from .model_card import render_model_card
 from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
@@ -89,6 +89,9 @@ def check_options(backend: Backend, options: ExportOptions) -> None:
 
     get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
     check_budget_options(options)
+    from .calib import check_calibration_options
+
+    check_calibration_options(options)
 
 
 def check_architecture(backend: Backend, config: Any) -> None:
@@ -153,9 +156,13 @@ def convert(
         with open_source(model) as source:
             check_architecture(be, source.config)
             t_open = time.perf_counter()
-            progress.start(int(getattr(source, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
+            from .calib import calibrated_source
+
+            stream = calibrated_source(source, be, options, progress)  # the source itself unless the recipe calibrates
+            t_calibrate = time.perf_counter()
+            progress.start(int(getattr(stream, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
             try:
-                result: ExportResult = be.export(source, tmp, options, progress)
+                result: ExportResult = be.export(stream, tmp, options, progress)
             finally:
                 progress.finish()
             t_export = time.perf_counter()
@@ -165,8 +172,12 @@ def convert(
 
                 raise PluginError(be.name, f"export listed files it did not write: {', '.join(missing[:5])}")
             record = source_record(str(model), source)
-        timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
+        timings = {"open_s": t_open - t0, "export_s": t_export - t_calibrate, "total_s": time.perf_counter() - t0}
+        if stream is not source:
+            timings["calibrate_s"] = t_calibrate - t_open
         manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result, timings=timings)
+        if stream is not source:
+            manifest["calibration"] = _jsonable(stream.calibration_record)
         manifest["output_bytes"] = model_bytes(tmp)
         write_manifest(tmp, manifest)
         (tmp / "README.md").write_text(
