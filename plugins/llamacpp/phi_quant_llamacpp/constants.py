@@ -106,6 +106,11 @@ class Key:
 
     ARCHITECTURE = "general.architecture"
     NAME = "general.name"
+    GENERAL_TYPE = "general.type"  # "imatrix" in an importance-matrix file
+    # llama.cpp importance-matrix files (common/imatrix-loader.h)
+    IMATRIX_DATASETS = "imatrix.datasets"
+    IMATRIX_CHUNK_COUNT = "imatrix.chunk_count"
+    IMATRIX_CHUNK_SIZE = "imatrix.chunk_size"
     FILE_TYPE = "general.file_type"
     QUANTIZATION_VERSION = "general.quantization_version"
     ALIGNMENT = "general.alignment"
