@@ -125,7 +125,22 @@ def test_awq_search_never_scores_worse_than_plain_rounding():
     assert np.isclose(np.sqrt(s.max() * s.min()), 1.0, rtol=1e-4)
     q = fake_quant(w * s, scheme) / s
     d = q - w
-    assert np.isclose(float(np.vdot(d @ (x.T @ x / len(x)), d)), report["error_awq"], rtol=1e-3)
+    assert np.isclose(float(np.vdot(d @ (x.T @ x / len(x)), d)), report["error_awq"], rtol=1e-3)  # K <= 128: exact
+
+
+def test_error_sketch_keeps_the_diagonal_and_the_big_directions():
+    from phi_quant.calib.awq import error_sketch
+
+    rng = np.random.default_rng(3)
+    k = 1500  # above 1024: the randomized range finder
+    x = rng.standard_normal((2000, k)).astype(np.float32) * np.where(np.arange(k) < 8, 30.0, 1.0).astype(np.float32)
+    h = x.T @ x / len(x)
+    b, d = error_sketch(h)
+    np.testing.assert_allclose(np.einsum("ij,ij->i", b, b) + d, np.diagonal(h), rtol=1e-3)
+    delta = rng.standard_normal((16, k)).astype(np.float32)
+    exact = float(np.vdot(delta @ h, delta))
+    approx = float(np.vdot(delta @ b, delta @ b)) + float(np.vdot(delta * delta, np.broadcast_to(d, delta.shape)))
+    assert abs(approx - exact) < 0.05 * exact
 
 
 @pytest.mark.parametrize("name,canonical", [("awq", "awq"), ("gptq", "gptq"), ("gptq+awq", "awq+gptq"),

@@ -12,11 +12,12 @@ unchanged. The candidates are AWQ's (with AutoAWQ's default "duo" scaling)
 plus s = 1, where mean|x| is the consumer input's mean magnitude per channel (averaged over the
 query heads of a kv group for v -> o) and mean_w the mean over rows of |w| / (its group's max |w|).
 Each candidate is scored by the consumer's output error over the calibration tokens, computed
-exactly from the statistics as tr(ΔW E[x xᵀ] ΔWᵀ) with ΔW = Q(W diag(s)) diag(1/s) - W, and Q the
+from the statistics as tr(ΔW E[x xᵀ] ΔWᵀ) with ΔW = Q(W diag(s)) diag(1/s) - W, and Q the
 round-to-nearest of the scheme the backend's plan gives that tensor (ggml K-quants, which only
-ggml writes, are searched with an affine grid of the same bits and sub-block). Rows beyond a
-budget are subsampled evenly for the score. s = 1 is a candidate, so the search never scores
-worse than plain rounding.
+ggml writes, are searched with an affine grid of the same bits and sub-block). E[x xᵀ] enters as
+its top 128 eigen-directions plus the rest of its diagonal (:func:`error_sketch`), and rows beyond
+a budget are subsampled evenly, so a score costs about 2^27 multiply-adds however wide the layer.
+s = 1 is a candidate, so the search never scores worse than plain rounding.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ __all__ = ["AWQ_GRID", "LayerScales", "fake_quant", "search_fold", "search_layer
 
 #: Grid points of α (AutoAWQ's n_grid).
 AWQ_GRID = 20
-#: Multiply-adds one candidate's score may cost (rows x K²); more rows are subsampled evenly.
-SCORE_BUDGET = 1 << 29
+#: Multiply-adds one candidate's score may cost (rows x K x 129); more rows are subsampled evenly.
+SCORE_BUDGET = 1 << 27
 F32 = np.float32
 
 
@@ -100,7 +101,7 @@ def fake_quant(w: np.ndarray, scheme: Scheme) -> np.ndarray:
 
 
 def _rows_for_score(n: int, k: int) -> np.ndarray:
-    keep = max(1, min(n, SCORE_BUDGET // max(k * k, 1)))
+    keep = max(1, min(n, SCORE_BUDGET // max(k * 129, 1)))
     return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
 
 
@@ -117,10 +118,35 @@ def _weight_mean(w: np.ndarray, scheme: Scheme) -> np.ndarray:
     return a.mean(axis=0)
 
 
+def error_sketch(h: np.ndarray, rank: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(B [K, r], d [K]) with E[x xᵀ] ≈ B Bᵀ + diag(d): its top-``rank`` eigenpairs (exact for K ≤ 1024,
+    else a seeded randomized range finder with one power step) and the rest of its diagonal.
+
+    Scoring a candidate then costs n K r instead of n K² multiply-adds; activation covariances are
+    dominated by a few directions, and the diagonal keeps every channel's own weight exact.
+    """
+    h = np.asarray(h, np.float64)
+    k = h.shape[0]
+    if k <= rank:
+        lam, vec = np.linalg.eigh(h)
+    elif k <= 1024:
+        lam, vec = np.linalg.eigh(h)
+        lam, vec = lam[-rank:], vec[:, -rank:]
+    else:
+        omega = np.random.default_rng(seed).standard_normal((k, rank + 16))
+        q, _ = np.linalg.qr(h @ (h @ omega))
+        lam, u = np.linalg.eigh(q.T @ h @ q)
+        lam, vec = lam[-rank:], q @ u[:, -rank:]
+    lam = np.maximum(lam, 0)
+    b = vec * np.sqrt(lam)[None, :]
+    d = np.maximum(np.diagonal(h) - np.einsum("ij,ij->i", b, b), 0)
+    return b.astype(F32), d.astype(F32)
+
+
 @dataclass
 class Consumer:
     """One consumer matmul of a fold: its weight as it will be quantized (row scales applied), its
-    scheme, its input statistics E[x xᵀ] and mean |x|, and its row factors."""
+    scheme, its input statistics (E[x xᵀ] as :func:`error_sketch`'s factors, mean |x|) and its row factors."""
 
     weight: np.ndarray  # [n, K] float32, rows already multiplied by ``rows``
     scheme: Scheme
@@ -128,14 +154,20 @@ class Consumer:
     mean_abs: np.ndarray
     rows: np.ndarray | None = None  # per-row factor already applied to ``weight``
 
+    def __post_init__(self) -> None:
+        self.sketch = error_sketch(self.xtx)
+
 
 def _score(c: Consumer, col: np.ndarray, pick: np.ndarray) -> float:
+    """tr(ΔW E[x xᵀ] ΔWᵀ) over the picked rows, in the consumer's original output units."""
     w = c.weight[pick]
     q = fake_quant(w * col[None, :], c.scheme) / col[None, :]
     delta = q - w
     if c.rows is not None:
         delta /= c.rows[pick][:, None]  # back to the original output units
-    return float(np.vdot(delta @ c.xtx, delta))
+    b, d = c.sketch
+    proj = delta @ b
+    return float(np.vdot(proj, proj)) + float(np.vdot(delta * delta, np.broadcast_to(d, delta.shape)))
 
 
 def search_fold(fold: ScaleFold, consumers: list[Consumer], grid: int = AWQ_GRID, duo: bool = True) -> tuple[np.ndarray, dict[str, Any]]:

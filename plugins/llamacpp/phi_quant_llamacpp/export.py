@@ -159,7 +159,7 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
     view = getattr(source, "calibration", None)
     if view is not None:
         write_imatrix(Path(output_dir) / IMATRIX_FILE, view.stats, bool(cfg.tie_word_embeddings),
-                      [(view.stats.meta.get("text") or {}).get("name", "calibration")])
+                      [f["path"] for f in (view.stats.meta.get("text") or {}).get("files", [])])
         files.append(IMATRIX_FILE)
         notes.append(f"{IMATRIX_FILE}: the calibration statistics as llama.cpp's importance matrix (of the original "
                      "weights), for llama-quantize --imatrix")

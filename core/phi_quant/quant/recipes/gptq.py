@@ -97,46 +97,51 @@ def _code(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, scheme: Scheme) ->
 
 def gptq_values(w: np.ndarray, scheme: Scheme, factor: tuple[np.ndarray, np.ndarray, np.ndarray], rule: Recipe,
                 imp: np.ndarray | None = None, block: int = 128) -> QuantValues:
-    """GPTQ's values of rows ``w`` [n, K] under ``scheme`` (see the module docstring)."""
+    """GPTQ's values of rows ``w`` [n, K] under ``scheme`` (see the module docstring).
+
+    Works on the transposed weight (one contiguous row per input column) in processing order.
+    """
     order, u, dead = factor
     n, k = w.shape
     g, groups = scheme.group_of(k), scheme.groups(k)
     imp = np.ones(k, F32) if imp is None else np.asarray(imp, F32)
     inv = np.empty_like(order)
     inv[order] = np.arange(k)
-    W = np.array(w, dtype=F32)
-    W[:, dead] = 0
-    W = np.ascontiguousarray(W[:, order])
+    wt = np.array(np.asarray(w, F32).T[order], dtype=F32, order="C")  # [K, n], processing order
+    wt[dead[order]] = 0
     group_of = order // g
-    scales = np.zeros((n, groups), F32)
-    zeros = None if scheme.zero_kind == ZERO_FIXED else np.zeros((n, groups), F32)
+    scales = np.zeros((groups, n), F32)
+    zeros = None if scheme.zero_kind == ZERO_FIXED else np.zeros((groups, n), F32)
     chosen = np.zeros(groups, bool)
-    codes = np.empty((n, k), F32)
+    codes = np.empty((k, n), F32)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
-        err = np.empty((n, i2 - i1), F32)
+        err = np.empty((i2 - i1, n), F32)
         for j in range(i1, i2):
             gi = group_of[j]
             if not chosen[gi]:
                 cols = np.arange(gi * g, min((gi + 1) * g, k))
-                s, z = _params(rule, W[:, inv[cols]], scheme, imp[cols])
-                scales[:, gi] = s
+                s, z = _params(rule, wt[inv[cols]].T, scheme, imp[cols])
+                scales[gi] = s
                 if zeros is not None:
-                    zeros[:, gi] = z
+                    zeros[gi] = z
                 chosen[gi] = True
-            x = W[:, j]
-            q, d = _code(x, scales[:, gi], None if zeros is None else zeros[:, gi], scheme)
-            codes[:, j] = q
+            x = wt[j]
+            q, d = _code(x, scales[gi], None if zeros is None else zeros[gi], scheme)
+            codes[j] = q
             e = (x - d) / u[j, j]
             if j + 1 < i2:
-                W[:, j + 1 : i2] -= np.outer(e, u[j, j + 1 : i2])
-            err[:, j - i1] = e
+                wt[j + 1 : i2] -= np.outer(u[j, j + 1 : i2], e)
+            err[j - i1] = e
         if i2 < k:
-            W[:, i2:] -= err @ u[i1:i2, i2:]
-    codes = codes[:, inv].astype(codes_dtype(scheme))
-    if zeros is not None and scheme.zero_kind == ZERO_INT:
-        zeros = zeros.astype(np.uint8)
-    return QuantValues(np.ascontiguousarray(codes), scales, zeros)
+            wt[i2:] -= u[i1:i2, i2:].T @ err
+    codes = np.ascontiguousarray(codes[inv].T).astype(codes_dtype(scheme))
+    scales = np.ascontiguousarray(scales.T)
+    if zeros is not None:
+        zeros = np.ascontiguousarray(zeros.T)
+        if scheme.zero_kind == ZERO_INT:
+            zeros = zeros.astype(np.uint8)
+    return QuantValues(codes, scales, zeros)
 
 
 class GPTQ(Recipe):
