@@ -182,3 +182,15 @@ def fakes():
 def _debug_off(monkeypatch):
     """CLI tests check one-line errors, so tracebacks stay off unless a test asks."""
     monkeypatch.delenv("PHI_QUANT_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def real_smollm2(real_sources):
+    """The ModelSource of real:smollm2 (continuous weights, bf16)."""
+    return real_sources("smollm2")
+
+
+@pytest.fixture(scope="module")
+def real_smollm2_grid(real_sources):
+    """The ModelSource of real:smollm2-grid (the GGUF's exact values, float32)."""
+    return real_sources("smollm2-grid")

@@ -126,6 +126,24 @@ def test_hook_load_model_quantize_run_eval_through_the_cli(manager, npy_backend,
     assert results["int8"]["memory"]["peak_rss_bytes"] > 10 * 1024**2
 
 
+def test_eval_scores_perplexity_in_windows_and_records_the_text(manager, npy_backend, tiny, tmp_path):
+    out = tmp_path / "fp32"
+    assert invoke("quantize", tiny, "-b", "npy", "-p", "fp32", "-o", out, "--json").exit_code == 0
+    res = invoke("eval", out, "--reference", tiny, "--json", "--max-text-tokens", "64", "--window", "32",
+                 "--gen-tokens", "2")
+    assert res.exit_code == 0, res.output
+    f = json.loads(res.stdout)["fidelity"]
+    t = f["text"]
+    assert (t["tokens"], t["window"], t["windows"], t["scored_tokens"]) == (64, 32, 2, 62)
+    assert t["name"] == "bundled" and t["files"][0]["path"].endswith("eval_text.txt")
+    assert f["perplexity"] == pytest.approx(f["reference_perplexity"], rel=1e-5)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("A short text of my own, with enough words to score a few tokens of it.\n", encoding="utf-8")
+    res = invoke("eval", out, "--reference", tiny, "--text", mine, "--gen-tokens", "2")
+    assert res.exit_code == 0, res.output
+    assert f"of {mine} (sha256 {file_sha256(mine)[:12]}), 1 window(s)" in res.stdout
+
+
 EXPECTED_QUIRKS = {
     "phi3-mini": (["rope theta 10000"], ["grouped-query", "LongRoPE", "partial rotary", "tied"]),
     "phi3.5-longrope": (["LongRoPE"], ["grouped-query", "partial rotary", "tied"]),

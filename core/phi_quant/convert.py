@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .builtin import TINY_PREFIX
 from .errors import BadInputError, OutputExistsError, UnsupportedModelError, UnsupportedPrecisionError
 from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
 from .model_card import render_model_card
 from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
-
-#: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
-TINY_PREFIX = "tiny:"
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert",
+           "sweep_partial"]
 
 
 @dataclass
@@ -59,20 +58,14 @@ class ConvertResult:
 
 
 def resolve_model(model: str | Path) -> str | Path:
-    """Turn ``tiny:<variant>`` into the path of the cached tiny checkpoint; anything else unchanged."""
-    text = str(model)
-    if not text.startswith(TINY_PREFIX):
-        return model
-    from .testing.factory import VARIANTS, cached_checkpoint
+    """Turn a built-in name (``tiny:<variant>``, ``real:<name>``) into its cached checkpoint's path; anything else unchanged."""
+    from .builtin import resolve
 
-    variant = text[len(TINY_PREFIX):]
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
-    return cached_checkpoint(variant)
+    return resolve(model)
 
 
 def open_source(model: str | Path) -> Any:
-    """Open a checkpoint (local dir, hub id or ``tiny:<variant>``) as a ModelSource."""
+    """Open a checkpoint (local dir, hub id or a built-in name such as ``tiny:phi4-mini``) as a ModelSource."""
     from .model.source import open_model
 
     return open_model(resolve_model(model))
@@ -156,7 +149,7 @@ def convert(
     _check_destination(output, force)
     progress = progress or NullProgress()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
     try:
         with open_source(model) as source:
             check_architecture(be, source.config)
@@ -195,3 +188,21 @@ def convert(
         notes=list(result.notes),
         manifest=manifest,
     )
+
+
+def _partial_prefix(output: Path) -> str:
+    return f".{output.name}.partial-"
+
+
+def sweep_partial(output: str | Path) -> list[Path]:
+    """Remove the temporary directories a *killed* conversion into ``output`` left next to it.
+
+    A conversion that fails or is interrupted removes its own; one killed outright (SIGKILL, the
+    OOM killer) cannot. ``compare`` and ``batch`` call this for their failed cells.
+    """
+    output = Path(output).expanduser().absolute()
+    gone = []
+    for tmp in output.parent.glob(_partial_prefix(output) + "*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        gone.append(tmp)
+    return gone

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..arch import TensorRole, TensorSpec, normalize_config
+from ..cache import build_once
 from ..model.safetensors_io import SafetensorsWriter
 from ..quant.reference import f32_to_bf16_bits
 from . import tiny_tokenizers as tt
@@ -330,26 +331,10 @@ def cached_checkpoint(variant: str, dtype: str = "bf16") -> Path:
 def cached_build(name: str, build: Callable[[Path], Any]) -> Path:
     """The checkpoint ``cache_root() / name``, written by ``build(directory)`` on first use.
 
-    ``build`` fills a private temporary directory that is then renamed into place, so concurrent
-    pytest workers never see a half-written checkpoint; the loser of a race discards its copy.
-    A directory counts as built once it holds ``config.json``.
+    Atomic (:func:`phi_quant.cache.build_once`): concurrent pytest workers never see a
+    half-written checkpoint. A directory counts as built once it holds ``config.json``.
     """
-    root = cache_root()
-    target = root / name
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(cache_root(), name, build)
 
 
 def copy_checkpoint(variant: str, dst: str | os.PathLike, **config_changes: Any) -> Path:
