@@ -25,7 +25,8 @@ from .model_card import render_model_card
 from .plugins import Backend, get_manager
 from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert"]
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert",
+           "sweep_partial"]
 
 
 @dataclass
@@ -151,7 +152,7 @@ def convert(
     _check_destination(output, force)
     progress = progress or NullProgress()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
     try:
         with open_source(model) as source:
             check_architecture(be, source.config)
@@ -198,3 +199,21 @@ def convert(
         notes=list(result.notes),
         manifest=manifest,
     )
+
+
+def _partial_prefix(output: Path) -> str:
+    return f".{output.name}.partial-"
+
+
+def sweep_partial(output: str | Path) -> list[Path]:
+    """Remove the temporary directories a *killed* conversion into ``output`` left next to it.
+
+    A conversion that fails or is interrupted removes its own; one killed outright (SIGKILL, the
+    OOM killer) cannot. ``compare`` and ``batch`` call this for their failed cells.
+    """
+    output = Path(output).expanduser().absolute()
+    gone = []
+    for tmp in output.parent.glob(_partial_prefix(output) + "*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        gone.append(tmp)
+    return gone

@@ -1,8 +1,9 @@
 """How much memory a Phi model needs at each precision: weights, KV cache and runtime overhead.
 
-Shared by ``inspect`` (sizes per precision) and ``recommend`` (what fits a device). The figures
-are estimates from the model's shape, not measurements of a backend's file: each backend stores
-scales a little differently (see ``bits_per_weight``), which moves sizes by a few percent.
+Shared by ``inspect`` (sizes per precision), ``recommend`` (what fits a device) and the Ray
+runner (memory to request for a conversion task). The figures are estimates from the model's
+shape, not measurements of a backend's file: each backend stores scales a little differently
+(see ``bits_per_weight``), which moves sizes by a few percent.
 What depends on the layout (which tensors exist and are quantized, the KV cache's shape) is the
 architecture module's answer (:class:`phi_quant.arch.Architecture`); this module adds the bits
 per weight of each precision and the runtime overhead.
@@ -14,13 +15,19 @@ from dataclasses import dataclass
 
 from .model.config import PhiConfig
 
-__all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory", "GIB"]
+__all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory",
+           "largest_tensor_elements", "conversion_memory_bytes", "GIB"]
 
 GIB = 1024**3
 
 #: Runtime overhead beyond weights and KV cache: activations, scratch buffers, the runtime itself.
 RUNTIME_OVERHEAD_BYTES = 300 * 1024**2
 RUNTIME_OVERHEAD_FRACTION = 0.05
+
+#: A conversion's memory before its first tensor: the interpreter, numpy, the kernel and a vendor
+#: runtime's imports. Whole conversions of the 1.1 GB streaming checkpoint peak at 115-180 MiB
+#: (docs/performance.md); this rounds up for the bigger runtimes' imports.
+CONVERSION_BASE_BYTES = 512 * 1024**2
 
 
 def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> float:
@@ -87,3 +94,18 @@ def estimate_memory(
     kv = kv_cache_bytes(config, min(context_length, config.max_position_embeddings))
     overhead = RUNTIME_OVERHEAD_BYTES + int(RUNTIME_OVERHEAD_FRACTION * w)
     return MemoryEstimate(precision, w, kv, overhead)
+
+
+def largest_tensor_elements(config: PhiConfig) -> int:
+    """Elements of the checkpoint's largest tensor, from the architecture's tensor list."""
+    return max(t.numel for t in config.arch.stream_plan(config))
+
+
+def conversion_memory_bytes(config: PhiConfig) -> int:
+    """Memory one streaming conversion needs at most: its imports plus the largest tensor in fp32.
+
+    Conversion reads one tensor at a time (the kernels work on row chunks of it), so what it holds
+    does not grow with the layer count or the precision; the conformance kit's streaming check
+    measures exactly that for every backend.
+    """
+    return CONVERSION_BASE_BYTES + 4 * largest_tensor_elements(config)

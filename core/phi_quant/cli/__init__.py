@@ -56,9 +56,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import doctor, evaluate, inspect, plugins, quantize, run
+    from . import batch, doctor, evaluate, inspect, plugins, quantize, run
 
-    for module in (plugins, doctor, inspect, quantize, run, evaluate):
+    for module in (plugins, doctor, inspect, quantize, run, evaluate, batch):
         cli.add_command(module.command)
     for name in ("compare", "recommend"):  # optional commands, present when their module is
         try:

@@ -55,6 +55,18 @@ def _text_plan(reference: str, text: Any, max_text_tokens: int | None, window: i
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak RSS: the kernel's high-water mark of our own address space (``VmHWM``).
+
+    ``ru_maxrss`` is not used on Linux: it carries the peak of the process we were forked from
+    across ``exec`` (from ``compare``, or a Ray worker, that was the parent's RSS, not the model's).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
