@@ -179,3 +179,20 @@ def test_hook_tensor_plan_is_the_plan_export_records(reference_backend, tmp_path
     assert calib["recipe"]["name"] == "awq+gptq" and calib["awq"]["folds"] > 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Calibration" in card and calib["statistics"]["text"]["sha256"][:12] in card
+
+
+def test_round_to_nearest_never_calibrates(tmp_path, monkeypatch):
+    """rtn (the default) streams the checkpoint itself: no statistics, no wrapped source, the same bytes."""
+    from phi_quant.calib import prepare
+    from phi_quant.convert import convert
+
+    def refuse(*a, **k):
+        raise AssertionError("round to nearest must not calibrate")
+
+    monkeypatch.setattr(prepare, "calibration_statistics", refuse)
+    path = cached_checkpoint("phi3-mini")
+    plain = convert(path, "reference", ExportOptions(precision="int4"), tmp_path / "plain")
+    convert(path, "reference", ExportOptions(precision="int4", recipe="rtn"), tmp_path / "rtn")
+    assert "calibration" not in plain.manifest and "calibrate_s" not in plain.manifest["timings"]
+    model = [f for f in plain.files if f not in ("phi-quant.json", "README.md")]
+    assert model and all((tmp_path / "plain" / f).read_bytes() == (tmp_path / "rtn" / f).read_bytes() for f in model)

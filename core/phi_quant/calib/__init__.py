@@ -13,7 +13,7 @@ for every backend:
 - :mod:`.source` — the checkpoint with the scales folded into its tensor stream;
 - :mod:`.prepare` — the entry point ``convert`` and the plugin facade call.
 
-The maths and costs are in ``docs/recipes.md`` (calibrated recipes) and ``docs/performance.md``.
+The maths and costs are in ``docs/calibration.md`` and ``docs/performance.md``.
 """
 
 from __future__ import annotations

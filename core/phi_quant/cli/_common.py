@@ -51,7 +51,7 @@ def calibration_options(f: Any) -> Any:
                      help="Tokens of the calibration text to use (default 2048).")(f)
     f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
                      help="Calibration text for awq/gptq (default: phi-quant's calibration text, never the evaluation "
-                          "text; see docs/recipes.md).")(f)
+                          "text; see docs/calibration.md).")(f)
     return f
 
 

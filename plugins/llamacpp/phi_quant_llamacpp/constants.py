@@ -20,6 +20,8 @@ GGUF_VERSION = 3
 ALIGNMENT = 32  # llama.cpp's default ``general.alignment``
 QUANTIZATION_VERSION = 2  # ``general.quantization_version`` written by llama.cpp since 2023
 ARCH = "phi3"
+#: The importance matrix a calibrated export writes next to its model (not a model: loaders skip it).
+IMATRIX_FILE = "imatrix.gguf"
 
 
 class ValueType(IntEnum):

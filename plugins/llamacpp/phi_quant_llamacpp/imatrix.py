@@ -25,14 +25,11 @@ import numpy as np
 
 from phi_quant.arch.roles import TensorRole
 
-from .constants import GGMLType, Key, TensorName, ValueType
+from .constants import IMATRIX_FILE, GGMLType, Key, TensorName, ValueType
 from .gguf_file import GGUFStreamWriter, TensorSlot, Typed
 from .layout import gguf_name
 
 __all__ = ["IMATRIX_FILE", "imatrix_entries", "write_imatrix", "quantizer_imatrix"]
-
-#: File name of the importance matrix in a calibrated GGUF export.
-IMATRIX_FILE = "imatrix.gguf"
 
 
 def _weight_name(role: str, layer: int | None, tied: bool) -> str | None:
