@@ -4,7 +4,6 @@ the hook-contract version check, and typed per-backend calls."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,27 +32,18 @@ def detect_hardware():
 '''
 
 
-def make_dist(root: Path, dist: str, version: str, entry: str, module: str, source: str) -> None:
-    """A minimal installed distribution on ``root``: a module plus a dist-info with one phi_quant entry point."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nRequires-Dist: numpy\n")
-    (info / "entry_points.txt").write_text(f"[phi_quant]\n{entry} = {module}\n")
-
-
 @pytest.fixture
-def site(tmp_path, monkeypatch):
+def site(tmp_path, monkeypatch, plugin_dist):
     """A temporary site directory with a good, a broken, a typo and an old-contract plugin."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    make_dist(tmp_path, "phi-quant-fakegood", "1.2.3", "fakegood", "pq_fakegood",
+    plugin_dist(tmp_path, "phi-quant-fakegood", "1.2.3", "fakegood", "pq_fakegood",
               GOOD_PLUGIN.format(name="fakegood", contract="1.4"))
-    make_dist(tmp_path, "phi-quant-fakebroken", "0.1", "fakebroken", "pq_fakebroken",
+    plugin_dist(tmp_path, "phi-quant-fakebroken", "0.1", "fakebroken", "pq_fakebroken",
               "import a_module_that_does_not_exist_anywhere\n")
-    make_dist(tmp_path, "phi-quant-faketypo", "0.1", "faketypo", "pq_faketypo",
+    plugin_dist(tmp_path, "phi-quant-faketypo", "0.1", "faketypo", "pq_faketypo",
               GOOD_PLUGIN.format(name="faketypo", contract="1.0")
               + "\n@hookimpl\ndef exprot(source, output_dir):\n    pass\n")
-    make_dist(tmp_path, "phi-quant-fakeold", "0.9", "fakeold", "pq_fakeold",
+    plugin_dist(tmp_path, "phi-quant-fakeold", "0.9", "fakeold", "pq_fakeold",
               GOOD_PLUGIN.format(name="fakeold", contract="0.3"))
     return tmp_path
 

@@ -55,12 +55,13 @@ class PhiQuantSpec:
 
     @hookspec
     def backend_info(self) -> "BackendInfo":
-        """Describe this backend: CLI name, output format, runtime, hook contract version and the
-        architectures it writes (``architectures``; the core refuses others before ``export``).
+        """Describe this backend: CLI name, output format, runtime, hook contract version, the
+        architectures it writes (``architectures``; the core refuses others before ``export``), and
+        the ``--option`` names and ``--target`` values it accepts (the core refuses all others).
 
         :returns: a :class:`phi_quant.types.BackendInfo`.
         .. versionadded:: 0.1
-        .. versionchanged:: contract 1.1 ``BackendInfo.architectures``.
+        .. versionchanged:: contract 1.1 ``architectures``, ``options`` and ``targets``.
         """
 
     @hookspec
@@ -76,10 +77,12 @@ class PhiQuantSpec:
 
     @hookspec
     def supported_precisions(self) -> "list[PrecisionSpec]":
-        """List the precisions this backend exports, each with its native scheme and thresholds.
+        """List the precisions this backend exports, each with its native scheme and thresholds, and
+        the ``--group-size`` values and symmetry each accepts.
 
         :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision.
         .. versionadded:: 0.1
+        .. versionchanged:: 1.1 ``group_sizes`` and ``symmetric`` declarations.
         """
 
     @hookspec
@@ -115,7 +118,9 @@ class PhiQuantSpec:
         (``source.config.arch.stream_plan``); copy tokenizer files as the runtime needs them;
         call ``progress.advance(nbytes)`` per source tensor. Raise
         :class:`phi_quant.errors.UnsupportedPrecisionError` for a precision or option it cannot do.
-        Only checkpoints of an architecture listed in ``BackendInfo.architectures`` reach it.
+        Only checkpoints of an architecture listed in ``BackendInfo.architectures`` reach it. The
+        options arrive checked against the backend's declarations (values converted to their
+        declared kinds); ``source`` arrives validated (headers, paths, config, tokenizer).
 
         :param source: the opened checkpoint (config and its ``arch``, tokenizer files, tensor stream).
         :param output_dir: empty directory to write into; the core moves it into place on success.

@@ -70,8 +70,14 @@ class Architecture:
         return f"<Architecture {self.name} ({', '.join(self.hf_architectures)})>"
 
     # -- config ------------------------------------------------------------------------------------
-    def parse_config(self, raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
-        """Normalise a raw ``config.json`` of this architecture, refusing what cannot be converted."""
+    def parse_config(self, raw: dict[str, Any], *, tokenizer_size: int | None = None,
+                     file: str = "config.json") -> PhiConfig:
+        """Normalise a raw ``config.json`` of this architecture, refusing what cannot be converted.
+
+        Check every field read first, by type and range, with
+        :func:`phi_quant.arch.config_fields.check_config` and the module's own field table;
+        ``file`` is how refusals name the config.
+        """
         raise NotImplementedError
 
     def quirks(self, config: PhiConfig) -> list[str]:

@@ -142,8 +142,13 @@ def rope_scaling(raw: dict[str, Any]) -> dict[str, Any] | None:
     return scaling
 
 
-def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int) -> RopeSpec:
-    """Plain RoPE or LongRoPE (``longrope``/``su``) from the config; any other scaling is refused."""
+def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int,
+               file: str = "config.json") -> RopeSpec:
+    """Plain RoPE or LongRoPE (``longrope``/``su``) from the config; any other scaling is refused.
+
+    The fields were checked by type and range before (:mod:`phi_quant.arch.config_fields`); what
+    is refused here is a combination: another scaling type, missing or miscounted factors.
+    """
     scaling = rope_scaling(raw)
     if not scaling:
         return RopeSpec(theta=theta, rotary_dim=rotary_dim)
@@ -151,12 +156,22 @@ def parse_rope(raw: dict[str, Any], rotary_dim: int, theta: float, max_pos: int)
     if kind in (None, "default"):
         return RopeSpec(theta=theta, rotary_dim=rotary_dim)
     if kind not in ("longrope", "su"):
-        raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (Phi uses longrope)")
+        raise UnsupportedModelError(
+            f"{file}: rope scaling type {kind!r} is not supported; Phi uses longrope (or the older name su)"
+        )
+    for key in ("short_factor", "long_factor"):
+        if not isinstance(scaling.get(key), list):
+            raise UnsupportedModelError(
+                f"{file}: rope scaling {kind!r} needs {key}, a list of rotary_dim/2 = {rotary_dim // 2} numbers"
+            )
     short = tuple(float(x) for x in scaling["short_factor"])
     long = tuple(float(x) for x in scaling["long_factor"])
     if len(short) != rotary_dim // 2 or len(long) != rotary_dim // 2:
+        head_dim = raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"]
         raise UnsupportedModelError(
-            f"LongRoPE factors have {len(short)}/{len(long)} entries; expected rotary_dim/2 = {rotary_dim // 2}"
+            f"{file}: the LongRoPE short_factor/long_factor have {len(short)}/{len(long)} entries; expected "
+            f"rotary_dim/2 = {rotary_dim // 2} (head_dim {head_dim} x partial_rotary_factor "
+            f"{rotary_dim / head_dim:g} / 2)"
         )
     orig = int(raw.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings") or max_pos)
     attn = scaling.get("attention_factor")

@@ -26,10 +26,11 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from .base import Architecture, Split, TensorSpec
 from .config import PhiConfig, eos_ids, need, parse_rope, rope_parameters
+from .config_fields import MAX_CONTEXT, Field, check_config, check_heads
 from .oracle import ReferenceModel, causal_attention, rms_norm, rope_tables, rotate, silu
 from .roles import TensorRole
 
-__all__ = ["ARCHITECTURE", "Phi3", "Phi3Reference", "parse_config"]
+__all__ = ["ARCHITECTURE", "FIELDS", "Phi3", "Phi3Reference", "parse_config"]
 
 _LAYER_NAMES = {
     TensorRole.ATTN_NORM: "input_layernorm.weight",
@@ -54,6 +55,33 @@ _LAYER_ORDER = (TensorRole.ATTN_NORM, TensorRole.QKV, TensorRole.O, TensorRole.F
                 TensorRole.DOWN)
 
 
+#: Every config.json field :func:`parse_config` reads, with its kind and range (checked first).
+FIELDS: tuple[Field, ...] = (
+    Field("model_type", "str"),
+    Field("hidden_size", "int", True, 1, 1 << 17),
+    Field("num_attention_heads", "int", True, 1, 4096),
+    Field("num_key_value_heads", "int", False, 1, 4096),
+    Field("head_dim", "int", False, 1, 4096),
+    Field("num_hidden_layers", "int", True, 1, 4096),
+    Field("intermediate_size", "int", True, 1, 1 << 20),
+    Field("vocab_size", "int", True, 1, 1 << 24),
+    Field("rms_norm_eps", "float", False, 0.0, 1.0, min_open=True),
+    Field("max_position_embeddings", "int", True, 1, MAX_CONTEXT),
+    Field("original_max_position_embeddings", "int", False, 2, MAX_CONTEXT),
+    Field("rope_theta", "float", False, 0.0, 1e12, min_open=True),
+    Field("partial_rotary_factor", "float", False, 0.0, 1.0, min_open=True),
+    Field("rope_scaling", "object"),
+    Field("rope_parameters", "object"),
+    Field("tie_word_embeddings", "bool"),
+    Field("sliding_window", "int", False, 1, 1 << 24),
+    Field("bos_token_id", "token"),
+    Field("pad_token_id", "token"),
+    Field("eos_token_id", "tokens"),
+    Field("torch_dtype", "str"),
+    Field("dtype", "str"),
+)
+
+
 def _guess_family(hidden: int, vocab: int, longrope: bool) -> str:
     if vocab >= 200000:
         return "phi-4-mini"
@@ -66,8 +94,14 @@ def _guess_family(hidden: int, vocab: int, longrope: bool) -> str:
     return "phi3-family (custom size)"
 
 
-def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
-    """A Phi3ForCausalLM ``config.json`` as a :class:`PhiConfig`, refusing what cannot be converted."""
+def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None, file: str = "config.json") -> PhiConfig:
+    """A Phi3ForCausalLM ``config.json`` as a :class:`PhiConfig`, refusing what cannot be converted.
+
+    Every field is checked by type and range first (:data:`FIELDS`), so the arithmetic below only
+    sees sane values; ``file`` is how refusals name the config.
+    """
+    check_config(raw, FIELDS, file)
+    check_heads(raw, file)
     hidden = int(need(raw, "hidden_size"))
     heads = int(need(raw, "num_attention_heads"))
     kv_heads = int(raw.get("num_key_value_heads") or heads)
@@ -80,7 +114,7 @@ def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> P
     rotary_dim = int(head_dim * partial)
     theta = float(raw.get("rope_theta") or params.get("rope_theta") or 10000.0)
     max_pos = int(need(raw, "max_position_embeddings"))
-    rope = parse_rope(raw, rotary_dim, theta, max_pos)
+    rope = parse_rope(raw, rotary_dim, theta, max_pos, file)
     vocab = int(need(raw, "vocab_size"))
     raw = dict(raw)
     if tokenizer_size is not None:
@@ -173,8 +207,9 @@ class Phi3(Architecture):
     models = "Phi-3/3.5-mini, Phi-3-medium, Phi-4, Phi-4-mini"
     reference_class = Phi3Reference
 
-    def parse_config(self, raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
-        return parse_config(raw, tokenizer_size=tokenizer_size)
+    def parse_config(self, raw: dict[str, Any], *, tokenizer_size: int | None = None,
+                     file: str = "config.json") -> PhiConfig:
+        return parse_config(raw, tokenizer_size=tokenizer_size, file=file)
 
     def hf_name(self, role: TensorRole, layer: int | None = None, expert: int | None = None) -> str:
         if expert is not None:

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import UnsupportedModelError
 from .base import Architecture
 from .config import PhiConfig
+from .config_fields import check_architectures
 
 __all__ = ["REFUSED", "architecture_names", "architectures", "get_architecture", "architecture_for",
            "normalize_config", "supported_hf_architectures"]
@@ -61,13 +62,13 @@ def _supported() -> str:
     return ", ".join(f"{'/'.join(a.hf_architectures)} ({a.models})" for a in architectures())
 
 
-def architecture_for(raw: dict[str, Any]) -> Architecture:
+def architecture_for(raw: dict[str, Any], file: str = "config.json") -> Architecture:
     """The module that reads this ``config.json``, or :class:`UnsupportedModelError` saying why not.
 
     ``architectures[0]`` decides; a config without it is matched by ``model_type``.
     """
-    archs = raw.get("architectures") or []
-    model_type = raw.get("model_type")
+    archs = check_architectures(raw, file)
+    model_type = raw.get("model_type") if isinstance(raw.get("model_type"), str) else None
     arch = archs[0] if archs else None
     if arch in REFUSED:
         raise UnsupportedModelError(f"architecture {arch} is not supported: {REFUSED[arch]}. Supported: {_supported()}.")
@@ -79,6 +80,7 @@ def architecture_for(raw: dict[str, Any]) -> Architecture:
     )
 
 
-def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None) -> PhiConfig:
-    """Turn a raw ``config.json`` dict into a :class:`PhiConfig`, refusing what we cannot convert."""
-    return architecture_for(raw).parse_config(raw, tokenizer_size=tokenizer_size)
+def normalize_config(raw: dict[str, Any], *, tokenizer_size: int | None = None, file: str = "config.json") -> PhiConfig:
+    """Turn a raw ``config.json`` dict into a :class:`PhiConfig`, refusing what we cannot convert
+    (every field checked by type and range first); ``file`` is how refusals name the config."""
+    return architecture_for(raw, file).parse_config(raw, tokenizer_size=tokenizer_size, file=file)

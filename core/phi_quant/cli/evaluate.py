@@ -24,6 +24,8 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..manifest import model_bytes, read_manifest
+from ..options import check_runtime_options
+from ..verify import require_intact
 from ._common import emit_json, fmt_bytes, json_option
 from .run import open_output
 
@@ -127,7 +129,10 @@ def evaluate(output: Path, reference: str, *, text: Any = None, max_text_tokens:
     from ..fidelity import compare_logits, text_windows, windowed_nll
     from ..reference import ReferenceModel
 
+    check_runtime_options(context_length=context_length, threads=threads, max_text_tokens=max_text_tokens,
+                          gen_tokens=gen_tokens)
     manifest_only = read_manifest(output)
+    require_intact(Path(output), manifest_only, full=True)  # before the slow oracle: a damaged output is named
     with open_source(reference) as src:
         made_from = manifest_only.get("source", {}).get("parameters")
         if made_from is not None and made_from != src.config.parameter_count():

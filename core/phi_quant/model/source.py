@@ -8,7 +8,6 @@ a consumer calls :meth:`SourceTensor.raw`, one memory-mapped tensor at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,9 +15,19 @@ from typing import Any, Iterator
 from ..errors import CheckpointError
 from .checks import check_finite
 from .config import PhiConfig, normalize_config
+from .checkpoint_files import checkpoint_file, checkpoint_roots, read_index, read_json
 from .hub import resolve_model_dir
 from .safetensors_io import HeaderEntry, map_bytes, read_header
+from .tensor_check import check_layer_count, check_no_unexpected
 from .tensors import SourceTensor, TensorInfo, TensorRole
+from .tokenizer_check import (
+    TokenizerIds,
+    check_generation_config,
+    check_ids_fit,
+    check_template_file,
+    check_tokenizer_config,
+    check_tokenizer_json,
+)
 
 __all__ = ["open_model", "ModelSource", "TOKENIZER_FILES", "check_finite"]
 
@@ -48,14 +57,7 @@ def open_model(path_or_hub_id: str | os.PathLike, *, revision: str | None = None
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: {what}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); re-download or repair it") from e
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    return read_json(path, what)
 
 
 class ModelSource:
@@ -70,47 +72,56 @@ class ModelSource:
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a directory; pass a Hugging Face checkpoint directory")
         self.path = path
-        raw = _read_json(path / "config.json", "not a Hugging Face checkpoint directory (no config.json)")
+        self._roots = checkpoint_roots(path)
+        config_file = self._file("config.json")
+        raw = _read_json(config_file, "not a Hugging Face checkpoint directory (no config.json)")
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{path / 'config.json'} does not hold a JSON object")
-        self.tokenizer_files: dict[str, Path] = {n: path / n for n in TOKENIZER_FILES if (path / n).is_file()}
-        self.tokenizer_config: dict[str, Any] = (
-            _read_json(path / "tokenizer_config.json", "") if "tokenizer_config.json" in self.tokenizer_files else {}
-        )
+            raise CheckpointError(f"{config_file} does not hold a JSON object")
+        self.tokenizer_files: dict[str, Path] = {
+            n: self._file(n) for n in TOKENIZER_FILES if (path / n).is_file() or (path / n).is_symlink()
+        }
+        self.tokenizer_config: dict[str, Any] = {}
+        if "tokenizer_config.json" in self.tokenizer_files:
+            f = self.tokenizer_files["tokenizer_config.json"]
+            self.tokenizer_config = check_tokenizer_config(_read_json(f, ""), str(f))
+        if "chat_template.json" in self.tokenizer_files:
+            f = self.tokenizer_files["chat_template.json"]
+            check_template_file(_read_json(f, ""), str(f))
+        token_ids = self._tokenizer_ids()
+        self.config: PhiConfig = normalize_config(raw, tokenizer_size=token_ids.size if token_ids else None,
+                                                  file=str(config_file))
+        if token_ids is not None:
+            check_ids_fit(token_ids, str(self.tokenizer_files["tokenizer.json"]), self.config.vocab_size)
         gen = path / "generation_config.json"
-        self.generation_config: dict[str, Any] = _read_json(gen, "") if gen.is_file() else {}
-        self.config: PhiConfig = normalize_config(raw, tokenizer_size=self._tokenizer_size())
+        self.generation_config: dict[str, Any] = {}
+        if gen.is_file() or gen.is_symlink():
+            gen = self._file("generation_config.json")
+            self.generation_config = check_generation_config(_read_json(gen, ""), str(gen), self.config.vocab_size)
         self.arch = self.config.arch
         self._splits = self.arch.splits(self.config)
         self._entries = self._index_tensors()
+        check_layer_count(self._entries, self.config.num_layers, str(config_file))  # before planning any layer
         self._infos = self._plan()
+        tied_copy = (self.arch.hf_name(TensorRole.LM_HEAD),) if self.config.tie_word_embeddings else ()  # ignored
+        check_no_unexpected(self._entries, [*(i.name for i in self._infos), *tied_copy], self.config.architecture)
+
+    def _file(self, name: str, origin: str = "the checkpoint holds") -> Path:
+        """``self.path / name``, refused when it (or its link target) lies outside the checkpoint."""
+        return checkpoint_file(self.path, name, origin, self._roots)
 
     # -- checkpoint discovery --------------------------------------------------------------------
-    def _tokenizer_size(self) -> int | None:
+    def _tokenizer_ids(self) -> TokenizerIds | None:
         f = self.tokenizer_files.get("tokenizer.json")
-        if f is None:
-            return None
-        tj = _read_json(f, "")
-        try:
-            ids = set(tj["model"]["vocab"].values()) if isinstance(tj["model"]["vocab"], dict) else set(
-                range(len(tj["model"]["vocab"]))
-            )
-            ids |= {t["id"] for t in tj.get("added_tokens", [])}
-        except (KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{f} has no readable model vocabulary ({e})") from e
-        return max(ids) + 1 if ids else 0
+        return None if f is None else check_tokenizer_json(_read_json(f, ""), str(f))
 
     def _index_tensors(self) -> dict[str, HeaderEntry]:
         index_file = self.path / "model.safetensors.index.json"
-        if index_file.is_file():
-            index = _read_json(index_file, "")
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index_file} has no weight_map; re-download the checkpoint")
+        if index_file.is_file() or index_file.is_symlink():
+            weight_map = read_index(self._file(index_file.name), self._roots)
             shards = sorted(set(weight_map.values()))
         else:
-            shards = sorted(p.name for p in self.path.glob("*.safetensors"))
             weight_map = None
+            shards = sorted(self._file(p.name).name for p in self.path.glob("*.safetensors"))
             if not shards:
                 pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
                 if pickles:
@@ -120,7 +131,7 @@ class ModelSource:
                 )
         entries: dict[str, HeaderEntry] = {}
         for shard in shards:
-            f = self.path / shard
+            f = self._file(shard, "model.safetensors.index.json lists the shard")
             if not f.is_file():
                 raise CheckpointError(
                     f"shard {shard} listed in model.safetensors.index.json is missing from {self.path}; "

@@ -40,6 +40,8 @@ __all__ = [
     "cached_build",
     "copy_checkpoint",
     "edit_config",
+    "rewrite_header",
+    "add_tensor",
     "make_large_checkpoint",
     "float32_to_bf16_bits",
 ]
@@ -356,6 +358,40 @@ def edit_config(checkpoint: str | os.PathLike, **changes: Any) -> None:
     cfg = json.loads(path.read_text())
     cfg.update(changes)
     path.write_text(json.dumps(cfg))
+
+
+def rewrite_header(shard: str | os.PathLike, edit: Callable[[dict[str, Any]], Any] | None = None,
+                   append: bytes = b"", text: Callable[[str], str] | None = None) -> None:
+    """Edit the JSON header of one safetensors file in place: ``edit`` changes the dict, then ``text``
+    the JSON text (for what ``json`` cannot write, such as ``1e400``); ``append`` adds bytes after the
+    data section. For tests of broken or hostile checkpoints."""
+    path = Path(shard)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if edit is not None:
+        edit(header)
+    blob = (text or (lambda t: t))(json.dumps(header)).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data[8 + n :] + append)
+
+
+def add_tensor(checkpoint: str | os.PathLike, name: str, dtype: str, shape: tuple[int, ...], data: bytes,
+               shard: str | None = None) -> None:
+    """Append tensor ``name`` (safetensors ``dtype`` such as "BF16", raw ``data``) to a shard of
+    ``checkpoint`` (the last one unless named) and list it in the index when there is one."""
+    root = Path(checkpoint)
+    shard = shard or sorted(p.name for p in root.glob("*.safetensors"))[-1]
+    path = root / shard
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    end = path.stat().st_size - 8 - n
+    rewrite_header(path, lambda h: h.update({name: {"dtype": dtype, "shape": list(shape),
+                                                    "data_offsets": [end, end + len(data)]}}), append=data)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        content = json.loads(index.read_text())
+        content["weight_map"][name] = shard
+        index.write_text(json.dumps(content))
 
 
 # -- a large checkpoint for streaming/RSS tests --------------------------------------------------

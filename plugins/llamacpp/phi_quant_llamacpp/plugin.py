@@ -18,6 +18,7 @@ from phi_quant.types import (
     ExportResult,
     FidelityThresholds,
     HardwareReport,
+    OptionSpec,
     PrecisionSpec,
     Progress,
     QuantizedTensor,
@@ -35,7 +36,7 @@ from .hardware import detect
 from .plan import plan_for, plan_model
 from .runtime import LlamaCppModel
 
-__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds per scheme from the measurements in docs/fidelity.md: about twice the worst tiny
 #: variant's KL, top-1 a few points under its worst (the tiny random models are far more
@@ -65,9 +66,20 @@ _DESCRIPTIONS = {
 }
 
 
+#: Every ``--option`` the backend takes (the core refuses any other before export).
+OPTIONS = (
+    OptionSpec("scheme", "str", "GGUF scheme (same as --scheme)",
+               choices=tuple(dict.fromkeys(x for d, o in PRECISION_SCHEMES.values() for x in (d, *o)))),
+    OptionSpec("tensor_types", "any", "per-tensor types, e.g. token_embd=Q8_0,output=F16 (regexes allowed)"),
+    OptionSpec("verbose", "bool", "show llama.cpp's quantizer log (K-quant schemes)", default=False),
+)
+
+
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=(),  # a GGUF file runs on every device llama.cpp supports: there is nothing to target
         name="llamacpp",
         format="GGUF",
         runtime="llama.cpp (llama-cpp-python)",
@@ -94,6 +106,8 @@ def supported_precisions() -> list[PrecisionSpec]:
             schemes=tuple(others),
             thresholds=THRESHOLDS[p],
             default_group_size=BLOCK_SIZES[GGMLType[default]][0] if BLOCK_SIZES[GGMLType[default]][0] > 1 else None,
+            group_sizes=(),  # each GGUF scheme fixes its block size (Q4_0: 32, K-quants: 256)
+            symmetric=(),  # and its symmetry: choose Q4_0 (symmetric) or Q4_1 (with a minimum) by --scheme
         )
         for p, (default, others) in PRECISION_SCHEMES.items()
     ]

@@ -25,12 +25,13 @@ from phi_quant.types import (
 )
 
 from . import __version__
+from .constants import TARGETS
 from .dtypes import convert, to_float32
 from .export import export_model
 from .hardware import detect
 from .plan import Storage, plan_for, plan_model
 from .runtime import OnnxGenaiModel
-from .settings import DEFAULT_BLOCK_SIZE
+from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS
 from .weights import check_finite, pack_nbits
 
 __all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
@@ -60,6 +61,8 @@ _DESCRIPTIONS = {
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=TARGETS,
         name="onnx",
         format="ONNX",
         runtime="onnxruntime-genai",
@@ -90,6 +93,8 @@ def supported_precisions() -> list[PrecisionSpec]:
                 schemes=("MatMulNBits",) if quantized else (),
                 thresholds=THRESHOLDS[p],
                 default_group_size=DEFAULT_BLOCK_SIZE if quantized else None,
+                group_sizes=BLOCK_SIZES if quantized else (),
+                symmetric=(True, False) if quantized else (),
             )
         )
     return specs

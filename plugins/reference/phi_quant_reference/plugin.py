@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
+from phi_quant import quant
 from phi_quant.hookspecs import hookimpl
 from phi_quant.model.tensors import SourceTensor
 from phi_quant.types import (
@@ -71,6 +72,8 @@ def backend_info() -> BackendInfo:
         description="Reference backend: plain safetensors run by the numpy oracle; the plugin authoring example",
         hook_contract=HOOK_CONTRACT,
         architectures=ARCHITECTURES,
+        options=(),  # takes no --option: the core refuses any
+        targets=(),
     )  # distribution and install hint: filled in by the core from the entry point's metadata
 
 
@@ -88,7 +91,9 @@ def supported_precisions() -> list[PrecisionSpec]:
         if scheme.bits:
             others = tuple(f"int{scheme.bits}_{kind}_g{g}" for kind in ("asym", "sym") for g in (32, 64, 128))
         specs.append(PrecisionSpec(precision, scheme.name, _DESCRIPTIONS[precision], schemes=others,
-                                   thresholds=THRESHOLDS[precision], default_group_size=scheme.group_size))
+                                   thresholds=THRESHOLDS[precision], default_group_size=scheme.group_size,
+                                   group_sizes=tuple(quant.MATMULNBITS_BLOCK_SIZES) if scheme.bits else (),
+                                   symmetric=(True, False) if scheme.bits else ()))
     return specs
 
 
