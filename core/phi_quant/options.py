@@ -168,7 +168,7 @@ def _minor(version: str) -> int:
 
 def _check_values(info: BackendInfo, options: ExportOptions) -> None:
     """The recipe is known, the size budget and policy are ones a backend could meet, and the
-    backend speaks contract 1.2 (which carries them) when any of them is asked for."""
+    backend speaks contract 1.3 (which carries them) when any of them is asked for."""
     from .quant.budget import check_budget_options
     from .quant.recipes import get_recipe
 
@@ -177,10 +177,10 @@ def _check_values(info: BackendInfo, options: ExportOptions) -> None:
     asked = [flag for flag, value in (("--recipe", options.recipe not in (None, "rtn") and options.recipe),
                                       ("--bits-per-weight", options.bits_per_weight),
                                       ("--policy", options.policy not in (None, "default") and options.policy)) if value]
-    if asked and _minor(info.hook_contract) < 2:
+    if asked and _minor(info.hook_contract) < 3:
         raise UnsupportedPrecisionError(
             f"backend {info.name!r} was built for hook contract {info.hook_contract}, before {', '.join(asked)} "
-            "existed (1.2); upgrade the plugin or drop the option")
+            "existed (1.3); upgrade the plugin or drop the option")
 
 
 def check_options(backend: Any, options: ExportOptions) -> ExportOptions:

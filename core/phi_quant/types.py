@@ -31,9 +31,10 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
 #: 1.1 added :attr:`BackendInfo.architectures` and the option declarations
 #: (``BackendInfo.options``/``targets``, ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin
-#: leaves them undeclared. 1.2 added the ``quantize`` hook's ``source`` argument,
-#: :attr:`ExportOptions.recipe` / ``bits_per_weight`` / ``policy`` and :attr:`ExportResult.quantization`.
-HOOK_CONTRACT_VERSION = "1.2"
+#: leaves them undeclared. 1.2 added :attr:`PrecisionSpec.arch_thresholds`; 1.3 the ``quantize``
+#: hook's ``source`` argument, :attr:`ExportOptions.recipe` / ``bits_per_weight`` / ``policy`` and
+#: :attr:`ExportResult.quantization`.
+HOOK_CONTRACT_VERSION = "1.3"
 
 #: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
 DEFAULT_ARCHITECTURES = ("phi3",)
@@ -64,6 +65,10 @@ class PrecisionSpec:
     ``--symmetric``/``--asymmetric`` this precision accepts; the core refuses anything else before
     export. ``()`` means the option does not apply (it is refused); ``None`` leaves the check to
     the backend (what a plugin written for contract 1.0 gets).
+
+    ``thresholds`` bound every architecture the backend writes unless ``arch_thresholds`` has
+    its own entry for one (``{"phimoe": FidelityThresholds(...)}``): for a runtime that computes
+    an architecture with a documented difference from the model, the bounds measured for it.
     """
 
     precision: str  # one of PRECISIONS
@@ -74,6 +79,11 @@ class PrecisionSpec:
     default_group_size: int | None = None
     group_sizes: tuple[int, ...] | None = None  # accepted --group-size values (.. versionadded:: 1.1)
     symmetric: tuple[bool, ...] | None = None  # accepted --symmetric (True) / --asymmetric (False) (1.1)
+    arch_thresholds: dict[str, FidelityThresholds] = field(default_factory=dict, hash=False)  # .. versionadded:: 1.2
+
+    def thresholds_for(self, architecture: str) -> FidelityThresholds | None:
+        """The bounds for a model of ``architecture`` (an ``arch`` name)."""
+        return self.arch_thresholds.get(architecture, self.thresholds)
 
 
 @dataclass(frozen=True)
