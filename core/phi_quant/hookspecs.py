@@ -18,7 +18,10 @@ and ``source.tensors()`` yields the tensors in that architecture's stream order,
 ``source.config.arch.stream_plan(source.config)``, each tagged with ``role``, ``layer`` and
 ``expert``; ``source.tensor_infos()`` gives the same list up front, without data. For ``phi3``
 the order is: embed; per layer attn_norm, qkv, o, ffn_norm, gate_up, down; final_norm; lm_head
-(absent when embeddings are tied). Each module in ``phi_quant/arch/`` states its order.
+(absent when embeddings are tied). For ``phimoe``: embed; per layer attn_norm(+bias), q, k, v,
+o (each with its bias), ffn_norm(+bias), router, then every expert's gate (w1), every up (w3),
+every down (w2), each in expert order; final_norm(+bias), lm_head, lm_head_bias. Each module in
+``phi_quant/arch/`` states its order.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ class PhiQuantSpec:
         """List the precisions this backend exports, each with its native scheme and thresholds, and
         the ``--group-size`` values and symmetry each accepts.
 
-        :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision.
+        :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision; its
+            ``arch_thresholds`` may bound one architecture apart from ``thresholds``.
         .. versionadded:: 0.1
         .. versionchanged:: 1.1 ``group_sizes`` and ``symmetric`` declarations.
+        .. versionchanged:: 1.2 ``PrecisionSpec.arch_thresholds``.
         """
 
     @hookspec
@@ -102,7 +107,7 @@ class PhiQuantSpec:
         :param source: the opened checkpoint ``tensor`` belongs to, or None.
         :returns: a :class:`phi_quant.types.QuantizedTensor` holding the bytes ``export`` writes.
         .. versionadded:: 0.1
-        .. versionchanged:: 1.2 ``source``; the result must equal what ``export`` writes.
+        .. versionchanged:: 1.3 ``source``; the result must equal what ``export`` writes.
         """
 
     @hookspec
@@ -118,7 +123,7 @@ class PhiQuantSpec:
         :param source: the opened checkpoint.
         :param options: the export options.
         :returns: a :class:`phi_quant.quant.plan.TensorPlan`.
-        .. versionadded:: contract 1.3
+        .. versionadded:: contract 1.4
         """
 
     @hookspec

@@ -125,10 +125,11 @@ class Architecture:
                 f"(factor {c.partial_rotary_factor:g})"
             )
         if c.rope.is_longrope:
+            scale = (f"attention factor {c.rope.attention_factor:.4f}" if c.rope.short_mscale is None else
+                     f"mscale {c.rope.mscale(False):.4f} short / {c.rope.mscale(True):.4f} long")
             out.append(
                 f"LongRoPE: short/long factors ({len(c.rope.short_factor or ())} each), "
-                f"original context {c.rope.original_max_position}, max {c.max_position_embeddings}, "
-                f"attention factor {c.rope.attention_factor:.4f}"
+                f"original context {c.rope.original_max_position}, max {c.max_position_embeddings}, {scale}"
             )
         if c.tie_word_embeddings:
             out.append("tied embeddings: lm_head reuses embed_tokens")
@@ -168,10 +169,16 @@ class Architecture:
         """Parameters one token passes through (a mixture of experts uses only some experts)."""
         return self.parameter_count(config)
 
-    def weight_bytes(self, config: PhiConfig, bits_per_weight: float) -> int:
-        """Bytes of all weights with matmul weights at ``bits_per_weight`` and 1-D tensors in fp32."""
+    def weight_bytes(self, config: PhiConfig, bits_per_weight: float, *, active: bool = False) -> int:
+        """Bytes of all weights with matmul weights at ``bits_per_weight`` and 1-D tensors in fp32.
+
+        ``active``: only what one token reads (a mixture of experts skips the experts it is not
+        routed to; memory must still hold them all).
+        """
         matmul = vectors = 0
         for t in self.stream_plan(config):
+            if active and t.expert is not None and t.expert >= config.experts_per_token:
+                continue
             if t.role.is_matmul:
                 matmul += t.numel
             else:

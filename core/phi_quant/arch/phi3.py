@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from .base import Architecture, Observe, ScaleFold, Split, TensorSpec
-from .config import PhiConfig, eos_ids, need, parse_rope, rope_parameters
+from .config import PhiConfig, decoder_fields
 from .config_fields import MAX_CONTEXT, Field, check_config, check_heads
 from .oracle import ReferenceModel, causal_attention, rms_norm, rope_tables, rotate, silu
 from .roles import TensorRole
@@ -97,50 +97,15 @@ def _guess_family(hidden: int, vocab: int, longrope: bool) -> str:
 def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None, file: str = "config.json") -> PhiConfig:
     """A Phi3ForCausalLM ``config.json`` as a :class:`PhiConfig`, refusing what cannot be converted.
 
-    Every field is checked by type and range first (:data:`FIELDS`), so the arithmetic below only
-    sees sane values; ``file`` is how refusals name the config.
+    Every field is checked by type and range first (:data:`FIELDS`), so the arithmetic in
+    :func:`~phi_quant.arch.config.decoder_fields` only sees sane values; ``file`` is how refusals
+    name the config.
     """
     check_config(raw, FIELDS, file)
     check_heads(raw, file)
-    hidden = int(need(raw, "hidden_size"))
-    heads = int(need(raw, "num_attention_heads"))
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    if heads % kv_heads:
-        raise UnsupportedModelError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    params = rope_parameters(raw)
-    partial = float(raw.get("partial_rotary_factor", 1.0) or 1.0)
-    partial = float(params.get("partial_rotary_factor", partial) or partial)
-    rotary_dim = int(head_dim * partial)
-    theta = float(raw.get("rope_theta") or params.get("rope_theta") or 10000.0)
-    max_pos = int(need(raw, "max_position_embeddings"))
-    rope = parse_rope(raw, rotary_dim, theta, max_pos, file)
-    vocab = int(need(raw, "vocab_size"))
-    raw = dict(raw)
-    if tokenizer_size is not None:
-        raw["_tokenizer_size"] = tokenizer_size
-    return PhiConfig(
-        architecture="Phi3ForCausalLM",
-        hidden_size=hidden,
-        num_layers=int(need(raw, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=int(need(raw, "intermediate_size")),
-        vocab_size=vocab,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        max_position_embeddings=max_pos,
-        rope=rope,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        sliding_window=raw.get("sliding_window"),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_ids=eos_ids(raw),
-        pad_token_id=raw.get("pad_token_id"),
-        torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
-        family=_guess_family(hidden, vocab, rope.is_longrope),
-        raw=raw,
-        arch_name="phi3",
-    )
+    fields = decoder_fields(raw, tokenizer_size=tokenizer_size, default_theta=10000.0, file=file)
+    family = _guess_family(fields["hidden_size"], fields["vocab_size"], fields["rope"].is_longrope)
+    return PhiConfig(architecture="Phi3ForCausalLM", family=family, arch_name="phi3", **fields)
 
 
 def attention(c: PhiConfig, w_qkv: np.ndarray, w_o: np.ndarray, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,

@@ -107,7 +107,7 @@ def _plan_schemes(backend: Any, source: Any, options: Any) -> dict[str, Any]:
         name = getattr(backend, "name", "?")
         raise UnsupportedPrecisionError(
             f"recipe {options.recipe}: backend {name!r} does not share its per-tensor plan (the tensor_plan hook, "
-            "contract 1.3), so AWQ cannot search against its schemes; use --recipe gptq")
+            "contract 1.4), so AWQ cannot search against its schemes; use --recipe gptq")
     return {p.info.name: p.scheme for p in plan}
 
 

@@ -65,7 +65,7 @@ def policy_level(policy: str, info: TensorInfo, n_layers: int, tied: bool, base_
     if policy == "q4_k_m" and base_bits <= 4:
         if role == TensorRole.LM_HEAD or (tied and role == TensorRole.EMBED):
             return 6
-        if role in (TensorRole.QKV, TensorRole.DOWN) and info.layer is not None and _use_more_bits(info.layer, n_layers):
+        if role in (TensorRole.QKV, TensorRole.V, TensorRole.DOWN) and info.layer is not None and _use_more_bits(info.layer, n_layers):
             return 6
         return 4
     return base_bits

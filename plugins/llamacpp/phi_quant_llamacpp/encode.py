@@ -20,6 +20,7 @@ from phi_quant.quant.encode import encode
 from phi_quant.quant.recipes import Recipe, RecipeContext
 
 from .constants import GGMLType
+from .phimoe import Rewrite
 
 __all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite", "calibrated_importance"]
 
@@ -59,17 +60,26 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "t
 
 
 def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType, recipe: Recipe | str | None = None,
-                         context: RecipeContext | None = None) -> Iterator[np.ndarray]:
-    """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf."""
+                         context: RecipeContext | None = None, rewrite: Rewrite | None = None) -> Iterator[np.ndarray]:
+    """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf.
+
+    ``recipe`` and ``context`` choose the values of our kernel's types (:func:`encode_rows`).
+    ``rewrite`` (PhiMoE's faithful weights, :mod:`.phimoe`) changes the values first: each chunk
+    is widened to float32, rewritten and encoded from there.
+    """
+    import phi_quant.quant as q
+
     raw = tensor.raw()
-    if raw.ndim == 1:
-        check_finite(raw, tensor.dtype, tensor.name)
-        yield encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name, recipe, context)
-        return
-    rows = raw.reshape(-1, raw.shape[-1])
+    rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
     row_bytes = rows.shape[1] * rows.dtype.itemsize
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    if rewrite is not None:
+        check_finite(raw, tensor.dtype, tensor.name)  # the rewrite's statistics read every row
+        apply = rewrite.prepare(rows, tensor.dtype, step)
     for r0 in range(0, rows.shape[0], step):
         block = rows[r0 : r0 + step]
-        check_finite(block, tensor.dtype, tensor.name)
-        yield encode_rows(block, tensor.dtype, ggml_type, tensor.name, recipe, context)
+        if rewrite is None:
+            check_finite(block, tensor.dtype, tensor.name)
+            yield encode_rows(block, tensor.dtype, ggml_type, tensor.name, recipe, context)
+        else:
+            yield encode_rows(apply(q.to_float32(block, tensor.dtype)), "f32", ggml_type, tensor.name, recipe, context)

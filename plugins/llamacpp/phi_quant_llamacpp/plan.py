@@ -31,7 +31,7 @@ from phi_quant.quant.scheme import Scheme
 from phi_quant.types import ExportOptions
 
 from .constants import BLOCK_SIZES, KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, GGMLType
-from .layout import PlannedTensor, choose_type, parse_tensor_types, plan_tensors
+from .layout import PlannedTensor, choose_type, parse_tensor_types, plan_tensors, stacked_groups
 
 __all__ = ["GGUFPlan", "core_scheme", "llama_type", "plan_model", "resolve_scheme", "LOSSLESS_TYPES", "POLICIES"]
 
@@ -107,7 +107,7 @@ def llama_type(info: TensorInfo, ftype: str, n_layers: int, tied: bool) -> GGMLT
         if not _fits(base, k):
             return GGMLType.Q8_0 if _fits(GGMLType.Q8_0, k) else GGMLType.F16
         t = base if base == GGMLType.Q8_0 else GGMLType.Q6_K
-    elif role in (TensorRole.QKV, TensorRole.DOWN) and ftype in ("Q4_K_M", "Q5_K_M") and info.layer is not None:
+    elif role in (TensorRole.QKV, TensorRole.V, TensorRole.DOWN) and ftype in ("Q4_K_M", "Q5_K_M") and info.layer is not None:
         if budget._use_more_bits(info.layer, n_layers):
             t = GGMLType.Q6_K
     return _fit(t, k)
@@ -125,7 +125,8 @@ class GGUFPlan:
     lossless: str | None = None  # llama route: the temporary GGUF's type
 
     def entry(self, name: str) -> PlannedTensor:
-        return next(p for p in self.entries if p.info.name == name)
+        """The GGUF tensor source tensor ``name`` is written into (an expert: its stacked tensor)."""
+        return next(p for p in self.entries if any(i.name == name for i in p.infos))
 
 
 def _policy(options: ExportOptions) -> str:
@@ -147,6 +148,10 @@ def _stream_entries(infos: list[TensorInfo], scheme: str, options: ExportOptions
                     overrides: dict[str, str], source) -> list[PlannedTensor]:
     policy = _policy(options)
     if options.bits_per_weight is not None:
+        if any(i.expert is not None for i in infos):
+            raise UnsupportedPrecisionError(
+                "--bits-per-weight does not plan mixture-of-experts stacks yet (every expert of a stacked GGUF tensor "
+                "shares one type); use --policy q4_k_m or a --scheme")
         chosen = _budget_types(infos, options, source)
         base = {i.name: chosen.get(i.name) for i in infos}
         reason = f"--bits-per-weight {options.bits_per_weight:g}"
@@ -158,11 +163,11 @@ def _stream_entries(infos: list[TensorInfo], scheme: str, options: ExportOptions
     else:
         base, reason = {}, "scheme default"
     out = []
-    for info in infos:
-        entry, _ = choose_type(info, scheme, overrides)
-        if base.get(info.name) is not None and not entry.reason.startswith("override"):
-            t = base[info.name]
-            entry = PlannedTensor(info, type(entry.slot)(entry.slot.name, entry.slot.shape, t), reason)
+    for members in stacked_groups(infos):
+        entry, _ = choose_type(members[0], scheme, overrides, infos=members)
+        t = base.get(members[0].name)
+        if t is not None and not entry.reason.startswith("override"):
+            entry = PlannedTensor(members, type(entry.slot)(entry.slot.name, entry.slot.shape, t), reason)
         out.append(entry)
     return out
 
@@ -186,16 +191,17 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
                 f"--scheme {scheme} is made by llama.cpp's quantizer, which chooses its own values; recipe {recipe} "
                 "applies to our types (Q4_0, Q4_1, Q8_0): try --policy q4_k_m --recipe " + recipe
                 + " (or --recipe awq, which llama.cpp's quantizer takes: the scaled model and its importance matrix)")
-        stored = {i.dtype for i in infos if not i.role.is_norm}
+        stored = {i.dtype for i in infos if i.role.is_matmul}
         lossless = LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"  # mixed dtypes: widen
         if strict:
             plan_tensors(infos, "Q8_0", overrides)  # refuse overrides that match no tensor
         entries = []
-        for info in infos:
-            entry, matched = choose_type(info, "F32", overrides)
-            if not info.role.is_norm and not matched:
+        for members in stacked_groups(infos):
+            info = members[0]
+            entry, matched = choose_type(info, "F32", overrides, infos=members)
+            if info.role.is_matmul and info.role is not TensorRole.ROUTER and not matched:
                 t = llama_type(info, scheme, n_layers, tied)
-                entry = PlannedTensor(info, type(entry.slot)(entry.slot.name, entry.slot.shape, t), f"llama.cpp's {scheme} rule")
+                entry = PlannedTensor(members, type(entry.slot)(entry.slot.name, entry.slot.shape, t), f"llama.cpp's {scheme} rule")
             entries.append(entry)
         route = "llama"
     else:
@@ -204,7 +210,7 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
         entries = _stream_entries(infos, scheme, options, n_layers, tied, overrides, source)
         lossless = None
         route = "stream"
-    core = [CorePlanned(p.info, p.slot.name, core_scheme(p.slot.type), p.reason) for p in entries]
+    core = [CorePlanned(i, p.slot.name, core_scheme(p.slot.type), p.reason) for p in entries for i in p.infos]
     for p in core:
         if p.scheme.packed_by_kernel:
             check_recipe(recipe, p.scheme, p.name)
