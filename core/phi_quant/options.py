@@ -167,13 +167,16 @@ def _minor(version: str) -> int:
 
 
 def _check_values(info: BackendInfo, options: ExportOptions) -> None:
-    """The recipe is known, the size budget and policy are ones a backend could meet, and the
-    backend speaks contract 1.3 (which carries them) when any of them is asked for."""
+    """The recipe is known, the size budget and policy are ones a backend could meet, the calibration
+    options go with a calibrated recipe, and the backend speaks contract 1.3 (which carries them)
+    when any of them is asked for."""
+    from .calib import check_calibration_options
     from .quant.budget import check_budget_options
     from .quant.recipes import get_recipe
 
     get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
     check_budget_options(options)
+    check_calibration_options(options)
     asked = [flag for flag, value in (("--recipe", options.recipe not in (None, "rtn") and options.recipe),
                                       ("--bits-per-weight", options.bits_per_weight),
                                       ("--policy", options.policy not in (None, "default") and options.policy)) if value]
@@ -210,20 +213,7 @@ def check_options(backend: Any, options: ExportOptions) -> ExportOptions:
     extra = _check_extra(info, options.precision, dict(options.extra or {}))
     if extra != options.extra:
         changes["extra"] = extra
-    options = dataclasses.replace(options, **changes) if changes else options
-    _check_recipe_options(options)
-    return options
-
-
-def _check_recipe_options(options: ExportOptions) -> None:
-    """The recipe's name, the size budget and the calibration options, each checked by its owner."""
-    from .calib import check_calibration_options
-    from .quant.budget import check_budget_options
-    from .quant.recipes import get_recipe
-
-    get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
-    check_budget_options(options)
-    check_calibration_options(options)
+    return dataclasses.replace(options, **changes) if changes else options
 
 
 def check_options_for_model(backend: Any, options: ExportOptions, config: Any) -> ExportOptions:
