@@ -96,7 +96,7 @@ def fidelity_rows(cells: list[dict]) -> list[str]:
     """Markdown rows, one per cell (failed cells say why)."""
     rows = []
     for c in cells:
-        head = f"| {c['backend']} | {c['precision']} | {c.get('scheme') or c.get('label') or '–'} | rtn |"
+        head = f"| {c['backend']} | {c['precision']} | {c.get('scheme') or c.get('label') or '–'} | {c.get('recipe') or 'rtn'} |"
         if c.get("status") != "ok":
             rows.append(head + f" failed: {str(c.get('error', ''))[:100]} |" + " |" * 7)
             continue

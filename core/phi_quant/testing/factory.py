@@ -2,8 +2,9 @@
 
 Each variant keeps the quirks of the model it imitates (fused qkv/gate_up, GQA, LongRoPE with a
 small original context so short and long prompts take different factors, partial rotary, tied
-embeddings, a vocabulary padded beyond the tokenizer, real special tokens and chat templates)
-with dimensions small enough to convert and run in seconds. Every matmul input dimension is a
+embeddings, a vocabulary padded beyond the tokenizer, real special tokens and chat templates;
+for Phi-3.5-MoE experts with a router, LayerNorm with shifts, q/k/v/o and lm_head biases and
+LongRoPE mscales) with dimensions small enough to convert and run in seconds. Every matmul input dimension is a
 multiple of 256, so group sizes 16..256 all divide. Weights are random but scaled so that
 attention and the MLP matter and next-token distributions are far sharper than uniform.
 
@@ -31,6 +32,9 @@ from . import tiny_tokenizers as tt
 
 __all__ = [
     "VARIANTS",
+    "MOE_VARIANTS",
+    "ALL_VARIANTS",
+    "variants_of",
     "DTYPES",
     "FACTORY_VERSION",
     "VariantSpec",
@@ -43,10 +47,16 @@ __all__ = [
     "rewrite_header",
     "add_tensor",
     "make_large_checkpoint",
+    "make_large_moe_checkpoint",
     "float32_to_bf16_bits",
 ]
 
+#: The dense (``phi3``) variants. Tests that exercise every layout use :data:`ALL_VARIANTS`.
 VARIANTS = ("phi3-mini", "phi3.5-longrope", "phi4", "phi4-mini")
+#: The mixture-of-experts (``phimoe``) variants.
+MOE_VARIANTS = ("phimoe",)
+#: Every tiny variant, of every architecture.
+ALL_VARIANTS = VARIANTS + MOE_VARIANTS
 DTYPES = ("bf16", "f16", "f32")
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
@@ -75,6 +85,10 @@ class VariantSpec:
     tied: bool = False
     sliding_window: int | None = None
     arch: str = "phi3"  # the phi_quant.arch module that reads it
+    experts: int = 0  # experts per layer (phimoe); 0: a dense MLP
+    attention_bias: bool = False
+    lm_head_bias: bool = False
+    mscale: tuple[float, float] | None = None  # LongRoPE (short, long) mscale (phimoe)
 
     @property
     def rotary_dim(self) -> int:
@@ -89,6 +103,10 @@ _SPECS = {
     "phi4": VariantSpec("phi4", 512, 2, 8, 2, 64, 1024, 640, 250000.0, "phi4", 16384, 16384),
     "phi4-mini": VariantSpec("phi4-mini", 256, 2, 4, 2, 64, 512, 640, 10000.0, "phi4-mini", 4096, 64,
                              longrope=True, partial_rotary=0.75, tied=True, sliding_window=262144),
+    # Phi-3.5-MoE: 4 experts instead of 16 (top-2 as the real one), GQA, the Phi-3 tokenizer, the real mscales.
+    "phimoe": VariantSpec("phimoe", 256, 2, 4, 2, 64, 512, 512, 10000.0, "spm", 4096, 64, longrope=True,
+                          sliding_window=4096, arch="phimoe", experts=4, attention_bias=True, lm_head_bias=True,
+                          mscale=(1.243163121016122, 1.243163121016122)),
 }
 
 _SPM_BASE = 480  # SentencePiece pieces (3 specials + 256 bytes + merges); 11 added tokens follow
@@ -97,8 +115,13 @@ _BPE_BASE = 600  # byte-level BPE: 256 bytes + merges
 
 def variant_spec(variant: str) -> VariantSpec:
     if variant not in _SPECS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(ALL_VARIANTS)}")
     return _SPECS[variant]
+
+
+def variants_of(arch: str) -> tuple[str, ...]:
+    """The tiny variants of architecture ``arch`` (``"phi3"``, ``"phimoe"``)."""
+    return tuple(v for v in ALL_VARIANTS if _SPECS[v].arch == arch)
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -183,9 +206,35 @@ def _config_dicts(spec: VariantSpec, tok: tt.TokenizerFiles, dtype: str) -> tupl
     if spec.longrope:
         short, long = _rope_factors(spec.rotary_dim // 2)
         config["rope_scaling"] = {"long_factor": long, "short_factor": short, "type": "longrope"}
+    if spec.arch == "phimoe":
+        config = _phimoe_config(config, spec)
     generation = {"_from_model_config": True, "bos_token_id": bos, "eos_token_id": gen_eos, "pad_token_id": pad,
                   "transformers_version": "4.49.0"}
     return config, generation
+
+
+def _phimoe_config(phi3: dict[str, Any], spec: VariantSpec) -> dict[str, Any]:
+    """The Phi-3.5-MoE config.json keys (the hub's, remote-code class name) on ``spec``'s sizes."""
+    drop = ("embd_pdrop", "resid_pdrop", "full_attn_mod", "interpolate_factor", "mlp_bias")
+    config = {k: v for k, v in phi3.items() if k not in drop}
+    config.update({
+        "architectures": ["PhiMoEForCausalLM"],
+        "model_type": "phimoe",
+        "attention_bias": spec.attention_bias,
+        "lm_head_bias": spec.lm_head_bias,
+        "hidden_dropout": 0.0,
+        "input_jitter_noise": 0.01,
+        "router_jitter_noise": 0.01,
+        "router_aux_loss_coef": 0.0,
+        "output_router_logits": False,
+        "num_local_experts": spec.experts,
+        "num_experts_per_tok": 2,
+        "transformers_version": "4.43.3",
+    })
+    if spec.mscale and config.get("rope_scaling"):
+        config["rope_scaling"] = {**config["rope_scaling"], "short_mscale": spec.mscale[0], "long_mscale": spec.mscale[1],
+                                  "original_max_position_embeddings": spec.original_max_position}
+    return dict(sorted(config.items()))
 
 
 # -- weights -------------------------------------------------------------------------------------
@@ -205,6 +254,8 @@ _O_SCALE = 1.0
 _GATE_SCALE = 1.5
 _DOWN_SCALE = 1.0
 _LOGIT_SCALE = 4.0
+_ROUTER_SCALE = 1.0  # router logits of about unit spread: near-ties (weights below 1) are rare, as in a trained router
+_BIAS_SCALE = 0.1  # biases and LayerNorm shifts: small, but a backend that drops one is caught
 
 
 def _init_tensor(rng: np.random.Generator, spec: VariantSpec, tensor: TensorSpec) -> np.ndarray:
@@ -223,10 +274,18 @@ def _init_tensor(rng: np.random.Generator, spec: VariantSpec, tensor: TensorSpec
         return std * scale
     if role is TensorRole.O:
         return std * (_O_SCALE / np.sqrt(shape[1]))
-    if role is TensorRole.GATE_UP:
+    if role is TensorRole.GATE_UP or role is TensorRole.GATE or role is TensorRole.UP:
         return std * (_GATE_SCALE / np.sqrt(h))
     if role is TensorRole.DOWN:
         return std * (_DOWN_SCALE / np.sqrt(shape[1]))
+    if role is TensorRole.Q or role is TensorRole.K:
+        return std * (_QK_SCALE / np.sqrt(h))
+    if role is TensorRole.V:
+        return std * (_V_SCALE / np.sqrt(h))
+    if role is TensorRole.ROUTER:
+        return std * (_ROUTER_SCALE / np.sqrt(h))
+    if role.is_bias:
+        return std * _BIAS_SCALE
     raise AssertionError(tensor.name)
 
 
@@ -415,6 +474,12 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
     layers = max(1, -(-(min_bytes - fixed) // per_layer))
     spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
                        sliding_window=2047)
+    return _write_generated(out_dir, spec, base, dtype, seed, shard_bytes)
+
+
+def _write_generated(out_dir: str | os.PathLike, spec: VariantSpec, base: VariantSpec, dtype: str, seed: int,
+                     shard_bytes: int) -> Path:
+    """A checkpoint of ``spec``'s shapes with ``base``'s tokenizer and random values, in shards."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer_files(base)
@@ -422,6 +487,14 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", generation)
     _write_tokenizer(out, tok)
+    tensors = _tensor_plan(config)
+    total = sum(t.numel * (4 if dtype == "f32" else 2) for t in tensors)
+    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), _random_bits(dtype, seed))
+    return out
+
+
+def _random_bits(dtype: str, seed: int) -> Callable[[TensorSpec], Iterator[np.ndarray]]:
+    """Chunks of random, finite, small values for each tensor (1-D tensors: ones), 8 MiB at a time."""
     rng = np.random.default_rng(seed)
     chunk = 4 * 2**20
 
@@ -442,7 +515,20 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
                 mask, expo = (0x807F, 0x3B80) if dtype == "bf16" else (0x83FF, 0x1C00)
                 yield (bits & np.uint16(mask)) | np.uint16(expo)
 
-    tensors = _tensor_plan(config)
-    total = sum(t.numel * item for t in tensors)
-    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), produce)
-    return out
+    return produce
+
+
+def make_large_moe_checkpoint(out_dir: str | os.PathLike, num_experts: int = 16, *, dtype: str = "bf16", seed: int = 0,
+                              shard_bytes: int = 500_000_000) -> Path:
+    """Write a Phi-3.5-MoE-shaped checkpoint whose size grows with ``num_experts``, one chunk at a time.
+
+    hidden 2048, 32 query / 8 kv heads of 64, 2 layers, experts of intermediate 2048, vocab
+    32064: every tensor has the same shape whatever the expert count, and 16 experts make 1.11 GB
+    of bf16 weights (8 make 0.71 GB). The largest tensor is the 125 MiB embedding; one expert
+    matrix is 8 MiB. Memory use is one 8 MiB chunk, never a whole tensor.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    spec = VariantSpec("phimoe-large", 2048, 2, 32, 8, 64, 2048, 32064, 10000.0, "spm", 4096, 4096,
+                       sliding_window=4096, arch="phimoe", experts=num_experts, attention_bias=True, lm_head_bias=True)
+    return _write_generated(out_dir, spec, variant_spec("phimoe"), dtype, seed, shard_bytes)
