@@ -14,15 +14,16 @@ questions greedily (32 new tokens) in the vendor runtime and in the fp32 oracle.
 results come from phi-quant's oracle cache, so the numpy oracle runs once for the whole table.
 
 Writes OUT/report.json (+ report.md and report.png, as ``compare`` does) and OUT/fidelity.md after
-each backend, so an interrupted run keeps what it finished (``--tables`` joins the reports of
-several runs, e.g. one per ``--backend``). fidelity.md holds the table for docs/fidelity.md (one row per cell, a ``recipe`` column so recipe rows can be added) and
-each backend's rows for its page. Prints the load average before and after: the two cores here
+each cell, so an interrupted run keeps what it finished (``--tables`` joins the reports of
+several runs, e.g. one per ``--backend``). fidelity.md holds the table for docs/fidelity.md (one
+row per cell, a ``recipe`` column so recipe rows can be added) and each backend's rows for its page. Prints the load average before and after: the two cores here
 are shared, so tokens/s are not the point of this bench (see docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(tables(joined))
         return 0
     cells = [c for c in CELLS if (not args.backend or c.backend in args.backend) and (not args.cell or c.key in args.cell)]
+    if args.cell:  # in the order asked for, so the cells that matter most can come first
+        cells.sort(key=lambda c: args.cell.index(c.key))
     unknown = sorted(set(args.cell or ()) - {c.key for c in CELLS})
     if unknown or not cells:
         ap.error(f"no such cell: {', '.join(unknown) or 'none selected'} (keys: {', '.join(c.key for c in CELLS)})")
@@ -183,29 +186,38 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
 
     def write() -> None:
+        cells_so_far = results + done
         meta = {
             "model": MODEL,
             "command": "python bench/real_fidelity.py" + "".join(f" --backend {b}" for b in args.backend or ())
             + "".join(f" --cell {k}" for k in args.cell or ())
             + (f" --max-text-tokens {args.max_text_tokens}" if args.max_text_tokens else ""),
             "phi_quant_version": __version__,
-            "cells": len(results),
-            "failed": sum(1 for c in results if c.get("status") != "ok"),
+            "cells": len(cells_so_far),
+            "failed": sum(1 for c in cells_so_far if c.get("status") != "ok"),
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "load_before": load_before,
             "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "text": text_record(results),
+            "text": text_record(cells_so_far),
         }
-        write_report(args.output, results, meta)
+        write_report(args.output, cells_so_far, meta)
         report = json.loads((args.output / "report.json").read_text())
         (args.output / "fidelity.md").write_text(tables(report))
 
+    def progress_and_write(stage: str, cell: dict) -> None:
+        progress(stage, cell)
+        if stage == "evaluated":  # the report so far, so an interrupted run keeps every finished cell
+            done.append(cell)
+            write()
+
+    done: list[dict] = []
     try:
-        # One backend at a time: run_matrix converts all its cells before evaluating them, and
-        # forty exports of the model at once would hold ~8 GB of disk.
-        for backend in dict.fromkeys(c.backend for c in cells):
-            results += run_matrix(MODEL, [c for c in cells if c.backend == backend], work / backend, jobs=args.jobs,
-                                  on_progress=progress, eval_args=eval_args)
+        # Consecutive cells of one backend at a time: run_matrix converts all of them before
+        # evaluating them, and forty exports of the model at once would hold ~8 GB of disk.
+        for backend, group in itertools.groupby(cells, key=lambda c: c.backend):
+            results += run_matrix(MODEL, list(group), work / backend, jobs=args.jobs,
+                                  on_progress=progress_and_write, eval_args=eval_args)
+            done.clear()
             write()
     finally:
         import shutil
