@@ -16,8 +16,9 @@ results come from phi-quant's oracle cache, so the numpy oracle runs once for th
 Writes OUT/report.json (+ report.md and report.png, as ``compare`` does) and OUT/fidelity.md after
 each cell, so an interrupted run keeps what it finished (``--tables`` joins the reports of
 several runs, e.g. one per ``--backend``). fidelity.md holds the table for docs/fidelity.md (one
-row per cell, a ``recipe`` column so recipe rows can be added) and each backend's rows for its page. Prints the load average before and after: the two cores here
-are shared, so tokens/s are not the point of this bench (see docs/performance.md).
+row per cell, a ``recipe`` column so recipe rows can be added) and each backend's rows for its
+page. Prints the load average before and after: the two cores here are shared, so tokens/s are
+not the point of this bench (see docs/performance.md).
 """
 
 from __future__ import annotations
