@@ -19,6 +19,7 @@ from phi_quant.errors import ExportFailedError
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from . import constants as C
+from . import phimoe
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
 from .packing import dequantize, pack, row_chunks
@@ -78,11 +79,15 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
     opts = resolve_options(options)
     infos = list(source.tensor_infos())
     sensitivity = None
+    moe = source.config.arch_name == phimoe.ARCHITECTURE
+    planned = [i for i in infos if not (moe and phimoe.float_kept(i))]  # PhiMoE's routers stay float
     if opts.ratio < 1.0:
         edge = ("embed", "lm_head")
-        candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in edge)}
+        candidates = {i.name for i in planned if i.role.is_matmul and (opts.all_layers or i.role.value not in edge)}
         sensitivity = _sensitivity(source, candidates)
-    plan = plan_weights(infos, opts, sensitivity)
+    plan = plan_weights(planned, opts, sensitivity)
+    if moe:
+        plan = phimoe.keep_router_float(plan, infos)
     files = _write_side_files(source, output_dir, opts)  # tokenizer conversion first: it fails fast
     _write_model(source, output_dir, plan, progress)
     files = [C.MODEL_XML, C.MODEL_BIN] + files

@@ -1,5 +1,7 @@
 """phi-quant backend ``openvino``: stateful OpenVINO IR for OpenVINO GenAI (CPU, GPU, NPU).
 
+Architectures: ``phi3`` and ``phimoe`` (Phi-3.5-MoE: :mod:`.phimoe`, routers kept in float).
+
 Precisions: fp32, fp16 (f16 constants decompressed to f32), int8 (NNCF INT8_ASYM per channel, or
 INT8_SYM) and int4 (NNCF INT4_ASYM/INT4_SYM, group 128 by default, embeddings and lm_head at the
 int8 backup). Options: ``--group-size``, ``--symmetric``, ``--option ratio=0.8``,
@@ -65,7 +67,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="stateful OpenVINO IR with NNCF-style compressed weights, for Intel CPU/GPU/NPU",
         install_hint="pip install phi-quant-openvino",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=("phi3", "phimoe"),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -96,11 +98,14 @@ def supported_precisions() -> list[PrecisionSpec]:
 @hookimpl
 def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
     from .packing import dequantize, pack
+    from .phimoe import float_kept
     from .schemes import TensorScheme, fit_group, resolve_options
 
     opts = resolve_options(options)
-    if tensor.role.is_norm:
+    if not tensor.role.is_matmul:  # norms, LayerNorm shifts and biases stay f32
         scheme = TensorScheme(C.FP32)
+    elif float_kept(tensor.info()):
+        scheme = TensorScheme(C.FP16 if opts.primary.mode == C.FP16 else C.FP32)
     elif tensor.role.value in ("embed", "lm_head") and not opts.all_layers:
         scheme = opts.backup
     else:

@@ -1,0 +1,129 @@
+"""PhiMoE in OpenVINO: sparsemixer's routing as graph ops, the MoE IR, and the exported tiny PhiMoE
+run in OpenVINO and LLMPipeline against the oracle (every precision, the stored weights' oracle
+to ~1e-4; fp32 against the plain oracle to KL 1e-6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+from openvino import opset13 as ops
+
+from phi_quant.arch.oracle import sparsemixer as oracle_sparsemixer
+from phi_quant.fidelity import compare_logits
+from phi_quant.model.source import open_model
+from phi_quant.reference import ReferenceModel
+from phi_quant.testing.factory import cached_checkpoint, variant_spec
+from phi_quant.testing.prompts import test_prompts
+from phi_quant_openvino.phimoe import sparsemixer
+from phi_quant_openvino.runtime import OpenVINOModel
+
+VARIANT = "phimoe"
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+def _dense(picks: np.ndarray, weights: np.ndarray, experts: int) -> np.ndarray:
+    out = np.zeros((picks.shape[0], experts), dtype=np.float32)
+    np.put_along_axis(out, picks, weights, axis=-1)
+    return out
+
+
+def test_sparsemixer_ops_equal_the_oracle_with_ties_and_near_ties():
+    """The routing subgraph alone, on logits with exact ties, near-ties inside and outside the
+    jitter window, all-zero rows and negative logits: the same experts and weights as the oracle."""
+    experts, jitter = 6, 0.01
+    rng = np.random.default_rng(15)
+    rows = [rng.standard_normal((200, experts)).astype(np.float32) * 3]
+    base = rng.standard_normal((60, experts)).astype(np.float32)
+    near = base.copy()
+    best = near.argmax(-1)
+    second = (best + 1) % experts
+    gap = np.abs(near[np.arange(60), best]) * np.linspace(0.0, 0.05, 60).astype(np.float32)  # 0 .. 2.5 windows
+    near[np.arange(60), second] = near[np.arange(60), best] - gap
+    rows += [near, np.zeros((3, experts), np.float32), -np.abs(base[:20]) - 1, np.full((2, experts), 0.5, np.float32)]
+    logits = np.concatenate(rows)
+
+    p = ops.parameter([-1, experts], ov.Type.f32)
+    model = ov.Model([ops.result(sparsemixer(p, experts, jitter))], [p])
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(logits)[0]
+    want = _dense(*oracle_sparsemixer(logits, jitter), experts)
+    assert ((got > 0) == (want > 0)).all(), "a different pair of experts"
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert (want.sum(-1) < 1.999).sum() >= 10, "the near-ties must reach the shared-weight case"
+
+
+def _moe_ops(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+    return counts
+
+
+def test_ir_has_the_moe_blocks_in_standard_ops(export_tiny):
+    """LayerNorm (MVN), one compressed constant per expert matrix, the router in f32, no data-dependent shapes."""
+    out, result = export_tiny(VARIANT, "int4")
+    model = ov.Core().read_model(out / "openvino_model.xml")
+    spec = variant_spec(VARIANT)
+    counts = _moe_ops(model)
+    assert counts["MVN"] == 2 * spec.layers + 1
+    assert counts.get("NonZero", 0) == 0 and counts.get("ScatterNDUpdate", 0) == 0
+    assert counts["TopK"] == 2 * spec.layers
+    consts = {op.get_friendly_name(): op for op in model.get_ops() if op.get_type_name() == "Constant"}
+    w1 = consts["model.layers.1.block_sparse_moe.experts.3.w1.weight"]
+    assert w1.get_element_type() == ov.Type.u4 and list(w1.get_output_shape(0)) == [spec.intermediate, 256 // 128, 128]
+    router = consts["model.layers.0.block_sparse_moe.gate.weight"]
+    assert router.get_element_type() == ov.Type.f32 and list(router.get_output_shape(0)) == [spec.experts, spec.hidden]
+    assert consts["lm_head.bias"].get_element_type() == ov.Type.f32
+    per_tensor = result.details["per_tensor"]
+    assert per_tensor["model.layers.0.block_sparse_moe.gate.weight"] == "fp32"
+    assert per_tensor["model.layers.0.block_sparse_moe.experts.0.w2.weight"] == "int4_asym_g128"
+    assert any("routers" in n for n in result.notes)
+
+
+def test_fp32_matches_the_oracle(export_tiny):
+    """fp32 in OpenVINO vs the plain PhiMoE oracle (transformers' PhimoeForCausalLM): KL <= 1e-6,
+    on every prompt, the one past the original context (long factors) included."""
+    out, _ = export_tiny(VARIANT, "fp32")
+    model = OpenVINOModel(out, {})
+    with open_model(cached_checkpoint(VARIANT)) as src:
+        oracle = ReferenceModel.from_source(src)
+    lengths = []
+    for text in test_prompts(VARIANT):
+        ids = model.tokenize(text)
+        lengths.append(len(ids))
+        report = compare_logits(oracle.logits(ids), model.logits(ids))
+        assert report.kl_mean <= 1e-6 and report.top1_agreement == 1.0, (len(ids), report)
+    assert max(lengths) > variant_spec(VARIANT).original_max_position
+    model.close()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_logits_and_pipeline_match_the_oracle_on_stored_weights(export_tiny, stored_oracle, precision):
+    """Every precision computes the model on its stored weights (so the only loss is the weights'),
+    and LLMPipeline's greedy tokens are the oracle's."""
+    out, result = export_tiny(VARIANT, precision)
+    model = OpenVINOModel(out, {})
+    oracle = stored_oracle(VARIANT, result)
+    worst = 0.0
+    for text in test_prompts(VARIANT):
+        ids = model.tokenize(text)
+        got, want = model.logits(ids), oracle.logits(ids)
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        worst = max(worst, float(np.abs(got - want).max()))
+    assert worst <= 1e-3, f"{precision}: max |dlogit| {worst:.3g} vs the oracle on the stored weights"
+    prompt = model.tokenize(test_prompts(VARIANT)[0])
+    want_ids = oracle.generate(prompt, 8)
+    got_ids = model.generate_ids(prompt, 8)
+    n = min(len(got_ids), len(want_ids))
+    assert n >= 1 and got_ids[:n] == want_ids[:n], f"LLMPipeline {got_ids} vs oracle {want_ids}"
+    model.close()
+
+
+def test_stateful_cache_steps_equal_the_full_sequence(export_tiny):
+    out, _ = export_tiny(VARIANT, "int8")
+    model = OpenVINOModel(out, {})
+    ids = model.tokenize(test_prompts(VARIANT)[0])[:24]
+    full = model.logits(ids)
+    steps = model.step_logits(ids, [7, 1, 1, 1, len(ids) - 10])
+    assert np.abs(steps - full).max() <= 1e-4
+    model.close()
