@@ -17,7 +17,7 @@ import pytest
 
 from phi_quant.model.source import open_model
 from phi_quant.reference import ReferenceModel
-from phi_quant.testing.factory import VARIANTS, copy_checkpoint, variant_spec
+from phi_quant.testing.factory import MOE_VARIANTS, VARIANTS, copy_checkpoint, variant_spec
 from phi_quant.testing.prompts import test_prompts
 from phi_quant_openvino.runtime import OpenVINOModel
 
@@ -29,7 +29,7 @@ def _ids(model: OpenVINOModel, variant: str) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
 def test_logits_match_oracle_on_stored_weights(export_tiny, stored_oracle, variant, precision):
     out, result = export_tiny(variant, precision)
     model = OpenVINOModel(out, {})
@@ -46,7 +46,7 @@ def test_logits_match_oracle_on_stored_weights(export_tiny, stored_oracle, varia
     model.close()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
 def test_stateful_cache_steps_equal_the_full_sequence(export_tiny, variant):
     out, _ = export_tiny(variant, "int4")
     model = OpenVINOModel(out, {})
@@ -58,7 +58,7 @@ def test_stateful_cache_steps_equal_the_full_sequence(export_tiny, variant):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
 def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, stored_oracle, variant, precision):
     out, result = export_tiny(variant, precision)
     model = OpenVINOModel(out, {})
@@ -72,10 +72,11 @@ def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, stored_or
     model.close()
 
 
-@pytest.mark.parametrize("variant", ["phi4-mini", "phi3-mini"])
+@pytest.mark.parametrize("variant", ["phi4-mini", "phi3-mini", "phimoe"])
 def test_paged_attention_conversion_agrees_with_sdpa(export_tiny, variant):
     """GenAI turns the IR into a paged-attention model (a scheduler config forces that path, with
-    no silent fallback); it must generate what the stateful SDPA model generates."""
+    no silent fallback); it must generate what the stateful SDPA model generates (for PhiMoE too:
+    the routing and the experts survive the conversion)."""
     import openvino_genai as og
 
     from phi_quant_openvino.runtime import compile_properties
