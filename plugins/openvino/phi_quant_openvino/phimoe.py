@@ -55,13 +55,15 @@ def float_kept(info: TensorInfo) -> bool:
 
 
 def keep_router_float(plan: WeightPlan, infos: list[TensorInfo]) -> WeightPlan:
-    """Put every router of ``plan`` at the precision's float type (fp16 at fp16, else fp32), with a note."""
+    """Put every router in ``infos`` at the precision's float type (fp16 at fp16, else fp32), with a note."""
     routers = [i for i in infos if float_kept(i)]
     if not routers:
         return plan
     mode = C.FP16 if plan.options.primary.mode == C.FP16 else C.FP32
     for info in routers:
         plan.schemes[info.name] = TensorScheme(mode)
+        if plan.options.primary.is_int:
+            plan.reasons[info.name] = f"PhiMoE router kept at {mode}"
     if plan.options.primary.is_int:
         plan.notes.append(f"PhiMoE: the {len(routers)} routers (block_sparse_moe.gate) kept at {mode}: their logits "
                           "pick the experts (a discrete choice), and they are a negligible share of the weights")
