@@ -94,3 +94,25 @@ def test_fp32_matches_the_oracle(export_tiny):
         assert report.kl_mean <= 1e-6 and report.top1_agreement == 1.0, (len(ids), report)
     assert max(lengths) > variant_spec(VARIANT).original_max_position
     model.close()
+
+
+def test_routers_stay_float_through_every_plan():
+    """ratio, policy and budget never put a router at an integer scheme; the hook agrees with export."""
+    from phi_quant.model.tensors import TensorRole
+    from phi_quant.types import ExportOptions
+    from phi_quant_openvino import plugin
+    from phi_quant_openvino.plan import plan_model
+
+    with open_model(cached_checkpoint(VARIANT)) as src:
+        infos = list(src.tensor_infos())
+        routers = [i.name for i in infos if i.role is TensorRole.ROUTER]
+        for options in (ExportOptions(precision="int4", extra={"ratio": 0.5}), ExportOptions(precision="int4", policy="q4_k_m"),
+                        ExportOptions(precision="int8"), ExportOptions(precision="fp16")):
+            plan = plan_model(src.config, infos, options, src)
+            want = "fp16" if options.precision == "fp16" else "fp32"
+            assert {plan.schemes[n].label for n in routers} == {want}, options
+            if options.precision != "fp16":  # while the experts follow the integer plan
+                assert all(s.is_int for n, s in plan.schemes.items() if ".experts." in n), options
+        router = src.tensor(TensorRole.ROUTER, 1)
+        assert plugin.quantize(tensor=router, options=ExportOptions(precision="int4")).scheme == "fp32"
+        assert plugin.quantize(tensor=router, options=ExportOptions(precision="int4"), source=src).scheme == "fp32"
