@@ -24,7 +24,7 @@ exactly which promise breaks where:
 ``test_kl_order``                   KL(fp32) <= KL(fp16) <= KL(int8) <= KL(int4), small tolerance
 ``test_quantize``                   the ``quantize`` hook keeps the shape and dequantizes close
 ``test_hook_matches_export``        for EVERY tensor, the ``quantize`` hook's bytes hash to the
-                                    sha256 the export recorded for what it wrote (contract >= 1.2)
+                                    sha256 the export recorded for what it wrote (contract >= 1.3)
 ``test_recipe``                     int4 with each data-free recipe (``clip``, ``hqq``): export,
                                     load, fidelity within the int4 bounds, hook == export bytes
 ``test_atomic_output``              a failure injected mid-stream leaves nothing anywhere
@@ -425,8 +425,8 @@ class BackendConformance:
 
     def test_hook_matches_export(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
         variant, precision = case
-        if not _contract_at_least(kit.backend.info, 2):
-            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates per-tensor digests (1.2)")
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates per-tensor digests (1.3)")
         record = kit.export(variant, precision)
         kit.require_export(variant, precision)
         checked = _check_hook_digests(kit, variant, record.path, kit.options_for(variant, precision))
@@ -434,8 +434,8 @@ class BackendConformance:
 
     def test_recipe(self, kit: KitSession, recipe: str, record_property: Any) -> None:
         variant, precision = kit.plan.first_variant, "int4"
-        if not _contract_at_least(kit.backend.info, 2):
-            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates recipes (1.2)")
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates recipes (1.3)")
         options = self.recipe_options(variant, precision, recipe)
         record = kit.export_with(f"recipe-{recipe}", variant, options)
         if record.error is not None:
