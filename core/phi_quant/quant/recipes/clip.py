@@ -97,7 +97,7 @@ class Clip(Recipe):
     name = "clip"
     summary = "per group, the shrunk range with the least weighted squared error, then a least-squares refit"
 
-    def __init__(self, min_shrink: float = 0.5, steps: int = 26, refit_iters: int = 2, weighting: str = "none",
+    def __init__(self, min_shrink: float = 0.5, steps: int = 26, refit_iters: int = 2, weighting: str = "mag",
                  max_shrink: float = 1.0):
         self.min_shrink, self.steps, self.refit_iters = float(min_shrink), int(steps), int(refit_iters)
         self.max_shrink, self.weighting = float(max_shrink), weighting
