@@ -106,7 +106,8 @@ def _options(spec: str):
     backend, recipe = parts[0], (parts[1] if len(parts) > 1 and parts[1] else "rtn")
     kw: dict = {"precision": "int4", "recipe": None if recipe == "rtn" else recipe}
     extra: dict = {}
-    fields = {"precision", "scheme", "group_size", "symmetric", "bits_per_weight", "policy"}
+    fields = {"precision", "scheme", "group_size", "symmetric", "bits_per_weight", "policy", "calibration",
+              "calibration_tokens", "calibration_cache"}
     for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
         k, _, v = item.partition("=")
         (kw if k in fields else extra)[k] = parse_option_value(v)
@@ -123,9 +124,7 @@ def _agreement(tok, got: str, want: str) -> float:
 
 def measure(model: str, spec: str, ref: dict, threads: int | None = None) -> dict:
     from phi_quant.convert import convert
-    from phi_quant.fidelity import compare_logits, perplexity
     from phi_quant.manifest import model_bytes
-    from phi_quant.plugins import get_manager
 
     backend, options = _options(spec)
     work = Path(tempfile.mkdtemp(prefix="recipes-bench-"))
@@ -139,32 +138,44 @@ def measure(model: str, spec: str, ref: dict, threads: int | None = None) -> dic
         quant = res.manifest.get("quantization") or {}
         row["bits_per_weight"] = quant.get("bits_per_weight")
         row["schemes"] = quant.get("schemes")
-        m = get_manager().get(backend).load_model(out, {"threads": threads} if threads else {})
-        try:
-            kl, top1, n, ppl_got, ppl_ref = 0.0, 0.0, 0, [], []
-            for w, want in zip(ref["windows"], ref["logits"]):
-                got = np.asarray(m.logits(w), dtype=np.float32)
-                r = compare_logits(want, got)
-                kl += float(r.kl_mean) * r.positions
-                top1 += float(r.top1_agreement) * r.positions
-                n += r.positions
-                ppl_got.append(np.log(perplexity(got, w)) * (len(w) - 1))
-                ppl_ref.append(np.log(perplexity(want, w)) * (len(w) - 1))
-            tokens = sum(len(w) - 1 for w in ref["windows"])
-            row["kl"] = kl / n
-            row["top1"] = top1 / n
-            row["ppl"] = float(np.exp(sum(ppl_got) / tokens))
-            row["ppl_ref"] = float(np.exp(sum(ppl_ref) / tokens))
-            row["dppl_pct"] = 100 * (row["ppl"] / row["ppl_ref"] - 1)
-            agree = [_agreement(ref["tokenizer"], m.generate(p, max_new_tokens=ANSWER_TOKENS), a)
-                     for p, a in zip(ref["prompts"], ref["answers"])]
-            row["chat"] = float(np.mean(agree)) if agree else None
-        finally:
-            m.close()
+        if res.manifest.get("calibration"):
+            row["calibrate_s"] = round(res.manifest["timings"].get("calibrate_s", 0.0), 1)
+        row.update(evaluate(backend, out, ref, threads))
     except Exception as exc:  # noqa: BLE001 - a failing cell is a row, not the end of the run
         row["error"] = f"{type(exc).__name__}: {exc}"[:300]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def evaluate(backend: str, out: Path, ref: dict, threads: int | None = None) -> dict:
+    """KL, top-1, perplexity and chat agreement of the output ``out`` in ``backend``'s runtime."""
+    from phi_quant.fidelity import compare_logits, perplexity
+    from phi_quant.plugins import get_manager
+
+    row: dict = {}
+    m = get_manager().get(backend).load_model(out, {"threads": threads} if threads else {})
+    try:
+        kl, top1, n, ppl_got, ppl_ref = 0.0, 0.0, 0, [], []
+        for w, want in zip(ref["windows"], ref["logits"]):
+            got = np.asarray(m.logits(w), dtype=np.float32)
+            r = compare_logits(want, got)
+            kl += float(r.kl_mean) * r.positions
+            top1 += float(r.top1_agreement) * r.positions
+            n += r.positions
+            ppl_got.append(np.log(perplexity(got, w)) * (len(w) - 1))
+            ppl_ref.append(np.log(perplexity(want, w)) * (len(w) - 1))
+        tokens = sum(len(w) - 1 for w in ref["windows"])
+        row["kl"] = kl / n
+        row["top1"] = top1 / n
+        row["ppl"] = float(np.exp(sum(ppl_got) / tokens))
+        row["ppl_ref"] = float(np.exp(sum(ppl_ref) / tokens))
+        row["dppl_pct"] = 100 * (row["ppl"] / row["ppl_ref"] - 1)
+        agree = [_agreement(ref["tokenizer"], m.generate(p, max_new_tokens=ANSWER_TOKENS), a)
+                 for p, a in zip(ref["prompts"], ref["answers"])]
+        row["chat"] = float(np.mean(agree)) if agree else None
+    finally:
+        m.close()
     return row
 
 

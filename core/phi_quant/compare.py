@@ -50,9 +50,11 @@ def plan_cells(
     backends: Iterable[str] | None = None,
     precisions: Iterable[str] | None = None,
     recipes: Iterable[str] | None = None,
+    calibration_args: Sequence[str] = (),
 ) -> list[CellSpec]:
     """Cells for every selected backend × every selected precision that backend offers; with
-    ``recipes``, integer precisions get one cell per recipe (float precisions have no values to choose)."""
+    ``recipes``, integer precisions get one cell per recipe (float precisions have no values to choose);
+    calibrated recipes' cells get ``calibration_args`` (one shared statistics file)."""
     chosen_b = list(backends) if backends else sorted(offered)
     chosen_p = list(precisions) if precisions else ["fp32", "fp16", "int8", "int4"]
     chosen_r = list(recipes) if recipes else [None]
@@ -61,8 +63,16 @@ def plan_cells(
         for p in chosen_p:
             if p in offered.get(b, ()):
                 for r in (chosen_r if p in ("int8", "int4") else [None]):
-                    cells.append(CellSpec(b, p, recipe=r))
+                    extra = tuple(calibration_args) if r is not None and _calibrated(r) else ()
+                    cells.append(CellSpec(b, p, extra, recipe=r))
     return cells
+
+
+def _calibrated(recipe: str) -> bool:
+    from .quant.recipes import get_recipe
+    from .quant.recipes.calibrated import is_calibrated
+
+    return is_calibrated(get_recipe(recipe))
 
 
 def _cli(*args: str) -> list[str]:

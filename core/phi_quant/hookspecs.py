@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Progress,
         QuantizedTensor,
     )
+    from .quant.plan import TensorPlan
 
 __all__ = ["PROJECT_NAME", "hookspec", "hookimpl", "PhiQuantSpec"]
 
@@ -107,6 +108,22 @@ class PhiQuantSpec:
         :returns: a :class:`phi_quant.types.QuantizedTensor` holding the bytes ``export`` writes.
         .. versionadded:: 0.1
         .. versionchanged:: 1.3 ``source``; the result must equal what ``export`` writes.
+        """
+
+    @hookspec
+    def tensor_plan(self, source: "ModelSource", options: "ExportOptions") -> "TensorPlan":
+        """The per-tensor plan ``export`` follows for ``source`` under ``options``: every tensor's scheme.
+
+        Optional. The core reads it before ``export`` when a recipe chooses values from calibration
+        data: activation-aware scaling (``--recipe awq``) searches each matmul's scale against the
+        scheme this backend will store it in. It must be the plan ``export`` and ``quantize`` use
+        (the one :attr:`ExportResult.quantization` summarises), and must not read tensor data
+        beyond what planning itself needs.
+
+        :param source: the opened checkpoint.
+        :param options: the export options.
+        :returns: a :class:`phi_quant.quant.plan.TensorPlan`.
+        .. versionadded:: contract 1.4
         """
 
     @hookspec

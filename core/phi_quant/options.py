@@ -167,13 +167,16 @@ def _minor(version: str) -> int:
 
 
 def _check_values(info: BackendInfo, options: ExportOptions) -> None:
-    """The recipe is known, the size budget and policy are ones a backend could meet, and the
-    backend speaks contract 1.3 (which carries them) when any of them is asked for."""
+    """The recipe is known, the size budget and policy are ones a backend could meet, the calibration
+    options go with a calibrated recipe, and the backend speaks contract 1.3 (which carries them)
+    when any of them is asked for."""
+    from .calib import check_calibration_options
     from .quant.budget import check_budget_options
     from .quant.recipes import get_recipe
 
     get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
     check_budget_options(options)
+    check_calibration_options(options)
     asked = [flag for flag, value in (("--recipe", options.recipe not in (None, "rtn") and options.recipe),
                                       ("--bits-per-weight", options.bits_per_weight),
                                       ("--policy", options.policy not in (None, "default") and options.policy)) if value]

@@ -33,8 +33,9 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 #: (``BackendInfo.options``/``targets``, ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin
 #: leaves them undeclared. 1.2 added :attr:`PrecisionSpec.arch_thresholds`; 1.3 the ``quantize``
 #: hook's ``source`` argument, :attr:`ExportOptions.recipe` / ``bits_per_weight`` / ``policy`` and
-#: :attr:`ExportResult.quantization`.
-HOOK_CONTRACT_VERSION = "1.3"
+#: :attr:`ExportResult.quantization`; 1.4 the optional ``tensor_plan`` hook (calibrated recipes
+#: search against the backend's schemes) and the ``calibration*`` options.
+HOOK_CONTRACT_VERSION = "1.4"
 
 #: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
 DEFAULT_ARCHITECTURES = ("phi3",)
@@ -171,6 +172,11 @@ class ExportOptions:
     recipe: str | None = None  # None: "rtn", the vendors' round to nearest
     bits_per_weight: float | None = None  # a size budget, in bits of tensor data per parameter
     policy: str | None = None  # a named per-tensor policy, e.g. "q4_k_m"; None: the backend's default
+    #: Calibration (recipes awq, gptq and their combinations; .. versionadded:: contract 1.4): a text
+    #: file (None: phi_quant.texts.calibration_text()), how many of its tokens, and a statistics cache file.
+    calibration: str | None = None
+    calibration_tokens: int | None = None
+    calibration_cache: str | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.extra.get(key, default)

@@ -39,7 +39,7 @@ def recipe_values(raw: np.ndarray, src_dtype: str, scheme: Scheme, recipe: Recip
     """``recipe``'s values for stored rows ``raw`` [n, K], worked out a row chunk at a time."""
     raw, src = _checks.weight_2d(raw, src_dtype, name)
     n, k = raw.shape
-    step = max(1, RECIPE_CHUNK_ELEMENTS // k)
+    step = max(1, int(getattr(recipe, "chunk_elements", RECIPE_CHUNK_ELEMENTS)) // k)
     parts = []
     for r0 in range(0, n, step):
         w = reference.decode(raw[r0 : r0 + step], src)

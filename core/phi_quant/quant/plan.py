@@ -120,7 +120,13 @@ def feeding_norm(info: TensorInfo, tied: bool) -> tuple[TensorRole, int | None] 
 def recipe_context(recipe: Recipe, info: TensorInfo, source: Any = None) -> RecipeContext:
     """What ``recipe`` may know about ``info`` besides its weights: the data-free importance of its
     input channels (the square of the RMSNorm gain that scales them) when the recipe asks for it
-    and ``source`` can provide the norm; it is read here, a 1-D tensor of the same layer."""
+    and ``source`` can provide the norm; it is read here, a 1-D tensor of the same layer.
+
+    A recipe that needs calibration (``awq``, ``gptq``, ...) gets the calibrated statistics of the
+    tensor's input instead (importance = mean x², ``stats["calibration"]`` for GPTQ's XᵀX), from a
+    :class:`phi_quant.calib.CalibratedSource`, the only kind of source such a recipe can use."""
+    if getattr(recipe, "needs_calibration", False):
+        return _calibrated_context(recipe, info, source)
     importance = None
     if getattr(recipe, "uses_importance", False) and source is not None:
         found = feeding_norm(info, bool(getattr(source.config, "tie_word_embeddings", False)))
@@ -149,3 +155,20 @@ def cached_plan(backend: str, source: Any, options: Any, build: Callable[[], Any
     while len(_PLANS) > _MAX_PLANS:
         _PLANS.pop(next(iter(_PLANS)))
     return value
+
+
+def _calibrated_context(recipe: Recipe, info: TensorInfo, source: Any) -> RecipeContext:
+    view = getattr(source, "calibration", None)
+    if view is None:
+        from ..errors import UnsupportedPrecisionError
+
+        raise UnsupportedPrecisionError(
+            f"recipe {recipe.name} needs calibration statistics, which only the core's calibrated view of the "
+            "checkpoint carries (phi_quant.calib.calibrated_source; convert and the quantize facade build it)")
+    stats = view.for_tensor(info)
+    base = RecipeContext(name=info.name, role=TensorRole(info.role).value, layer=info.layer)
+    if stats is None or stats.count == 0:
+        return base
+    return RecipeContext(name=base.name, role=base.role, layer=base.layer,
+                         importance=np.ascontiguousarray(stats.mean_sq, np.float32), stats={"calibration": stats})
+

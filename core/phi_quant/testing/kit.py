@@ -25,7 +25,8 @@ exactly which promise breaks where:
 ``test_quantize``                   the ``quantize`` hook keeps the shape and dequantizes close
 ``test_hook_matches_export``        for EVERY tensor, the ``quantize`` hook's bytes hash to the
                                     sha256 the export recorded for what it wrote (contract >= 1.3)
-``test_recipe``                     int4 with each data-free recipe (``clip``, ``hqq``): export,
+``test_recipe``                     int4 with each recipe (``clip``, ``hqq``, and ``awq+gptq``
+                                    where the backend has the 1.4 ``tensor_plan`` hook): export,
                                     load, fidelity within the int4 bounds, hook == export bytes
 ``test_atomic_output``              a failure injected mid-stream leaves nothing anywhere
 ``test_rejects_nan_weights``        NaN weights -> ``BadWeightsError`` naming the tensor
@@ -78,7 +79,10 @@ DEFAULT_STREAMING_PRECISIONS = ("fp16", "int4")
 NONSENSE_PRECISION = "int3"
 
 #: Recipes ``test_recipe`` exports with (round to nearest is what every other check exports).
-KIT_RECIPES = ("clip", "hqq")
+KIT_RECIPES = ("clip", "hqq", "awq+gptq")
+
+#: Calibration tokens of the calibrated kit recipes: enough for the statistics, seconds on a tiny model.
+KIT_CALIBRATION_TOKENS = 256
 
 
 def _contract_at_least(info: Any, minor: int) -> bool:
@@ -249,7 +253,11 @@ class BackendConformance:
         points, so it asks for the asymmetric scheme (override where the backend names it otherwise)."""
         import dataclasses
 
+        from ..calib import needs_calibration
+
         options = dataclasses.replace(self.export_options(variant, precision), recipe=recipe)
+        if needs_calibration(options):
+            options = dataclasses.replace(options, calibration_tokens=KIT_CALIBRATION_TOKENS)
         return dataclasses.replace(options, symmetric=False) if recipe == "hqq" else options
 
     # -- parametrisation and the shared session ----------------------------------------------------
@@ -437,6 +445,12 @@ class BackendConformance:
         if not _contract_at_least(kit.backend.info, 3):
             pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates recipes (1.3)")
         options = self.recipe_options(variant, precision, recipe)
+        from ..calib import needs_calibration
+
+        if needs_calibration(options) and not (_contract_at_least(kit.backend.info, 4)
+                                               and kit.backend.implements("tensor_plan")):
+            pytest.skip(f"calibrated recipes search against the backend's schemes: the tensor_plan hook "
+                        f"(contract 1.4; this backend declares {kit.backend.info.hook_contract})")
         record = kit.export_with(f"recipe-{recipe}", variant, options)
         if record.error is not None:
             pytest.fail(f"convert {variant} int4 --recipe {recipe} failed: {_describe(record.error)}", pytrace=False)

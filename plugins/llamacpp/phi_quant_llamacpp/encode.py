@@ -2,7 +2,8 @@
 
 F32/F16/BF16 and Q8_0/Q4_0/Q4_1 go through :func:`phi_quant.quant.encode.encode` (values from
 the core's recipe, bytes from phi-quant's kernel); every other ggml type (K-quants, Q5_0/Q5_1)
-through ggml's own ``ggml_quantize_chunk``. Blocks never cross a row, so a matrix is encoded in
+through ggml's own ``ggml_quantize_chunk``, with the calibrated importance of each input channel
+as its importance matrix when the recipe calibrated. Blocks never cross a row, so a matrix is encoded in
 row chunks of a few MiB: memory stays flat however large the tensor (a 200k-row embedding included).
 """
 
@@ -21,7 +22,7 @@ from phi_quant.quant.recipes import Recipe, RecipeContext
 from .constants import GGMLType
 from .phimoe import Rewrite
 
-__all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite"]
+__all__ = ["CHUNK_BYTES", "encode_rows", "encode_tensor_chunks", "check_finite", "calibrated_importance"]
 
 #: Source bytes per chunk: bounds the working set of one conversion step.
 CHUNK_BYTES = 16 << 20
@@ -31,6 +32,14 @@ def check_finite(raw: np.ndarray, dtype: str, name: str) -> None:
     chunk of its rows) holds NaN or Inf. The test is the core's :func:`~phi_quant.model.checks.count_nonfinite`."""
     if count_nonfinite(raw, dtype):
         raise BadWeightsError(f"tensor {name} contains NaN or Inf values; the checkpoint is damaged (re-download or re-save it)")
+
+
+def calibrated_importance(context: RecipeContext | None) -> np.ndarray | None:
+    """The importance ggml's own quantizer gets: the calibrated mean x² of each input channel when the
+    recipe calibrated (llama.cpp's imatrix), else None (data-free recipes leave ggml's types to ggml)."""
+    if context is None or "calibration" not in context.stats:
+        return None
+    return context.importance
 
 
 def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "tensor", recipe: Recipe | str | None = None,
@@ -44,7 +53,7 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "t
 
         from .ggml_lib import ggml_quantize
 
-        return ggml_quantize(q.to_float32(raw, dtype, name=name), GGMLType(ggml_type))
+        return ggml_quantize(q.to_float32(raw, dtype, name=name), GGMLType(ggml_type), calibrated_importance(context))
     arrays = encode(raw, dtype, scheme, recipe, context=context, name=name)
     out = arrays["blocks"] if "blocks" in arrays else np.asarray(arrays["weight"]).view(np.uint8)
     return out.reshape(raw.shape[0], -1)

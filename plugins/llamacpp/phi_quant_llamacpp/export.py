@@ -30,6 +30,7 @@ from . import phimoe
 from .constants import GGMLType, TensorName
 from .encode import encode_tensor_chunks
 from .gguf_file import GGUFStreamWriter, TensorSlot
+from .imatrix import IMATRIX_FILE, write_imatrix
 from .kquant import llama_quantize_file
 from .layout import PlannedTensor, rope_factor_slots, slots_by_source
 from .metadata import model_metadata, model_name
@@ -192,13 +193,23 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         try:
             lossless_path = tmp / f"lossless-{lossless}.gguf"
             _write_stream(source, lossless_path, metadata, lossless_plan, rope, progress, rewrites)
-            llama_quantize_file(lossless_path, out_path, scheme, plan.overrides, options.threads, _truthy(options.get("verbose")))
+            llama_quantize_file(lossless_path, out_path, scheme, plan.overrides, options.threads, _truthy(options.get("verbose")),
+                                _quantizer_importance(source, plan))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         notes.append(f"{scheme} made by llama.cpp's llama_model_quantize from a lossless {lossless} GGUF (removed)")
 
     types, digests = _read_back(out_path, plan)
     overrides = plan.overrides
+    files = [out_name]
+    view = getattr(source, "calibration", None)
+    if view is not None:
+        write_imatrix(Path(output_dir) / IMATRIX_FILE, view.stats, bool(cfg.tie_word_embeddings),
+                      [f["path"] for f in (view.stats.meta.get("text") or {}).get("files", [])])
+        files.append(IMATRIX_FILE)
+        notes.append(f"{IMATRIX_FILE}: the calibration statistics as llama.cpp's importance matrix (of the original "
+                     "weights), for llama-quantize --imatrix")
+
     counts = Counter(types.values())
     if cfg.sliding_window and cfg.sliding_window < cfg.max_position_embeddings:
         notes.append(
@@ -234,8 +245,21 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         f"```python\nfrom llama_cpp import Llama\nllm = Llama(model_path=\"{out_name}\", n_ctx={n_ctx})\n"
         "print(llm.create_chat_completion(messages=[{\"role\": \"user\", \"content\": \"Hello\"}]))\n```\n"
     )
-    return ExportResult(files=[out_name], scheme=label, details=details, run_instructions=run, notes=notes,
+    return ExportResult(files=files, scheme=label, details=details, run_instructions=run, notes=notes,
                         quantization=plan.tensor_plan.summary(digests))
+
+
+def _quantizer_importance(source, plan: GGUFPlan) -> dict[str, np.ndarray] | None:
+    """{GGUF name: calibrated mean x² of the scaled weight's input} for llama.cpp's quantizer, or None."""
+    view = getattr(source, "calibration", None)
+    if view is None:
+        return None
+    out = {}
+    for p in plan.entries:
+        st = view.for_tensor(p.info) if p.info.role.is_matmul else None
+        if st is not None and st.count:
+            out[p.slot.name] = st.mean_sq
+    return out
 
 
 def _label(plan: GGUFPlan, options: ExportOptions) -> str:

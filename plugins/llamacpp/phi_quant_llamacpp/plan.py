@@ -186,10 +186,11 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
         if options.bits_per_weight is not None or _policy(options) != "uniform":
             raise UnsupportedPrecisionError(
                 f"--scheme {scheme} is llama.cpp's own mix; for a budget or a policy use --scheme Q4_0 (or drop --scheme)")
-        if recipe != "rtn":
+        if recipe != "rtn" and not _llama_accepts(recipe):
             raise UnsupportedPrecisionError(
                 f"--scheme {scheme} is made by llama.cpp's quantizer, which chooses its own values; recipe {recipe} "
-                "applies to our types (Q4_0, Q4_1, Q8_0): try --policy q4_k_m --recipe " + recipe)
+                "applies to our types (Q4_0, Q4_1, Q8_0): try --policy q4_k_m --recipe " + recipe
+                + " (or --recipe awq, which llama.cpp's quantizer takes: the scaled model and its importance matrix)")
         stored = {i.dtype for i in infos if i.role.is_matmul}
         lossless = LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"  # mixed dtypes: widen
         if strict:
@@ -220,6 +221,15 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
             tensor_plan.notes.append(f"{', '.join(native)} tensors are quantized by ggml's own quantizer "
                                      f"(recipe {recipe} applies to the Q4_0/Q4_1/Q8_0 ones)")
     return GGUFPlan(scheme, route, entries, tensor_plan, overrides, lossless)
+
+
+def _llama_accepts(recipe: str) -> bool:
+    """True for a recipe llama.cpp's own quantizer can follow: AWQ (a scaled model) with round to
+    nearest, whose calibrated importance it takes as its importance matrix."""
+    from phi_quant.quant.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    return bool(getattr(r, "awq", False)) and getattr(getattr(r, "rule", None), "name", "") == "rtn"
 
 
 def _budget_types(infos: list[TensorInfo], options: ExportOptions, source) -> dict[str, GGMLType]:

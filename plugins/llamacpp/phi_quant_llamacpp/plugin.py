@@ -12,6 +12,7 @@ import numpy as np
 
 from phi_quant.hookspecs import hookimpl
 from phi_quant.model.tensors import SourceTensor
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -163,6 +164,12 @@ def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> Quant
         meta={"ggml_type": int(ggml_type), "source": tensor.name, "file_scheme": plan.scheme, "reason": entry.reason,
               "recipe": recipe.name, "note": "bytes exactly as written to the GGUF", "expert": tensor.expert},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every tensor's GGUF type as the core sees it (the plan export and quantize follow)."""
+    return plan_for(source, options).tensor_plan
 
 
 @hookimpl

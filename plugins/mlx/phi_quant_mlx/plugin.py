@@ -15,6 +15,7 @@ import numpy as np
 
 from phi_quant.hookspecs import hookimpl
 from phi_quant.model.tensors import SourceTensor
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -157,6 +158,14 @@ def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> Quant
         dequantize=dequantize,
         meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every module's quantization as the core sees it (the plan export and quantize follow)."""
+    from .plan import tensor_plan as core_plan
+
+    return core_plan(plan_for(source, options), options.recipe)
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import numpy as np
 from phi_quant.hookspecs import hookimpl
 from phi_quant.quant import matmulnbits_dequantize
 from phi_quant.model.tensors import SourceTensor, TensorRole
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -158,6 +159,12 @@ def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> Quant
         dequantize=dequantize,
         meta=meta,
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every initializer's storage as the core sees it (the plan export and quantize follow)."""
+    return plan_for(source, options).tensor_plan
 
 
 @hookimpl

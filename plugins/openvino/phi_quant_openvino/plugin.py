@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phi_quant.hookspecs import hookimpl
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -120,6 +121,15 @@ def quantize(tensor, options: ExportOptions, source=None) -> QuantizedTensor:
         dequantize=(lambda: dequantize(arrays, scheme, shape)) if len(shape) == 2 else (lambda: arrays["weight"]),
         meta={"mode": scheme.mode, "group_size": scheme.group_size, "recipe": recipe.name},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every constant's NNCF scheme as the core sees it (the plan export and quantize follow)."""
+    from .plan import plan_for
+    from .plan import tensor_plan as core_plan
+
+    return core_plan(plan_for(source, options), source.tensor_infos(), options.recipe)
 
 
 @hookimpl

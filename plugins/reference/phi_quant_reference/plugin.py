@@ -38,7 +38,7 @@ from .weights import DEFAULT_SCHEMES, encode, resolve_scheme, tensor_scheme
 
 NAME = "reference"
 #: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
-HOOK_CONTRACT = "1.3"
+HOOK_CONTRACT = "1.4"
 #: The architectures (phi_quant.arch names) it writes. Tensors are stored by name and run by the
 #: core's oracle, so any architecture the core reads would work; each is listed once the kit passes on it.
 ARCHITECTURES = ("phi3",)
@@ -110,6 +110,12 @@ def plan(infos, options: ExportOptions) -> TensorPlan:
 def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
     plan([tensor.info()], options)  # refuse bad options as export would
     return encode(tensor, resolve_scheme(options), options.recipe, source)
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every tensor's scheme (one per precision for every matrix, norms in float32)."""
+    return plan(source.tensor_infos(), options)
 
 
 @hookimpl

@@ -9,7 +9,11 @@ selects one; the maths and cost of each are in ``docs/recipes.md``.
 rtn     the vendor's round-to-nearest rule, bit-identical to its quantizer (default)
 clip    per group, the shrunk range with the least weighted squared error + least-squares refit
 hqq     HQQ's half-quadratic zero-point optimisation (formats with zero points only)
+awq     activation-aware scaling from calibration data, folded into the model (then rtn)
+gptq    GPTQ error compensation from the calibration XᵀX, in each tensor's own scheme
 ======  =====================================================================================
+
+Names combine with ``+`` (``awq+gptq``, ``awq+clip``, ``gptq+clip``): :mod:`.calibrated` says how.
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ DEFAULT_RECIPE = "rtn"
 
 
 def recipe_names() -> tuple[str, ...]:
-    return tuple(RECIPES)
+    """The single recipe names (data-free ones, then the calibrated parts); ``+`` combines them."""
+    from .calibrated import CALIBRATED_PARTS
+
+    return (*RECIPES, *CALIBRATED_PARTS)
 
 
 def get_recipe(name: str | Recipe | None) -> Recipe:
-    """The recipe called ``name`` (None: the default); an unknown name raises BadInputError."""
+    """The recipe called ``name`` (None: the default); an unknown name raises BadInputError.
+
+    Calibrated recipes and combinations (``awq``, ``gptq``, ``awq+gptq``, ...) are parsed by
+    :func:`.calibrated.parse_recipe`.
+    """
     if isinstance(name, Recipe):
         return name
     key = (name or DEFAULT_RECIPE).strip().lower()
-    if key not in RECIPES:
-        raise BadInputError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    return RECIPES[key]()
+    if key in RECIPES:
+        return RECIPES[key]()
+    from .calibrated import parse_recipe
+
+    return parse_recipe(key, RECIPES)
