@@ -90,7 +90,7 @@ def test_values_do_not_depend_on_row_chunks(w, monkeypatch):
 
 
 def test_unknown_recipe_and_weighting_are_refused():
-    with pytest.raises(BadInputError, match="choose one of: " + ", ".join(recipe_names())):
+    with pytest.raises(BadInputError, match=", ".join(recipe_names())):
         get_recipe("gptq-please")
     with pytest.raises(ValueError, match="weighting"):
         Clip(weighting="cubic").values(np.ones((1, 32), np.float32), Scheme.ggml("Q4_0"), RecipeContext())
