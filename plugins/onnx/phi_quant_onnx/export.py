@@ -15,12 +15,17 @@ from phi_quant.types import ExportOptions, ExportResult, NullProgress, Progress
 
 from . import constants as C
 from .decoder import Phi3OnnxDecoder
+from .phimoe import PhiMoEOnnxDecoder
 from .external_data import ExternalDataWriter
 from .genai_config import build_genai_config
 from .settings import OnnxSettings, settings_from_options
 from .tokenizer_files import copy_tokenizer_files
 
-__all__ = ["export_model", "run_instructions"]
+__all__ = ["export_model", "run_instructions", "ARCHITECTURES"]
+
+#: The graph builder of each phi_quant.arch layout this backend writes.
+_DECODERS = {"phi3": Phi3OnnxDecoder, "phimoe": PhiMoEOnnxDecoder}
+ARCHITECTURES = tuple(_DECODERS)
 
 
 def export_model(source: Any, output_dir: Path, options: ExportOptions, progress: Progress | None = None) -> ExportResult:
@@ -30,7 +35,7 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
     config = source.config
     settings = settings_from_options(options, config)
     with ExternalDataWriter(output_dir, C.DATA_FILE) as writer:
-        decoder = Phi3OnnxDecoder(config, settings, writer)
+        decoder = _DECODERS[config.arch_name](config, settings, writer)
         for tensor in source.tensors():
             decoder.consume(tensor)
             progress.advance(tensor.nbytes, tensor.name)

@@ -27,7 +27,8 @@ from phi_quant.types import (
 from . import __version__
 from .constants import TARGETS
 from .dtypes import convert, to_float32
-from .export import export_model
+from .export import ARCHITECTURES, export_model
+from .phimoe import router_kind
 from .hardware import detect
 from .runtime import OnnxGenaiModel
 from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS, settings_from_options
@@ -69,7 +70,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="ONNX decoder with KV cache for ONNX Runtime GenAI (GroupQueryAttention, MatMulNBits), built without torch",
         install_hint="pip install phi-quant-onnx",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=ARCHITECTURES,  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -100,8 +101,10 @@ def supported_precisions() -> list[PrecisionSpec]:
 
 
 def _storage_for(role: TensorRole, settings) -> str:
-    if role.is_norm:
+    if role.is_norm or role.is_bias:
         return settings.io_dtype
+    if role == TensorRole.ROUTER:
+        return router_kind(settings)
     if role == TensorRole.EMBED:
         return settings.embeddings
     if role == TensorRole.LM_HEAD:

@@ -148,6 +148,16 @@ def settings_from_options(options: ExportOptions, config: PhiConfig | None = Non
         )
 
     body = precision
+    if config is not None and config.is_moe and body in _INT:
+        sizes = (config.hidden_size, config.intermediate_size)
+        if any(n % block_size for n in sizes):
+            fits = [b for b in BLOCK_SIZES if not any(n % b for n in sizes)]
+            raise UnsupportedPrecisionError(
+                f"QMoE (onnxruntime's quantized mixture-of-experts op) needs hidden_size {sizes[0]} and the experts' "
+                f"intermediate_size {sizes[1]} to be multiples of the block size {block_size}: "
+                + (f"use --group-size {' or '.join(map(str, fits))}" if fits else "no MatMulNBits block size divides both; "
+                   "export fp16 or fp32")
+            )
     lm_head = _storage(options.get("lm_head", body), "lm_head")
     tied = bool(config and config.tie_word_embeddings)
     default_embed = lm_head if tied else (body if body in ("fp32", "fp16", "bf16") else "fp16")
