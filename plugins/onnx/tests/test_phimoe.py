@@ -119,6 +119,38 @@ def test_moe_kernel_computes_phimoe_experts():
     np.testing.assert_allclose(got, _moe_reference(x, logits, w1, w3, w2), rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_moe_kernel_ignores_use_sparse_mixer():
+    """Why routing is in the graph: onnxruntime 1.32's CPU MoE kernel, given the raw router logits and
+    ``use_sparse_mixer=1``, routes softmax-then-top-2 exactly as without it (weights the softmax
+    probabilities), not sparsemixer (1 and 1 unless logits nearly tie). If a later onnxruntime
+    implements it, this fails: then compare its window with ``router_jitter_noise`` before using it."""
+    from phi_quant.arch.oracle import softmax
+
+    rng = np.random.default_rng(4)
+    x, logits = rng.standard_normal((T, H)).astype(np.float32), _logits(rng)
+    logits[4] = [0.0, 0.1, 0.2, 0.3]  # no exact ties here: the kernel breaks those towards the last index
+    w1, w3, w2 = _experts(rng)
+    g = GraphBuilder()
+    g.add_input("x", TensorProto.FLOAT, [T, H])
+    g.add_input("logits", TensorProto.FLOAT, [T, E])
+    g.add_initializer(numpy_helper.from_array(_interleave(w1, w3), "fc1"))
+    g.add_initializer(numpy_helper.from_array(w2, "fc2"))
+    g.node(C.OP_MOE, ["x", "logits", "fc1", "", "fc2"], "/MoE", outputs=["y"], domain=C.MS_DOMAIN, k=2,
+           activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0,
+           normalize_routing_weights=0, use_sparse_mixer=1)
+    g.add_output("y", TensorProto.FLOAT, [T, H])
+    got = _session(g.to_model()).run(None, {"x": x, "logits": logits})[0]
+    probs = softmax(logits)
+    picks = np.argsort(-probs, axis=-1, kind="stable")[:, :2]
+    top2 = np.zeros_like(x)
+    for t in range(T):
+        for j in range(2):
+            e = picks[t, j]
+            top2[t] += probs[t, e] * ((silu(x[t] @ w1[e].T) * (x[t] @ w3[e].T)) @ w2[e].T)
+    np.testing.assert_allclose(got, top2, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - _moe_reference(x, logits, w1, w3, w2)).max() > 0.1
+
+
 def _pack(w: np.ndarray, bits: int, symmetric: bool, block: int = 32):
     """Per-expert MatMulNBits bytes stacked as QMoE reads them, and the dequantized weights."""
     parts = []
