@@ -266,3 +266,43 @@ def test_phimoe_block_size_must_divide_the_experts(sources):
         settings_from_options(ExportOptions(precision="int4", group_size=32), config)
     assert settings_from_options(ExportOptions(precision="int4", group_size=16), config).block_size == 16
     assert settings_from_options(ExportOptions(precision="fp16"), config).body == "fp16"
+
+
+def test_phimoe_with_rotary_ops_matches_oracle(exported, oracle):
+    """The rotary_op plan (separate RotaryEmbedding on the unpacked Q and K) is exact too."""
+    out, result = exported(VARIANT, "fp32", rotary="op")
+    assert result.details["attention"] == "rotary_op"
+    model = plugin.load_model(path=out, options={})
+    try:
+        kl, top1, worst = _compare(model, oracle(VARIANT)[1])
+    finally:
+        model.close()
+    assert kl <= 1e-6 and top1 == 1.0 and worst <= 1e-3, (kl, top1, worst)
+
+
+@pytest.mark.parametrize("target,precision", [("cuda", "fp16"), ("cuda", "int4"), ("dml", "fp16")])
+def test_phimoe_gpu_graphs_run_on_the_cpu_provider(target, precision, sources, oracle, tmp_path):
+    """cuda/dml exports (fp16 activations: MoE/QMoE in float16, routing still in float32) are untested
+    on their providers here; as a structural check the graph runs under the CPU provider."""
+    import onnxruntime as ort
+
+    from phi_quant.fidelity import compare_logits
+    from phi_quant.types import ExportOptions, NullProgress
+
+    src = sources(VARIANT)
+    plugin.export(source=src, output_dir=tmp_path, options=ExportOptions(precision=precision, target=target),
+                  progress=NullProgress())
+    onnx.checker.check_model(str(tmp_path / C.MODEL_FILE))
+    sess = ort.InferenceSession(str(tmp_path / C.MODEL_FILE), providers=["CPUExecutionProvider"])
+    c = src.config
+    _, ids, want = oracle(VARIANT)[1][0]
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+             "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
+    for i in range(c.num_layers):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float16)
+    r = compare_logits(want, sess.run(["logits"], feeds)[0][0])
+    th = next(s for s in plugin.supported_precisions() if s.precision == precision).thresholds_for("phimoe")
+    # fp16 activations: measured KL 6.2e-6, top-1 1.0 (the dense bound for them is 1e-3)
+    kl_max, top1_min = (1e-3, 0.9) if precision == "fp16" else (th.kl_max, th.top1_min)
+    assert r.kl_mean <= kl_max and r.top1_agreement >= top1_min, r
