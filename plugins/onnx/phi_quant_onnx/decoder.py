@@ -1,5 +1,8 @@
 """The Phi3ForCausalLM decoder as an ONNX graph, built while the checkpoint streams past.
 
+(PhiMoE's decoder, :mod:`phimoe`, subclasses this one: same inputs, outputs, KV cache, rotary and
+attention; its own norms, projections and experts through :meth:`Phi3OnnxDecoder._handlers`.)
+
 Tensors arrive in the core's canonical order (embedding; per layer: attn_norm, qkv, o,
 ffn_norm, gate_up, down; final norm; lm_head unless tied), which is also a topological order of
 the graph, so each tensor is written to the external-data file and its nodes are emitted at

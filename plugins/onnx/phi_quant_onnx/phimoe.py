@@ -6,7 +6,7 @@ rotary and attention, with PhiMoE's own pieces.
 * separate q/k/v projections with their biases into GroupQueryAttention (which takes Q, K, V
   unpacked), the o projection and the lm_head with theirs;
 * LongRoPE with PhiMoE's short/long mscale (``rope.py`` scales each cache by its own);
-* the mixture of experts: the router MatMul (kept in float, see :func:`router_kind`), the
+* the mixture of experts: the router MatMul (kept in float, ``OnnxSettings.router_storage``), the
   routing of :mod:`routing`, and one ``com.microsoft.MoE`` (float experts) or ``QMoE``
   (MatMulNBits-packed experts) node whose stacked experts :mod:`experts` writes as they stream.
 
@@ -31,18 +31,9 @@ from .routing import Routing, sparsemixer_routing
 from .settings import OnnxSettings
 from .weights import write_float, write_float_transposed
 
-__all__ = ["PhiMoEOnnxDecoder", "router_kind", "expert_op"]
+__all__ = ["PhiMoEOnnxDecoder", "expert_op"]
 
 _PROJECTIONS = {TensorRole.Q: "q_proj", TensorRole.K: "k_proj", TensorRole.V: "v_proj", TensorRole.O: "o_proj"}
-
-
-def router_kind(settings: OnnxSettings) -> str:
-    """The router's storage: the precision's own for float exports, the activation type for int4/int8.
-
-    The router is [experts, hidden] (65,536 of Phi-3.5-MoE's 42 billion weights): quantizing it
-    saves nothing worth having and moves logits that decide which experts run.
-    """
-    return settings.body if settings.body in ("fp32", "fp16", "bf16") else settings.io_dtype
 
 
 def expert_op(settings: OnnxSettings) -> str:
@@ -62,7 +53,7 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
         self.choices["experts"] = (
             f"{expert_op(settings)} ({settings.body} experts, gate/up interleaved into fc1, swiglu with alpha 1, beta 0)"
         )
-        self.choices["router"] = router_kind(settings)
+        self.choices["router"] = settings.router_storage
 
     def _handlers(self) -> dict:
         return {
@@ -122,7 +113,8 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
     def _projection(self, t: SourceTensor) -> None:
         role, i = TensorRole(t.role), t.layer
         name = _PROJECTIONS[role]
-        stored = self._store(t, self.settings.body, f"{C.layer_prefix(i)}.self_attn.{name}", transposed=True)
+        prefix = f"{C.layer_prefix(i)}.self_attn.{name}"
+        stored = self._store(t, self.settings.storage_for(role), prefix, transposed=True)
         if role is TensorRole.O:
             self._attn_out = self._gqa(i, self._proj[TensorRole.Q], self._proj[TensorRole.K], self._proj[TensorRole.V])
             self.state.pending = self._matmul(self._attn_out, stored, f"/model/layers.{i}/attn/o_proj")
@@ -144,7 +136,7 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
     def _router(self, t: SourceTensor) -> None:
         g, i, cfg = self.g, t.layer, self.config
         base = f"/model/layers.{i}/moe"
-        kind = router_kind(self.settings)
+        kind = self.settings.storage_for(TensorRole.ROUTER)
         proto = write_float_transposed(self.writer, f"{C.layer_prefix(i)}.moe.gate.weight", t, kind)
         g.add_initializer(proto)
         logits = self._matmul(self.state.hidden, _Stored(kind, float_tensor=proto), f"{base}/gate")
@@ -158,8 +150,8 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
         self._routing = route
         s = self.settings
         self._experts = StackedExperts(
-            self.writer, f"{C.layer_prefix(i)}.moe", cfg, s.body, block_size=s.block_size, symmetric=s.symmetric,
-            scale_kind=self.io_kind, threads=s.threads,
+            self.writer, f"{C.layer_prefix(i)}.moe", cfg, s.storage_for(TensorRole.GATE), block_size=s.block_size,
+            symmetric=s.symmetric, scale_kind=self.io_kind, threads=s.threads,
         )
         for stacked in (self._experts.fc1, self._experts.fc2):
             for proto in (stacked.weight, stacked.scales, stacked.zero_points):

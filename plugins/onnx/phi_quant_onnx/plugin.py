@@ -28,7 +28,6 @@ from . import __version__
 from .constants import TARGETS
 from .dtypes import convert, to_float32
 from .export import ARCHITECTURES, export_model
-from .phimoe import router_kind
 from .hardware import detect
 from .runtime import OnnxGenaiModel
 from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS, settings_from_options
@@ -110,18 +109,6 @@ def supported_precisions() -> list[PrecisionSpec]:
     return specs
 
 
-def _storage_for(role: TensorRole, settings) -> str:
-    if role.is_norm or role.is_bias:
-        return settings.io_dtype
-    if role == TensorRole.ROUTER:
-        return router_kind(settings)
-    if role == TensorRole.EMBED:
-        return settings.embeddings
-    if role == TensorRole.LM_HEAD:
-        return settings.lm_head
-    return settings.body
-
-
 @hookimpl
 def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
     """One tensor as the export stores it.
@@ -132,7 +119,7 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
     """
     settings = settings_from_options(options)
     role = TensorRole(tensor.role)
-    kind = _storage_for(role, settings)
+    kind = settings.storage_for(role)
     shape = tuple(tensor.shape)
     if kind in ("int4", "int8"):
         bits = settings.bits(kind)
