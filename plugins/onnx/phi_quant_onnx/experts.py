@@ -30,9 +30,11 @@ from onnx import TensorProto
 from phi_quant.errors import UnsupportedModelError
 from phi_quant.model.config import PhiConfig
 from phi_quant.model.tensors import SourceTensor, TensorRole
+from phi_quant.quant.digest import TensorDigest
 
 from .dtypes import ONNX_FLOAT_TYPES, convert, to_float32
 from .external_data import ExternalDataWriter, Region
+from .plan import Storage
 from .weights import CHUNK_ELEMENTS, check_finite, pack_nbits, rows_of
 
 __all__ = ["StackedExperts", "Stacked"]
@@ -52,16 +54,25 @@ class Stacked:
 class StackedExperts:
     """The experts of one layer, as ``fc1`` / ``fc2`` initializers filled as tensors arrive.
 
-    ``kind`` is the experts' storage: a float kind (fp32, fp16, bf16) or int4 / int8.
+    ``storage`` is every expert's storage in the export's plan (one per layer: the plan refuses a
+    layer whose experts it would store differently, :func:`plan.check_expert_stacks`): a float kind
+    (fp32, fp16, bf16) or a MatMulNBits scheme. ``recipe`` / ``context_for`` give the values, as
+    for every other tensor. :attr:`digests` holds each expert tensor's byte fingerprint, fed with
+    the rows as they are written (what the quantize hook's arrays hash to).
     """
 
-    def __init__(self, writer: ExternalDataWriter, prefix: str, config: PhiConfig, kind: str, *,
-                 block_size: int, symmetric: bool, scale_kind: str, threads: int | None = None):
-        self.writer, self.prefix, self.kind = writer, prefix, kind
+    def __init__(self, writer: ExternalDataWriter, prefix: str, config: PhiConfig, storage: Storage, *,
+                 scale_kind: str, threads: int | None = None, recipe=None, context_for=None):
+        self.writer, self.prefix, self.storage, self.kind = writer, prefix, storage, storage.kind
         self.experts, self.hidden, self.inter = config.num_experts, config.hidden_size, config.intermediate_size
-        self.block_size, self.symmetric, self.scale_kind, self.threads = block_size, symmetric, scale_kind, threads
-        self.quantized = kind in ("int4", "int8")
-        self.bits = {"int4": 4, "int8": 8}.get(kind, 0)
+        self.quantized = storage.quantized
+        scheme = storage.scheme
+        self.bits = scheme.bits if self.quantized else 0
+        self.block_size = scheme.group if self.quantized else 0
+        self.symmetric = scheme.symmetric if self.quantized else True
+        self.scale_kind, self.threads = scale_kind, threads
+        self.recipe, self.context_for = recipe, context_for
+        self.digests: dict[str, str] = {}
         self._seen: set[tuple[TensorRole, int]] = set()
         self.fc1 = self._allocate("fc1", rows=2 * self.inter, k=self.hidden)
         self.fc2 = self._allocate("fc2", rows=self.hidden, k=self.inter)
@@ -120,11 +131,13 @@ class StackedExperts:
         if (n, k) != want:
             raise UnsupportedModelError(f"tensor {tensor.name} has shape {(n, k)}, expected {want}")
         step = max(1, CHUNK_ELEMENTS // max(1, k))
+        digest = TensorDigest()
+        context = self.context_for(tensor) if self.quantized and self.context_for else None
         for r0 in range(0, n, step):
             raw = rows_of(tensor, r0, r0 + step)
             if self.quantized:
-                B, scales, zp = pack_nbits(raw, tensor.dtype, self.bits, self.block_size, self.symmetric,
-                                           self.scale_kind, tensor.name, self.threads)
+                B, scales, zp = pack_nbits(raw, tensor.dtype, self.storage.scheme, tensor.name, self.threads,
+                                           self.recipe, context)
                 parts = {"weight": B.reshape(B.shape[0], -1), "scales": scales}
                 if zp is not None:
                     parts["zero_points"] = zp
@@ -135,7 +148,10 @@ class StackedExperts:
                 del block
             for key, rows in parts.items():
                 self._write_rows(stacked, key, rows, first + r0 * stride, stride)
+                # the quantize hook's array names: MatMulNBits "B"/"scales"/"zero_points", float "weight"
+                digest.update("B" if self.quantized and key == "weight" else key, rows)
             del raw, parts
+        self.digests[tensor.name] = digest.hexdigest()
         self._seen.add((role, expert))
 
     @staticmethod

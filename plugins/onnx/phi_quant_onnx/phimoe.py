@@ -29,31 +29,24 @@ from .experts import StackedExperts
 from .external_data import ExternalDataWriter
 from .routing import Routing, sparsemixer_routing
 from .settings import OnnxSettings
-from .weights import write_float, write_float_transposed
 
-__all__ = ["PhiMoEOnnxDecoder", "expert_op"]
+__all__ = ["PhiMoEOnnxDecoder"]
 
 _PROJECTIONS = {TensorRole.Q: "q_proj", TensorRole.K: "k_proj", TensorRole.V: "v_proj", TensorRole.O: "o_proj"}
-
-
-def expert_op(settings: OnnxSettings) -> str:
-    return C.OP_QMOE if settings.body in ("int4", "int8") else C.OP_MOE
 
 
 class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
     """Builds the PhiMoE graph; feed it every tensor with :meth:`consume`, then call :meth:`finish`."""
 
-    def __init__(self, config: PhiConfig, settings: OnnxSettings, writer: ExternalDataWriter):
-        super().__init__(config, settings, writer)
+    def __init__(self, config: PhiConfig, settings: OnnxSettings, writer: ExternalDataWriter, plan, source=None):
+        super().__init__(config, settings, writer, plan, source)
+        self.digests: dict[str, str] = {}  # expert tensors: fingerprints of the rows written into the stacks
         self._norm_weight_name = ""
         self._proj: dict[TensorRole, str] = {}
         self._experts: StackedExperts | None = None
         self._lm_stored: _Stored | None = None
         self.choices["norm"] = "LayerNorm (LayerNormalization, then SkipLayerNormalization with beta)"
-        self.choices["experts"] = (
-            f"{expert_op(settings)} ({settings.body} experts, gate/up interleaved into fc1, swiglu with alpha 1, beta 0)"
-        )
-        self.choices["router"] = settings.router_storage
+        self.choices["router"] = settings.router_storage  # by default; the plan may say otherwise per tensor
 
     def _handlers(self) -> dict:
         return {
@@ -114,7 +107,7 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
         role, i = TensorRole(t.role), t.layer
         name = _PROJECTIONS[role]
         prefix = f"{C.layer_prefix(i)}.self_attn.{name}"
-        stored = self._store(t, self.settings.storage_for(role), prefix, transposed=True)
+        stored = self._store(t, self.tensor_plan.storage(t.name), prefix)
         if role is TensorRole.O:
             self._attn_out = self._gqa(i, self._proj[TensorRole.Q], self._proj[TensorRole.K], self._proj[TensorRole.V])
             self.state.pending = self._matmul(self._attn_out, stored, f"/model/layers.{i}/attn/o_proj")
@@ -136,10 +129,8 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
     def _router(self, t: SourceTensor) -> None:
         g, i, cfg = self.g, t.layer, self.config
         base = f"/model/layers.{i}/moe"
-        kind = self.settings.storage_for(TensorRole.ROUTER)
-        proto = write_float_transposed(self.writer, f"{C.layer_prefix(i)}.moe.gate.weight", t, kind)
-        g.add_initializer(proto)
-        logits = self._matmul(self.state.hidden, _Stored(kind, float_tensor=proto), f"{base}/gate")
+        stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.moe.gate")
+        logits = self._matmul(self.state.hidden, stored, f"{base}/gate")
         flat = g.node1("Reshape", [logits, g.const([-1, cfg.num_experts])], f"{base}/gate/Reshape")
         if self.io_kind != "fp32":  # routing runs in float32 whatever the activations
             flat = g.node1("Cast", [flat], f"{base}/gate/Cast", to=TensorProto.FLOAT)
@@ -148,10 +139,15 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
             route = Routing(g.node1("Cast", [route.router_probs], f"{base}/route/probs/Cast", to=self.io_type),
                             g.node1("Cast", [route.output_scale], f"{base}/route/scale/Cast", to=self.io_type))
         self._routing = route
-        s = self.settings
+        from phi_quant.quant.plan import recipe_context
+
+        first = self.tensor_plan.storage(cfg.arch.hf_name(TensorRole.GATE, i, 0))  # a layer's experts are alike
+        op = C.OP_QMOE if first.quantized else C.OP_MOE
+        self.choices["experts"] = f"{op} ({first.scheme.name} experts, gate/up interleaved into fc1, swiglu alpha 1 beta 0)"
         self._experts = StackedExperts(
-            self.writer, f"{C.layer_prefix(i)}.moe", cfg, s.storage_for(TensorRole.GATE), block_size=s.block_size,
-            symmetric=s.symmetric, scale_kind=self.io_kind, threads=s.threads,
+            self.writer, f"{C.layer_prefix(i)}.moe", cfg, first, scale_kind=self.io_kind,
+            threads=self.settings.threads, recipe=self.recipe,
+            context_for=lambda tensor: recipe_context(self.recipe, tensor.info(), self.source),
         )
         for stacked in (self._experts.fc1, self._experts.fc2):
             for proto in (stacked.weight, stacked.scales, stacked.zero_points):
@@ -162,8 +158,13 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
         experts = self._experts
         if experts is None:
             raise UnsupportedModelError(f"tensor {t.name} arrived before its layer's router")
+        storage = self.tensor_plan.storage(t.name)
+        if storage != experts.storage:
+            raise UnsupportedModelError(f"tensor {t.name} is planned as {storage.scheme.name}, its layer's experts as "
+                                        f"{experts.storage.scheme.name}: QMoE stores them in one stacked tensor")
         experts.add(t)
         if experts.complete:
+            self.digests.update(experts.digests)
             self._emit_moe(t.layer, experts)
             self._experts = None
             self.state.layers_done.add(t.layer)
@@ -194,17 +195,16 @@ class PhiMoEOnnxDecoder(Phi3OnnxDecoder):
 
     # -- lm_head and its bias --------------------------------------------------------------------
     def _lm_head_weight(self, t: SourceTensor) -> None:
-        kind = self.settings.lm_head
-        self._lm_stored = self._store(t, kind, "lm_head", transposed=kind not in ("int4", "int8"))
-        self.choices["lm_head"] = kind
+        storage = self.tensor_plan.storage(t.name)
+        self._lm_stored = self._store(t, storage, "lm_head")
+        self.choices["lm_head"] = storage.kind
         if not self.config.lm_head_bias:
             self._emit_lm_head(self._lm_stored)
 
     def _lm_head_bias(self, t: SourceTensor) -> None:
         if self._lm_stored is None:
             raise UnsupportedModelError(f"tensor {t.name} arrived before the lm_head")
-        bias = self.g.add_initializer(write_float(self.writer, "lm_head.bias", t, self.io_kind))
-        self._emit_lm_head(self._lm_stored, bias=bias)
+        self._emit_lm_head(self._lm_stored, bias=self._norm_weight(t, "lm_head.bias"))
 
     def finish(self):
         if self._experts is not None:
