@@ -306,3 +306,25 @@ def test_phimoe_gpu_graphs_run_on_the_cpu_provider(target, precision, sources, o
     # fp16 activations: measured KL 6.2e-6, top-1 1.0 (the dense bound for them is 1e-3)
     kl_max, top1_min = (1e-3, 0.9) if precision == "fp16" else (th.kl_max, th.top1_min)
     assert r.kl_mean <= kl_max and r.top1_agreement >= top1_min, r
+
+
+def test_plan_refuses_a_layer_whose_experts_differ(sources):
+    """MoE/QMoE read a layer's experts from stacked tensors of one storage: a plan that would store
+    one expert differently is refused before export; the default plan stores them alike."""
+    from phi_quant.errors import UnsupportedPrecisionError
+    from phi_quant.types import ExportOptions
+
+    from phi_quant_onnx.plan import _storage, check_expert_stacks, plan_model
+
+    src = sources(VARIANT)
+    infos = src.tensor_infos()
+    plan = plan_model(src.config, infos, ExportOptions(precision="int4"))
+    experts = [i for i in infos if i.expert is not None]
+    assert len({plan.storage(i.name) for i in experts}) == 1
+    assert plan.storage(experts[0].name).scheme.name == "MatMulNBits-4bit-b32-sym"
+    router = next(i for i in infos if i.role.value == "router")
+    assert plan.storage(router.name).kind == "fp32"  # float router by default
+    storages = dict(plan.storages)
+    storages[experts[-1].name] = _storage("int8", plan.settings, False)
+    with pytest.raises(UnsupportedPrecisionError, match="layer 1's experts would be stored differently"):
+        check_expert_stacks(infos, storages)
