@@ -28,7 +28,7 @@ from phi_quant.types import (
 )
 
 from . import __version__
-from .constants import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_MODE, module_path
+from .constants import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_MODE, parameter_path
 from .encode import encode_whole
 from .export import export_mlx, scheme_name
 from .hardware import detect
@@ -84,7 +84,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="The folder mlx_lm.load opens (config.json + safetensors shards); affine int4/int8 bit-identical to mx.quantize",
         install_hint="pip install phi-quant-mlx",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=("phi3", "phimoe"),  # the phi_quant.arch layouts this backend writes (mlx-lm's phi3, phimoe)
     )
 
 
@@ -114,7 +114,7 @@ def supported_precisions() -> list[PrecisionSpec]:
 def _planned(tensor: SourceTensor, options: ExportOptions) -> PlannedTensor:
     """The export's decision for this one tensor (overrides that name other modules are ignored)."""
     gs = resolve_group_size(options.group_size)
-    module = module_path(tensor.role, tensor.layer)
+    module = parameter_path(tensor.role, tensor.layer, tensor.expert)[0]
     overrides = [o for o in parse_overrides(options.get("overrides"), gs) if o.matches(module) and tensor.role.is_matmul]
     return plan_tensors([tensor.info()], options.precision, gs, overrides, options.get("dtype"))[0]
 
@@ -124,7 +124,8 @@ _PHI_DTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 @hookimpl
 def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``."""
+    """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``
+    (``{"bias"}`` for a bias; an expert's matrix is its slice of the stacked SwitchGLU tensors)."""
     planned = _planned(tensor, options)
     arrays = encode_whole(planned, tensor.raw())
     arrays = {name[len(planned.module) + 1:]: arr for name, arr in arrays.items()}
@@ -135,7 +136,7 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
         from phi_quant import quant as q
 
         if quant is None:
-            w = arrays["weight"]
+            w = arrays[planned.param]
             if planned.dtype == "BF16":
                 return (w.astype(np.uint32) << 16).view(np.float32).reshape(shape)
             return w.astype(np.float32).reshape(shape)
@@ -143,12 +144,13 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
                                 group_size=quant.group_size, src_dtype=_PHI_DTYPE[planned.dtype]).reshape(shape)
 
     return QuantizedTensor(
-        name=f"{planned.module}.weight",
+        name=f"{planned.module}.{planned.param}",
         scheme=f"affine-int{quant.bits}-g{quant.group_size}" if quant else planned.dtype.lower(),
         shape=shape,
         arrays=arrays,
         dequantize=dequantize,
-        meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason},
+        meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason,
+              "expert": tensor.expert},
     )
 
 

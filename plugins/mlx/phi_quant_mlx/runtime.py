@@ -124,10 +124,12 @@ class MLXModel:
 
 
 class _LongRopeSwitch:
-    """Swaps the frequency table of mlx-lm's ``SuScaledRoPE`` layers between short and long factors."""
+    """Swaps the frequency table of mlx-lm's ``SuScaledRoPE`` layers between short and long factors
+    (and, for phimoe, whose config gives ``short_mscale``/``long_mscale``, the scale that goes with them)."""
 
-    def __init__(self, layers: list, tables: dict, original: int, config_is_long: bool):
+    def __init__(self, layers: list, tables: dict, original: int, config_is_long: bool, scales: dict | None = None):
         self.layers, self.tables, self.original, self.config_is_long = layers, tables, original, config_is_long
+        self.scales = scales
 
     @classmethod
     def from_model(cls, model, config: dict, mx) -> "_LongRopeSwitch | None":
@@ -145,8 +147,16 @@ class _LongRopeSwitch:
         tables = {"short": mx.array(short, dtype=mx.float32) * freqs, "long": mx.array(long, dtype=mx.float32) * freqs}
         config_is_long = list(scaling["long_factor"]) == long and short != long
         original = int(config.get("original_max_position_embeddings", 4096))
-        return cls(ropes, tables, original, config_is_long)
+        scales = None
+        if "short_mscale" in scaling and "long_mscale" in scaling:  # mlx-lm's phimoe: SuScaledRoPE._scale
+            if not all(hasattr(r, "_scale") for r in ropes):
+                raise RuntimeLoadError("this mlx-lm version's phimoe rope has no _scale; load with longrope=config")
+            long_m = (config.get("phi_quant") or {}).get("original_long_mscale", scaling["long_mscale"])
+            scales = {"short": float(scaling["short_mscale"]), "long": float(long_m)}
+        return cls(ropes, tables, original, config_is_long, scales)
 
     def use(self, which: str) -> None:
         for rope in self.layers:
             rope._freqs = self.tables[which]
+            if self.scales is not None:
+                rope._scale = self.scales[which]
