@@ -23,6 +23,11 @@ exactly which promise breaks where:
                                     thresholds the backend declares
 ``test_kl_order``                   KL(fp32) <= KL(fp16) <= KL(int8) <= KL(int4), small tolerance
 ``test_quantize``                   the ``quantize`` hook keeps the shape and dequantizes close
+``test_hook_matches_export``        for EVERY tensor, the ``quantize`` hook's bytes hash to the
+                                    sha256 the export recorded for what it wrote (contract >= 1.3)
+``test_recipe``                     int4 with each recipe (``clip``, ``hqq``, and ``awq+gptq``
+                                    where the backend has the 1.4 ``tensor_plan`` hook): export,
+                                    load, fidelity within the int4 bounds, hook == export bytes
 ``test_atomic_output``              a failure injected mid-stream leaves nothing anywhere
 ``test_rejects_nan_weights``        NaN weights -> ``BadWeightsError`` naming the tensor
 ``test_rejects_inf_weights``        Inf weights -> ``BadWeightsError`` naming the tensor
@@ -72,6 +77,17 @@ DEFAULT_STREAMING_PRECISIONS = ("fp16", "int4")
 
 #: A precision no backend has, for the refusal check.
 NONSENSE_PRECISION = "int3"
+
+#: Recipes ``test_recipe`` exports with (round to nearest is what every other check exports).
+KIT_RECIPES = ("clip", "hqq", "awq+gptq")
+
+#: Calibration tokens of the calibrated kit recipes: enough for the statistics, seconds on a tiny model.
+KIT_CALIBRATION_TOKENS = 256
+
+
+def _contract_at_least(info: Any, minor: int) -> bool:
+    major, _, rest = str(info.hook_contract).partition(".")
+    return major == HOOK_CONTRACT_VERSION.split(".")[0] and int(rest or 0) >= minor
 
 
 @dataclass
@@ -171,6 +187,27 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return out
 
 
+def _check_hook_digests(kit: Any, variant: str, output: Path, options: ExportOptions) -> int:
+    """Assert the ``quantize`` hook reproduces, for every tensor, the bytes the export recorded."""
+    from ..model.source import open_model
+    from ..quant.digest import digest_arrays
+
+    manifest = json.loads((output / "phi-quant.json").read_text())
+    records = {r["name"]: r for r in ((manifest.get("quantization") or {}).get("tensors") or [])}
+    with open_model(kit.checkpoint(variant)) as src:
+        names = [i.name for i in src.tensor_infos()]
+        missing = [n for n in names if "sha256" not in records.get(n, {})]
+        assert not missing, (f"the manifest's quantization block has no sha256 for {len(missing)} tensor(s) (first: "
+                             f"{missing[0]}): export must record ExportResult.quantization with a digest per tensor")
+        bad = []
+        for tensor in src.tensors():
+            qt = kit.backend.quantize(tensor, options, src)
+            if digest_arrays(qt.arrays) != records[tensor.name]["sha256"]:
+                bad.append(f"{tensor.name} (export: {records[tensor.name].get('scheme')}, hook: {qt.scheme})")
+    assert not bad, f"the quantize hook disagrees with what export wrote for {len(bad)} tensor(s): {'; '.join(bad[:5])}"
+    return len(names)
+
+
 def _listing(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
@@ -211,6 +248,18 @@ class BackendConformance:
         """Options for ``load_model`` (e.g. ``{"context_length": 4096}``)."""
         return {}
 
+    def recipe_options(self, variant: str, precision: str, recipe: str) -> ExportOptions:
+        """Options for ``test_recipe``: the export options with ``recipe``; ``hqq`` needs zero
+        points, so it asks for the asymmetric scheme (override where the backend names it otherwise)."""
+        import dataclasses
+
+        from ..calib import needs_calibration
+
+        options = dataclasses.replace(self.export_options(variant, precision), recipe=recipe)
+        if needs_calibration(options):
+            options = dataclasses.replace(options, calibration_tokens=KIT_CALIBRATION_TOKENS)
+        return dataclasses.replace(options, symmetric=False) if recipe == "hqq" else options
+
     # -- parametrisation and the shared session ----------------------------------------------------
     def pytest_generate_tests(self, metafunc: Any) -> None:
         plan = _plan(type(self), metafunc.config, metafunc.module)
@@ -233,6 +282,10 @@ class BackendConformance:
                 precisions = [p for p in plan.precisions if p in wanted] or (
                     plan.precisions[:1] if self.streaming_precisions is None else [])
             metafunc.parametrize("precision", precisions, ids=[f"{b}-{p}" for p in precisions], scope="class")
+        if "recipe" in names:
+            recipes = list(KIT_RECIPES) if "int4" in plan.precisions else []
+            metafunc.parametrize("recipe", recipes, ids=[f"{b}-{plan.first_variant}-int4-{r}" for r in recipes],
+                                 scope="class")
         if "undeclared" in names:
             metafunc.parametrize("undeclared", plan.undeclared, ids=[f"{b}-{p}" for p in plan.undeclared],
                                  scope="class")
@@ -377,6 +430,37 @@ class BackendConformance:
         bound = self.quantize_error_bounds.get(precision, 0.25)
         record_property("result", f"{qt.scheme}: relative RMS error {err:.3g}")
         assert err <= bound, f"{qt.scheme}: dequantized relative RMS error {err:.3g} > {bound}"
+
+    def test_hook_matches_export(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
+        variant, precision = case
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates per-tensor digests (1.3)")
+        record = kit.export(variant, precision)
+        kit.require_export(variant, precision)
+        checked = _check_hook_digests(kit, variant, record.path, kit.options_for(variant, precision))
+        record_property("result", f"{checked} tensors: hook bytes == export bytes")
+
+    def test_recipe(self, kit: KitSession, recipe: str, record_property: Any) -> None:
+        variant, precision = kit.plan.first_variant, "int4"
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates recipes (1.3)")
+        options = self.recipe_options(variant, precision, recipe)
+        from ..calib import needs_calibration
+
+        if needs_calibration(options) and not (_contract_at_least(kit.backend.info, 4)
+                                               and kit.backend.implements("tensor_plan")):
+            pytest.skip(f"calibrated recipes search against the backend's schemes: the tensor_plan hook "
+                        f"(contract 1.4; this backend declares {kit.backend.info.hook_contract})")
+        record = kit.export_with(f"recipe-{recipe}", variant, options)
+        if record.error is not None:
+            pytest.fail(f"convert {variant} int4 --recipe {recipe} failed: {_describe(record.error)}", pytrace=False)
+        thr = kit.plan.spec(precision).thresholds
+        result = kit.fidelity_of(record.path, variant, self.load_options(variant, precision))
+        checked = _check_hook_digests(kit, variant, record.path, options)
+        record_property("result", f"{result.describe()}; {checked} tensors: hook bytes == export bytes")
+        assert result.kl_mean <= thr.kl_max and result.top1 >= thr.top1_min, (
+            f"int4 --recipe {recipe}: {result.describe()} outside the declared int4 bounds (KL <= {thr.kl_max:.3g}, "
+            f"top-1 >= {thr.top1_min:.3g})")
 
     # -- atomic output and bad inputs ------------------------------------------------------------
     def test_atomic_output(self, kit: KitSession, precision: str, monkeypatch: Any, record_property: Any) -> None:

@@ -22,6 +22,8 @@ QUANTIZATION_VERSION = 2  # ``general.quantization_version`` written by llama.cp
 ARCH = "phi3"
 #: ``general.architecture`` for each phi_quant architecture this backend writes (llama.cpp ``LLM_ARCH_*``).
 GGUF_ARCHES = {"phi3": "phi3", "phimoe": "phimoe"}
+#: The importance matrix a calibrated export writes next to its model (not a model: loaders skip it).
+IMATRIX_FILE = "imatrix.gguf"
 
 
 class ValueType(IntEnum):
@@ -115,6 +117,11 @@ class Key:
 
     ARCHITECTURE = "general.architecture"
     NAME = "general.name"
+    GENERAL_TYPE = "general.type"  # "imatrix" in an importance-matrix file
+    # llama.cpp importance-matrix files (common/imatrix-loader.h)
+    IMATRIX_DATASETS = "imatrix.datasets"
+    IMATRIX_CHUNK_COUNT = "imatrix.chunk_count"
+    IMATRIX_CHUNK_SIZE = "imatrix.chunk_size"
     FILE_TYPE = "general.file_type"
     QUANTIZATION_VERSION = "general.quantization_version"
     ALIGNMENT = "general.alignment"

@@ -4,7 +4,9 @@ The plan is made from ``source.tensor_infos()`` before any data is read, so the 
 written first. Defaults follow llama.cpp: 1-D tensors (norms, biases, rope factors) and the
 mixture-of-experts router stay F32; for our own schemes every other matrix takes the scheme's
 type (like ``convert_hf_to_gguf --outtype``), and a per-tensor override
-(``tensor_types="token_embd=Q8_0,output=F16"``) changes single tensors.
+(``tensor_types="token_embd=Q8_0,output=Q6_K"``, any ggml type: those our kernel does not write
+are made by ggml's quantizer) changes single tensors. :mod:`.plan` builds the whole export's plan
+(policies, budgets, llama.cpp's K-quant mixes) on top of this.
 
 A layer's experts share one stacked GGUF tensor per matrix (``ffn_gate_exps`` [E, inter,
 hidden], ...): the plan gives that slot every expert's source tensor in expert order, and the
@@ -22,11 +24,11 @@ from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
 from phi_quant.model.tensors import TensorInfo, TensorRole
 
-from .constants import BLOCK_SIZES, KERNEL_TYPES, GGMLType, TensorName
+from .constants import BLOCK_SIZES, GGMLType, TensorName
 from .gguf_file import TensorSlot
 
 __all__ = ["PlannedTensor", "gguf_name", "choose_type", "plan_tensors", "override_matches", "parse_tensor_types",
-           "rope_factor_slots", "slots_by_source"]
+           "rope_factor_slots", "slots_by_source", "stacked_groups"]
 
 _ROLE_NAMES = {
     TensorRole.EMBED: TensorName.TOKEN_EMBD,
@@ -121,14 +123,13 @@ def _fits(ggml_type: GGMLType, shape: tuple[int, ...]) -> bool:
     return shape[-1] % BLOCK_SIZES[ggml_type][0] == 0
 
 
-def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *, kernel_only: bool,
+def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *,
                 infos: tuple[TensorInfo, ...] | None = None) -> tuple[PlannedTensor, set[str]]:
     """One GGUF tensor's slot: 1-D tensors and the router F32, matrices ``matrix_type`` unless an
     override matches. ``infos``: every source tensor of a stacked slot (default: ``info`` alone).
 
-    Returns the plan entry and the override patterns that matched it. ``kernel_only`` restricts
-    overrides to the types our kernel writes. A matrix whose row length is not a multiple of the
-    block falls back to F16, said in ``reason``.
+    Returns the plan entry and the override patterns that matched it. A matrix whose row length
+    is not a multiple of the block falls back to F16, said in ``reason``.
     """
     infos = infos or (info,)
     name = gguf_name(info.role, info.layer, info.expert)
@@ -141,11 +142,6 @@ def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *
         type_name, reason = "F32", "router: F32, as llama.cpp keeps ffn_gate_inp"
     if matched:
         type_name, reason = overrides[sorted(matched, key=list(overrides).index)[0]], "override"
-        if kernel_only and type_name not in KERNEL_TYPES:
-            raise UnsupportedPrecisionError(
-                f"tensor_types: {type_name} for {name} needs llama.cpp's quantizer; with our kernel's schemes "
-                f"use one of {', '.join(KERNEL_TYPES)} (or pick a K-quant --scheme)"
-            )
     ggml_type = GGMLType[type_name]
     if not _fits(ggml_type, shape):
         reason = f"row length {shape[-1]} not a multiple of the {type_name} block: F16 fallback"
@@ -153,7 +149,7 @@ def choose_type(info: TensorInfo, matrix_type: str, overrides: dict[str, str], *
     return PlannedTensor(infos, TensorSlot(name, shape, ggml_type), reason), matched
 
 
-def _group(infos: list[TensorInfo]) -> list[tuple[TensorInfo, ...]]:
+def stacked_groups(infos: list[TensorInfo]) -> list[tuple[TensorInfo, ...]]:
     """Source tensors per GGUF tensor, in stream order; refuses a stream that interleaves a stack."""
     groups: dict[str, list[TensorInfo]] = {}
     last = None
@@ -172,11 +168,11 @@ def _group(infos: list[TensorInfo]) -> list[tuple[TensorInfo, ...]]:
     return [tuple(m) for m in groups.values()]
 
 
-def plan_tensors(infos: list[TensorInfo], matrix_type: str, overrides: dict[str, str], *, kernel_only: bool) -> list[PlannedTensor]:
+def plan_tensors(infos: list[TensorInfo], matrix_type: str, overrides: dict[str, str]) -> list[PlannedTensor]:
     """:func:`choose_type` for every GGUF tensor; an override that matches no tensor is refused."""
     plan, used = [], set()
-    for members in _group(infos):
-        entry, matched = choose_type(members[0], matrix_type, overrides, kernel_only=kernel_only, infos=members)
+    for members in stacked_groups(infos):
+        entry, matched = choose_type(members[0], matrix_type, overrides, infos=members)
         plan.append(entry)
         used |= matched
     unused = [p for p in overrides if p not in used]

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from phi_quant.hookspecs import hookimpl
-from phi_quant.model.tensors import SourceTensor, TensorRole
+from phi_quant.model.tensors import SourceTensor
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -25,12 +26,16 @@ from phi_quant.types import (
 )
 
 from . import __version__
-from .constants import BLOCK_SIZES, KERNEL_TYPES, PRECISION_SCHEMES, GGMLType
-from .encode import check_finite, encode_rows
-from .export import export_gguf, resolve_scheme
-from .ggml_lib import ggml_dequantize, ggml_quantize
+from phi_quant.quant.plan import recipe_context
+from phi_quant.quant.recipes import get_recipe
+
+from .constants import BLOCK_SIZES, PRECISION_SCHEMES, GGMLType
+from . import phimoe
+from .encode import encode_tensor_chunks
+from .export import export_gguf, phimoe_mode
+from .ggml_lib import ggml_dequantize
 from .hardware import detect
-from .layout import choose_type, gguf_name, parse_tensor_types
+from .plan import plan_for, plan_model
 from .runtime import LlamaCppModel
 
 __all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "PHIMOE_SCHEME_THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware",
@@ -78,9 +83,6 @@ _DESCRIPTIONS = {
     "int8": "Q8_0: 32-element blocks, fp16 scale, int8 values (8.5 bits/weight)",
     "int4": "Q4_0: 32-element blocks, fp16 scale, 4-bit values (4.5 bits/weight)",
 }
-
-#: Block type the ``quantize`` hook uses for a K-quant mix (the file itself follows llama.cpp's mix rules).
-_MIX_BASE = {"Q4_K_M": GGMLType.Q4_K, "Q5_K_M": GGMLType.Q5_K, "Q6_K": GGMLType.Q6_K}
 
 
 #: Every ``--option`` the backend takes (the core refuses any other before export).
@@ -132,42 +134,42 @@ def supported_precisions() -> list[PrecisionSpec]:
 
 
 @hookimpl
-def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    """One tensor as it is stored in the GGUF: ``arrays["blocks"]`` uint8 [rows, row_bytes]; an
+def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
+    """One tensor exactly as the GGUF stores it: ``arrays["blocks"]`` uint8 [rows, row_bytes]; an
     expert's matrix is its slice of the stacked ``*_exps`` tensor ``name`` (``meta["expert"]``).
 
-    The export's PhiMoE weight rewrite (:mod:`.phimoe`, ``phimoe_weights=faithful``) needs the
-    model, not one tensor, and is not applied here: these are the ``as-is`` bytes.
+    The type is the export plan's (``source`` given: the whole model's plan, K-quant mixes and
+    budgets included, and a PhiMoE checkpoint's weight rewrite, :mod:`.phimoe`; otherwise this
+    tensor planned alone, its values as they are).
     """
-    scheme = resolve_scheme(options)
-    name = gguf_name(tensor.role, tensor.layer, tensor.expert)
-    raw = tensor.raw()
-    check_finite(raw, tensor.dtype, tensor.name)
-    rows = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
-    if scheme in KERNEL_TYPES:
-        overrides = parse_tensor_types(options.get("tensor_types"))
-        ggml_type = choose_type(tensor.info(), scheme, overrides, kernel_only=True)[0].slot.type
-        blocks = encode_rows(rows, tensor.dtype, ggml_type, tensor.name)
-        note = "bytes exactly as written to the GGUF"
-    else:
-        keep_f32 = not tensor.role.is_matmul or tensor.role is TensorRole.ROUTER  # llama.cpp never quantizes these
-        ggml_type = GGMLType.F32 if keep_f32 else _MIX_BASE[scheme]
-        if rows.shape[1] % BLOCK_SIZES[ggml_type][0]:
-            ggml_type = GGMLType.Q8_0 if rows.shape[1] % 32 == 0 else GGMLType.F16
-        f32 = tensor.to_float32().reshape(rows.shape)
-        blocks = f32.view(np.uint8) if ggml_type == GGMLType.F32 else ggml_quantize(f32, ggml_type)
-        note = f"{scheme} base type by ggml's quantizer; the exported file follows llama.cpp's per-tensor mix"
+    plan = plan_for(source, options) if source is not None else plan_model(None, [tensor.info()], options, strict=False)
+    entry = plan.entry(tensor.name)
+    ggml_type = entry.slot.type
+    rows = tensor.raw().reshape(-1, tensor.shape[-1]) if len(tensor.shape) > 1 else tensor.raw().reshape(1, -1)
+    recipe = get_recipe(options.recipe)
+    rewrite = None
+    if source is not None:
+        mode = phimoe_mode(source, options)
+        rewrite = phimoe.rewrite_for(tensor.info(), mode) if mode is not None else None
+    chunks = list(encode_tensor_chunks(tensor, ggml_type, recipe, recipe_context(recipe, tensor.info(), source), rewrite))
+    blocks = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     shape = tuple(tensor.shape)
     blocks = np.ascontiguousarray(blocks).reshape(rows.shape[0], -1)
     return QuantizedTensor(
-        name=name,
+        name=entry.slot.name,
         scheme=ggml_type.name,
         shape=shape,
         arrays={"blocks": blocks},
         dequantize=lambda: ggml_dequantize(blocks, ggml_type, shape),
-        meta={"ggml_type": int(ggml_type), "source": tensor.name, "file_scheme": scheme, "note": note,
-              "expert": tensor.expert},
+        meta={"ggml_type": int(ggml_type), "source": tensor.name, "file_scheme": plan.scheme, "reason": entry.reason,
+              "recipe": recipe.name, "note": "bytes exactly as written to the GGUF", "expert": tensor.expert},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every tensor's GGUF type as the core sees it (the plan export and quantize follow)."""
+    return plan_for(source, options).tensor_plan
 
 
 @hookimpl

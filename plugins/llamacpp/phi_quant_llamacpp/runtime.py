@@ -22,7 +22,7 @@ import numpy as np
 
 from phi_quant.errors import RuntimeLoadError
 
-from .constants import GGMLType, Key, arch_key
+from .constants import IMATRIX_FILE, GGMLType, Key, arch_key
 
 __all__ = ["LlamaCppModel", "find_gguf", "CTX_ALIGN"]
 
@@ -35,7 +35,7 @@ def find_gguf(path: Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    files = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("."))
+    files = sorted(p for p in path.glob("*.gguf") if not p.name.startswith(".") and p.name != IMATRIX_FILE)
     if len(files) != 1:
         raise RuntimeLoadError(
             f"{path} holds {len(files)} .gguf files; expected exactly one (a directory written by phi-quant quantize --backend llamacpp)"

@@ -1,8 +1,9 @@
 """One source tensor -> the bytes mlx-lm reads, in row chunks so memory stays near one chunk.
 
 Groups run along a row (the input dimension), so quantizing a block of whole rows gives exactly
-the rows ``mx.quantize`` would produce for the whole matrix. Packing and float casts are done by
-phi-quant's kernel (``phi_quant.quant``), never by mlx: conversion does not import mlx.
+the rows ``mx.quantize`` would produce for the whole matrix. Values come from the core's recipe
+(default: ``mx.quantize``'s round to nearest), packing and float casts from phi-quant's kernel
+(:func:`phi_quant.quant.encode.encode`), never from mlx: conversion does not import mlx.
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def _rows_per_chunk(row_bytes: int) -> int:
     return max(1, CHUNK_BYTES // max(1, row_bytes))
 
 
-def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
+def encode_chunks(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=None) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
     """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks
     (an expert's offsets are inside its module's stacked tensor)."""
-    from phi_quant import quant as q
+    from phi_quant.quant.encode import encode
+
+    from .plan import core_scheme
 
     info = planned.info
     src = info.dtype
@@ -97,14 +100,8 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str,
             qsrc, qchunk = src, chunk
             if planned.dtype != _STORED[src]:  # the ``dtype`` option: quantize from the cast weights, as mlx-lm does
                 qsrc, qchunk = _PHI[planned.dtype], _cast(chunk, src, planned.dtype, info.name)
-            wq, scales, biases = q.mlx_quantize(
-                qchunk, bits=planned.quant.bits, group_size=planned.quant.group_size, src_dtype=qsrc
-            )
-            arrays = {
-                f"{planned.module}.weight": wq,
-                f"{planned.module}.scales": scales,
-                f"{planned.module}.biases": biases,
-            }
+            coded = encode(qchunk, qsrc, core_scheme(planned), recipe, context=context, name=info.name)
+            arrays = {f"{planned.module}.{key}": coded[key] for key in ("weight", "scales", "biases")}
         out = {}
         for name, arr in arrays.items():
             start = offsets.get(name, 0)
@@ -113,10 +110,10 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray) -> Iterator[dict[str,
         yield out
 
 
-def encode_whole(planned: PlannedTensor, raw: np.ndarray) -> dict[str, np.ndarray]:
+def encode_whole(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=None) -> dict[str, np.ndarray]:
     """All output arrays of one tensor at once (the ``quantize`` hook; tests)."""
     parts: dict[str, list[np.ndarray]] = {}
-    for chunk in encode_chunks(planned, raw):
+    for chunk in encode_chunks(planned, raw, recipe, context):
         for name, (_, arr) in chunk.items():
             parts.setdefault(name, []).append(arr)
     return {name: (arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=0)) for name, arrs in parts.items()}

@@ -1,9 +1,9 @@
 """One checkpoint tensor -> the arrays its IR constants hold, byte for byte.
 
-The math is the core kernel's (``phi_quant.quant``: ``nncf_compress`` follows NNCF's rules,
-``pack_4bit`` OpenVINO's u4/i4 layout with element 0 in the low nibble, ``to_float16`` rounds to
-nearest even); this module picks the call per scheme and names the arrays as
-:func:`.weights.array_layout` does.
+The math is the core's (:func:`phi_quant.quant.encode.encode`: values from the recipe, by default
+NNCF's round to nearest; the kernel packs OpenVINO's u4/i4 layout with element 0 in the low
+nibble; ``to_float16`` rounds to nearest even); this module picks the call per scheme and names
+the arrays as :func:`.weights.array_layout` does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from phi_quant.model.checks import check_finite
 from phi_quant.model.tensors import SourceTensor
 
 from . import constants as C
-from .schemes import TensorScheme
+from .schemes import TensorScheme, core_scheme
 
 __all__ = ["pack", "dequantize", "row_chunks", "CHUNK_ELEMENTS"]
 
@@ -36,8 +36,10 @@ def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
     return [(r, min(n, r + rows)) for r in range(0, n, rows)]
 
 
-def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`."""
+def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None, recipe=None,
+         context=None) -> dict[str, np.ndarray]:
+    """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`;
+    integer values chosen by the core's ``recipe`` (default: NNCF's round to nearest)."""
     raw = tensor.raw()
     if rows is not None and len(tensor.shape) > 1:
         raw = raw[rows[0] : rows[1]]
@@ -51,15 +53,9 @@ def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | Non
                 f"tensor {tensor.name} has values beyond float16's range (±65504); export it at fp32 or int8"
             )
         return {"weight": half}
-    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype, name=tensor.name)
-    four_bit = C.BITS[scheme.mode] == 4
-    out = {
-        "weight": q.pack_4bit(c.weight) if four_bit else np.ascontiguousarray(c.weight).view(np.uint8),
-        "scale": np.ascontiguousarray(c.scale, dtype=np.float16),
-    }
-    if c.zero_point is not None:
-        out["zero_point"] = q.pack_4bit(c.zero_point) if four_bit else np.ascontiguousarray(c.zero_point, dtype=np.uint8)
-    return out
+    from phi_quant.quant.encode import encode
+
+    return encode(raw, tensor.dtype, core_scheme(scheme), recipe, context=context, name=tensor.name)
 
 
 def dequantize(arrays: dict[str, np.ndarray], scheme: TensorScheme, shape: tuple[int, int]) -> np.ndarray:
