@@ -240,3 +240,19 @@ def test_quantize_hook_returns_an_expert_slice(sources, exported):
     for key in ("weight", "scales", "biases"):
         got = _bits(weights[f"model.layers.1.block_sparse_moe.switch_mlp.down_proj.{key}"][2])
         assert np.array_equal(got, np.ascontiguousarray(qt.arrays[key]).view(got.dtype)), key
+
+
+def test_size_budget_gives_each_stacked_module_one_scheme(sources):
+    """``--bits-per-weight`` chooses per tensor; an mlx-lm SwitchLinear holds one bits/group for all
+    its experts, so the plan gives every expert of a module the same (the largest chosen)."""
+    from phi_quant.types import ExportOptions
+    from phi_quant_mlx.plan import plan_model
+
+    src = sources(VARIANT)
+    plan = plan_model(src.config, src.tensor_infos(), ExportOptions("int4", bits_per_weight=5.5), src)
+    per_module: dict[str, set] = {}
+    for p in plan:
+        if p.experts:
+            per_module.setdefault(p.module, set()).add(p.quant)
+    assert len(per_module) == 3 * src.config.num_layers and all(len(q) == 1 for q in per_module.values())
+    assert {q.bits for p in plan if p.quant is not None for q in [p.quant]} == {4, 8}  # the budget did mix
