@@ -75,7 +75,8 @@ def _rows_per_chunk(row_bytes: int) -> int:
 
 
 def encode_chunks(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=None) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
-    """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks."""
+    """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks
+    (an expert's offsets are inside its module's stacked tensor)."""
     from phi_quant.quant.encode import encode
 
     from .plan import core_scheme
@@ -85,16 +86,16 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=
     data = stored_view(raw, src)
     if data.ndim == 1:
         check_finite(data, src, info.name)
-        yield {f"{planned.module}.weight": (0, _cast(data, src, planned.dtype, info.name))}
+        yield {f"{planned.module}.{planned.param}": (0, _cast(data, src, planned.dtype, info.name))}
         return
     rows, cols = data.shape
     step = _rows_per_chunk(cols * data.itemsize)
-    offsets: dict[str, int] = {}
+    offsets = planned.slice_offsets()  # an expert's slice starts at its place in the stacked tensor
     for r0 in range(0, rows, step):
         chunk = data[r0 : r0 + step]
         check_finite(chunk, src, info.name)  # per chunk: a whole-tensor mask would cost a tensor of memory
         if planned.quant is None:
-            arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
+            arrays = {f"{planned.module}.{planned.param}": _cast(chunk, src, planned.dtype, info.name)}
         else:
             qsrc, qchunk = src, chunk
             if planned.dtype != _STORED[src]:  # the ``dtype`` option: quantize from the cast weights, as mlx-lm does

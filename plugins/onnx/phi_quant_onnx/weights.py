@@ -32,6 +32,7 @@ __all__ = [
     "write_nbits",
     "pack_nbits",
     "check_finite",
+    "rows_of",
     "CHUNK_ELEMENTS",
 ]
 
@@ -56,14 +57,14 @@ def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kin
     itemsize = 4 if kind == "fp32" else 2
     writer.begin(name, onnx_type, tensor.shape, tensor.numel * itemsize)
     for r0 in range(0, rows, step):
-        chunk = _rows(tensor, r0, r0 + step)
+        chunk = rows_of(tensor, r0, r0 + step)
         check_finite(to_float32(chunk, tensor.dtype), tensor)
         writer.write(convert(chunk, tensor.dtype, kind))
         del chunk
     return writer.end()
 
 
-def _rows(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
+def rows_of(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
     """Rows [r0, r1) as a fresh mapping: dropping it unmaps the pages, so resident memory stays
     at one chunk rather than growing to the whole tensor as the chunks are read."""
     raw = tensor.raw()
@@ -82,7 +83,7 @@ def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: Source
     step = max(1, CHUNK_ELEMENTS // max(1, k))
     region = writer.reserve(name, onnx_type, (k, n))
     for r0 in range(0, n, step):
-        block = to_float32(_rows(tensor, r0, r0 + step), tensor.dtype)  # [rows, K] float32 copy
+        block = to_float32(rows_of(tensor, r0, r0 + step), tensor.dtype)  # [rows, K] float32 copy
         check_finite(block, tensor)
         t = convert(np.ascontiguousarray(block.T), "f32", kind)  # [K, rows]
         del block
@@ -148,7 +149,7 @@ def write_nbits(
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
     for r0 in range(0, n, step):
-        B, scales, zp = pack_nbits(_rows(tensor, r0, r0 + step), tensor.dtype, scheme, tensor.name, threads, recipe, context)
+        B, scales, zp = pack_nbits(rows_of(tensor, r0, r0 + step), tensor.dtype, scheme, tensor.name, threads, recipe, context)
         writer.write(B)
         scales_parts.append(scales)
         if zp is not None:
