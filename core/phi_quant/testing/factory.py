@@ -39,6 +39,10 @@ __all__ = [
     "copy_checkpoint",
     "edit_config",
     "make_large_checkpoint",
+    "make_shaped_checkpoint",
+    "checkpoint_bytes",
+    "FULL_SIZE",
+    "FULL_SIZE_SHARD_BYTES",
     "float32_to_bf16_bits",
 ]
 
@@ -384,30 +388,39 @@ def edit_config(checkpoint: str | os.PathLike, **changes: Any) -> None:
     path.write_text(json.dumps(cfg))
 
 
-# -- a large checkpoint for streaming/RSS tests --------------------------------------------------
+# -- full-size shapes and large checkpoints for streaming tests and the scale bench -------------
 
-def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000_000, *, dtype: str = "bf16",
-                          seed: int = 0, shard_bytes: int = 500_000_000) -> Path:
-    """Write a Phi-3-shaped checkpoint of at least ``min_bytes`` of weights, one chunk at a time.
+#: Real models' shapes and config quirks (what conversion cost depends on), for
+#: :func:`make_shaped_checkpoint`: Phi-3.5-mini (3.82 B parameters, LongRoPE, 2 shards of bf16 as
+#: published) and Phi-4 (14.7 B, GQA 40/10, vocab 100352). Tokenizers are the tiny variants'
+#: (padded to the vocabulary size, as the real ones are); LongRoPE factors are synthetic.
+FULL_SIZE = {
+    "phi3.5-mini": VariantSpec("phi3.5-mini", 3072, 32, 32, 32, 96, 8192, 32064, 10000.0, "spm", 131072, 4096,
+                               longrope=True, sliding_window=262144),
+    "phi4": VariantSpec("phi4", 5120, 40, 40, 10, 128, 17920, 100352, 250000.0, "phi4", 16384, 16384),
+}
+#: Shard size of the published checkpoints (Phi-3.5-mini: 2 shards, Phi-4: 6).
+FULL_SIZE_SHARD_BYTES = 5_000_000_000
 
-    hidden 2048, 32 heads of 64, intermediate 8192, vocab 32064 (padded like Phi-3's) and as many
-    layers as ``min_bytes`` needs; the largest tensor is the 64 MiB (bf16) fused gate_up. Values are
-    random bit patterns with a fixed exponent range (cheap to make, finite, small). Memory use is
-    one 8 MiB chunk, never a whole tensor.
+
+def checkpoint_bytes(spec: VariantSpec, dtype: str = "bf16") -> int:
+    """Weight bytes of a checkpoint of ``spec`` (without writing it)."""
+    item = 4 if dtype == "f32" else 2
+    return sum(int(np.prod(s)) for _, s in _tensor_shapes(spec)) * item
+
+
+def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dtype: str = "bf16", seed: int = 0,
+                           shard_bytes: int = 500_000_000) -> Path:
+    """Write a checkpoint of ``spec``'s shapes and config with random weights, one 8 MiB chunk at a time.
+
+    Values are random bit patterns with a fixed exponent range (cheap to make, finite, small), so
+    a multi-gigabyte checkpoint is written at disk speed and memory use stays at one chunk.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
-    item = 4 if dtype == "f32" else 2
-    base = variant_spec("phi3-mini")
-    h, inter, vocab = 2048, 8192, 32064
-    per_layer = (2 * h + 3 * h * h + h * h + 2 * inter * h + h * inter) * item
-    fixed = (2 * vocab * h + h) * item
-    layers = max(1, -(-(min_bytes - fixed) // per_layer))
-    spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
-                       sliding_window=2047)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer_files(base)
+    tok = _tokenizer_files(spec)
     config, generation = _config_dicts(spec, tok, dtype)
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", generation)
@@ -431,7 +444,26 @@ def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000
                 mask, expo = (0x807F, 0x3B80) if dtype == "bf16" else (0x83FF, 0x1C00)
                 yield (bits & np.uint16(mask)) | np.uint16(expo)
 
-    specs = _tensor_shapes(spec)
-    total = sum(int(np.prod(s)) * item for _, s in specs)
-    _write_shards(out, specs, dtype, max(2, -(-total // shard_bytes)), produce)
+    total = checkpoint_bytes(spec, dtype)
+    _write_shards(out, _tensor_shapes(spec), dtype, max(2, -(-total // shard_bytes)), produce)
     return out
+
+
+def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000_000, *, dtype: str = "bf16",
+                          seed: int = 0, shard_bytes: int = 500_000_000) -> Path:
+    """Write a Phi-3-shaped checkpoint of at least ``min_bytes`` of weights, one chunk at a time.
+
+    hidden 2048, 32 heads of 64, intermediate 8192, vocab 32064 (padded like Phi-3's) and as many
+    layers as ``min_bytes`` needs; the largest tensor is the 64 MiB (bf16) fused gate_up. Values are
+    those of :func:`make_shaped_checkpoint`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    item = 4 if dtype == "f32" else 2
+    h, inter, vocab = 2048, 8192, 32064
+    per_layer = (2 * h + 3 * h * h + h * h + 2 * inter * h + h * inter) * item
+    fixed = (2 * vocab * h + h) * item
+    layers = max(1, -(-(min_bytes - fixed) // per_layer))
+    spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
+                       sliding_window=2047)
+    return make_shaped_checkpoint(out_dir, spec, dtype=dtype, seed=seed, shard_bytes=shard_bytes)
