@@ -332,6 +332,14 @@ def test_dequantize_error_within_theoretical_bound(src):
             assert (err <= sa * (1 + (2 ** bits) * f16_eps) * (1 + 1e-6)).all(), mode
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_ov_4bit_packing_in_c_matches_the_reference(dtype):
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 31, 32, 33, 63, 64, 65, 1000, 4097):
+        values = rng.integers(0, 256, n).astype(np.uint8).view(dtype)  # any byte: only its low nibble counts
+        assert q.pack_4bit(values).tobytes() == R.pack_u4(values).tobytes(), n
+
+
 def test_ov_4bit_packing_round_trips():
     values = np.arange(-8, 8, dtype=np.int8).repeat(3)[:45]
     packed = q.pack_4bit(values)

@@ -64,3 +64,22 @@ int pq_nncf_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64
     nncf_ctx c = {src, src_dtype, bits, symmetric, k, row_stride, group, q, scale, symmetric ? NULL : zero_point};
     return pq_parallel_rows(n, threads, src_dtype == PQ_F32 ? 0 : k, nncf_rows, &c, bad_row);
 }
+
+/* OpenVINO u4/i4 bytes: element 2i in the low nibble of byte i, 2i+1 in the high one (the low
+   four bits of a two's-complement int8 are its i4). An odd count leaves a zero high nibble. */
+PQ_HOT void pq_pack_nibbles(const uint8_t *src, int64_t n, uint8_t *dst) {
+    int64_t i = 0;
+#if PQ_SSE2
+    const __m128i low = _mm_set1_epi16(0x000f);
+    for (; i + 32 <= n; i += 32) {
+        /* a 16-bit lane holds (src[2i], src[2i+1]); low | high << 4 lands in its low byte */
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        a = _mm_or_si128(_mm_and_si128(a, low), _mm_and_si128(_mm_srli_epi16(a, 4), _mm_set1_epi16(0x00f0)));
+        b = _mm_or_si128(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0)));
+        _mm_storeu_si128((__m128i *)(dst + i / 2), _mm_packus_epi16(a, b));
+    }
+#endif
+    for (; i + 1 < n; i += 2) dst[i / 2] = (uint8_t)((src[i] & 0x0fu) | (src[i + 1] << 4));
+    if (i < n) dst[i / 2] = (uint8_t)(src[i] & 0x0fu);
+}

@@ -55,6 +55,10 @@ int pq_nncf_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64
                      int bits, int symmetric, int group,
                      uint8_t *q, float *scale, uint8_t *zero_point, int threads, int64_t *bad_row);
 
+/* OpenVINO u4/i4 packing of n 4-bit values held one per byte: dst[i] = src[2i] & 15 | src[2i+1] << 4
+   (dst holds (n + 1) / 2 bytes; an odd count leaves the last high nibble zero). */
+void pq_pack_nibbles(const uint8_t *src, int64_t n, uint8_t *dst);
+
 /* Plain conversion to PQ_F32, PQ_F16 or PQ_BF16 (round to nearest even); dst is [n, k] dense. */
 int pq_convert(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
                int dst_dtype, void *dst, int threads);

@@ -272,7 +272,12 @@ def nncf_dequantize(c: NNCFWeight, scale_dtype: str | None = None) -> np.ndarray
 
 def pack_4bit(values: np.ndarray) -> np.ndarray:
     """Bytes of an OpenVINO u4/i4 Constant: element 2i in the low nibble of byte i (flat order)."""
-    return reference.pack_u4(values)
+    a = np.asarray(values)
+    if a.dtype in (np.int8, np.uint8):
+        out = _native.pack_nibbles(a)
+        if out is not None:
+            return out
+    return reference.pack_u4(a)
 
 
 def unpack_4bit(packed: np.ndarray, count: int, *, signed: bool = False) -> np.ndarray:

@@ -156,3 +156,14 @@ def nncf(w, src, mode, group_size, threads, name):
         return q, scale, None if zp is None else zp.astype(np.int32)
     shape = (n, k // g, 1)
     return q.reshape(n, k // g, g), scale.reshape(shape), None if zp is None else zp.reshape(shape).astype(np.int32)
+
+
+def pack_nibbles(values):
+    """OpenVINO u4/i4 bytes of int8/uint8 ``values`` (flat order), or None without the kernel."""
+    if lib is None:
+        return None
+    flat = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+    out = np.empty((flat.size + 1) // 2, np.uint8)
+    if flat.size:
+        lib.pq_pack_nibbles(ffi.cast("const uint8_t *", flat.ctypes.data), flat.size, _ptr(out))
+    return out
