@@ -17,8 +17,8 @@ from ..errors import CheckpointError, UnsupportedModelError
 from .checks import check_finite
 from .config import PhiConfig, normalize_config
 from .hub import resolve_model_dir
-from .safetensors_io import HeaderEntry, map_bytes, read_header
-from .tensors import SourceTensor, TensorInfo, TensorRole, hf_name
+from .safetensors_io import HeaderEntry, read_header
+from .tensors import FileRows, SourceTensor, TensorInfo, TensorRole, hf_name
 
 __all__ = ["open_model", "ModelSource", "TOKENIZER_FILES", "check_finite"]
 
@@ -283,13 +283,9 @@ class ModelSource:
         shape = (stop - start, *info.shape[1:])
         row_bytes = e.nbytes // info.shape[0] if info.shape[0] else 0
         offset = e.offset + start * row_bytes
-        path, dtype = e.path, info.dtype
-
-        def load() -> Any:
-            return map_bytes(path, offset, dtype, shape)
-
         name = info.name if role is None else hf_name(role, info.layer)
-        return SourceTensor(name, role or info.role, info.layer, dtype, shape, _loader=load)
+        return SourceTensor(name, role or info.role, info.layer, info.dtype, shape,
+                            _loader=FileRows(e.path, offset, info.dtype, shape))
 
     def _split(self, info: TensorInfo) -> list[SourceTensor]:
         c = self.config

@@ -45,18 +45,21 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "t
     raise ValueError(f"{t.name} is not made by phi-quant's kernel")
 
 
+#: Types whose kernel refuses NaN/Inf itself (naming the tensor): no separate scan of the rows.
+_CHECKED_BY_KERNEL = (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
+
+
 def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType) -> Iterator[np.ndarray]:
     """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf."""
-    raw = tensor.raw()
-    if raw.ndim == 1:
+    if len(tensor.shape) == 1:
+        raw = tensor.raw()
         check_finite(raw, tensor.dtype, tensor.name)
         yield encode_rows(raw[None, :], tensor.dtype, ggml_type, tensor.name)
         return
-    rows = raw.reshape(-1, raw.shape[-1])
-    row_bytes = rows.shape[1] * rows.dtype.itemsize
-    step = max(1, CHUNK_BYTES // max(1, row_bytes))
-    for r0 in range(0, rows.shape[0], step):
-        block = rows[r0 : r0 + step]
-        check_finite(block, tensor.dtype, tensor.name)
+    row_bytes = tensor.nbytes // max(1, tensor.shape[0])
+    for _, block in tensor.row_blocks(max(1, CHUNK_BYTES // max(1, row_bytes))):  # one block mapped at a time
+        if GGMLType(ggml_type) not in _CHECKED_BY_KERNEL:
+            check_finite(block, tensor.dtype, tensor.name)
         yield encode_rows(block, tensor.dtype, ggml_type, tensor.name)
+        del block
 

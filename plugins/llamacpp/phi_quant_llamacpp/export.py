@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, TensorName
@@ -92,11 +93,18 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
         if rope:
             writer.write(TensorName.ROPE_FACTORS_LONG, np.asarray(cfg.rope.long_factor, dtype=np.float32))
             writer.write(TensorName.ROPE_FACTORS_SHORT, np.asarray(cfg.rope.short_factor, dtype=np.float32))
-        for tensor in source.tensors():
-            planned = by_name[tensor.name]
-            for chunk in encode_tensor_chunks(tensor, planned.slot.type):
-                writer.write(planned.slot.name, chunk)
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # (slot name, bytes) per chunk, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name[tensor.name]
+                for chunk in encode_tensor_chunks(tensor, planned.slot.type):
+                    yield planned.slot.name, chunk
+                yield None, tensor
+
+        for name, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if name is None:
+                progress.advance(item.nbytes, item.name)
+            else:
+                writer.write(name, item)
         writer.finish()
 
 

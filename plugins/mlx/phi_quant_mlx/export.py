@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from .config_json import LONGROPE_SHORT, build_config, check_supported, longrope_mode
@@ -144,14 +145,21 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
 
     writer = ShardedWriter(output_dir, shards)
     try:
-        for tensor in source.tensors():
-            planned = by_name.get(tensor.name)
-            if planned is None:
-                raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
-            for chunk in encode_chunks(planned, tensor.raw()):
-                for name, (start, arr) in chunk.items():
-                    writer.write(name, arr, start)
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # each chunk's arrays, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name.get(tensor.name)
+                if planned is None:
+                    raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
+                for chunk in encode_chunks(planned, tensor):
+                    yield chunk, None
+                yield None, tensor
+
+        for chunk, done in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if done is not None:
+                progress.advance(done.nbytes, done.name)
+                continue
+            for name, (start, arr) in chunk.items():
+                writer.write(name, arr, start)
         writer.close()
     except BaseException:
         writer.abort()

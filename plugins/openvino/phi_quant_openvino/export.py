@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from phi_quant.errors import ExportFailedError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from . import constants as C
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
-from .packing import dequantize, pack, row_chunks
+from .packing import chunk_rows, dequantize, pack, row_chunks
 from .schemes import TensorScheme, WeightPlan, plan_weights, resolve_options
 from .tokenizer_ir import write_tokenizer_irs
 from .weights import array_layout, packed_nbytes
@@ -122,21 +123,30 @@ def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress)
     del graph
 
     writer = BinWriter(output_dir / C.MODEL_BIN, slots, offsets)
-    try:
+
+    def packed():  # (tensor, first row, arrays) per block; arrays None once a tensor is done
         for t in source.tensors():
+            scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
+            for r0, block in t.row_blocks(chunk_rows(t)):  # one block mapped at a time, the next one read ahead
+                yield t, r0, pack(t, scheme, block=block)
+                del block
+            yield t, 0, None
+
+    try:
+        for t, r0, arrays in ahead(packed()):  # packing runs one step ahead of writing, in a worker thread
+            if arrays is None:
+                progress.advance(t.nbytes, t.name)
+                continue
             keys = writer.keys_for(t.name)
             if not keys:
                 raise ExportFailedError(f"internal error: tensor {t.name} has no constant in the IR")
             scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
             layout = array_layout(scheme, t.shape) if t.role.is_matmul else {"weight": ("f32", t.shape)}
-            for r0, r1 in row_chunks(t):
-                arrays = pack(t, scheme, (r0, r1))
-                for key in keys:
-                    ov_type, shape = layout[key]
-                    per_row = int(np.prod(shape)) // t.shape[0] if len(t.shape) > 1 else 0
-                    writer.write(t.name, key, arrays[key], at=packed_nbytes(ov_type, (r0 * per_row,)))
-                del arrays
-            progress.advance(t.nbytes, t.name)
+            for key in keys:
+                ov_type, shape = layout[key]
+                per_row = int(np.prod(shape)) // t.shape[0] if len(t.shape) > 1 else 0
+                writer.write(t.name, key, arrays[key], at=packed_nbytes(ov_type, (r0 * per_row,)))
+            del arrays
         missing = writer.missing()
         if missing:
             raise ExportFailedError(f"the tensor stream ended before these constants were written: {missing[:5]}")
