@@ -34,6 +34,10 @@ class _Lib:
         self, src: Any, src_dtype: int, n: int, k: int, row_stride: int, bits: int, symmetric: int,
         group: int, q: Any, scale: Any, zero_point: Any, threads: int, bad_row: Any,
     ) -> int: ...
+    def pq_nncf_quantize_packed(
+        self, src: Any, src_dtype: int, n: int, k: int, row_stride: int, symmetric: int,
+        group: int, q: Any, scale: Any, zero_point: Any, threads: int, bad_row: Any,
+    ) -> int: ...
     def pq_convert(
         self, src: Any, src_dtype: int, n: int, k: int, row_stride: int, dst_dtype: int, dst: Any, threads: int,
     ) -> int: ...

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -124,29 +125,28 @@ def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress)
 
     writer = BinWriter(output_dir / C.MODEL_BIN, slots, offsets)
 
-    def packed():  # (tensor, first row, arrays) per block; arrays None once a tensor is done
+    def packed():  # per block: (tensor, [(constant key, bytes, byte offset in the constant)]); then (tensor, None)
         for t in source.tensors():
-            scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
-            for r0, block in t.row_blocks(chunk_rows(t)):  # one block mapped at a time, the next one read ahead
-                yield t, r0, pack(t, scheme, block=block)
-                del block
-            yield t, 0, None
-
-    try:
-        for t, r0, arrays in ahead(packed()):  # packing runs one step ahead of writing, in a worker thread
-            if arrays is None:
-                progress.advance(t.nbytes, t.name)
-                continue
             keys = writer.keys_for(t.name)
             if not keys:
                 raise ExportFailedError(f"internal error: tensor {t.name} has no constant in the IR")
             scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
             layout = array_layout(scheme, t.shape) if t.role.is_matmul else {"weight": ("f32", t.shape)}
-            for key in keys:
-                ov_type, shape = layout[key]
-                per_row = int(np.prod(shape)) // t.shape[0] if len(t.shape) > 1 else 0
-                writer.write(t.name, key, arrays[key], at=packed_nbytes(ov_type, (r0 * per_row,)))
-            del arrays
+            per_row = {k: (layout[k][0], math.prod(layout[k][1]) // t.shape[0] if len(t.shape) > 1 else 0) for k in keys}
+            for r0, block in t.row_blocks(chunk_rows(t)):  # one block mapped at a time, the next one read ahead
+                arrays = pack(t, scheme, block=block)
+                del block
+                yield t, [(k, arrays[k], packed_nbytes(ov_type, (r0 * n,))) for k, (ov_type, n) in per_row.items()]
+            yield t, None
+
+    try:
+        for t, parts in ahead(packed()):  # packing runs one step ahead of writing, in a worker thread
+            if parts is None:
+                progress.advance(t.nbytes, t.name)
+                continue
+            for key, array, at in parts:
+                writer.write(t.name, key, array, at=at)
+            del parts
         missing = writer.missing()
         if missing:
             raise ExportFailedError(f"the tensor stream ended before these constants were written: {missing[:5]}")

@@ -61,10 +61,11 @@ def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | Non
                 f"tensor {tensor.name} has values beyond float16's range (±65504); export it at fp32 or int8"
             )
         return {"weight": half}
-    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype, name=tensor.name)
     four_bit = C.BITS[scheme.mode] == 4
+    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype, name=tensor.name,
+                        packed=four_bit)  # 4-bit: the kernel writes the u4/i4 bytes itself
     out = {
-        "weight": q.pack_4bit(c.weight) if four_bit else np.ascontiguousarray(c.weight).view(np.uint8),
+        "weight": c.weight if four_bit else np.ascontiguousarray(c.weight).view(np.uint8),
         "scale": np.ascontiguousarray(c.scale, dtype=np.float16),
     }
     if c.zero_point is not None:
