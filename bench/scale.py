@@ -10,7 +10,8 @@ make_shaped_checkpoint`` with the real model's shapes and config) under ``--dir`
 /tmp/scale) and reused by later runs. Then, in one run:
 
 1. the floor: a cold read of the checkpoint's files (evicted from the page cache first with
-   ``posix_fadvise(DONTNEED)``), a warm read, and a read + write copy of the same bytes;
+   ``posix_fadvise(DONTNEED)``), a warm read, and a read + write copy of the same bytes (shard by
+   shard: a shard's copy is deleted once the next one is written);
 2. ``phi-quant quantize`` for every backend x precision, each in a fresh process, with the source
    evicted first (``--cache cold``, the default, as for the copy) or left cached (``--cache warm``).
 
@@ -132,7 +133,9 @@ def read_all(files: list[Path]) -> None:
 
 
 def copy_all(files: list[Path], dst_dir: Path) -> int:
-    buf, total = memoryview(bytearray(_BUF)), 0
+    """Copy every shard into ``dst_dir``; a shard's copy is deleted once the next one is written, so
+    the disk holds at most two shards' copies (Phi-4's 29 GB would not fit twice)."""
+    buf, total, previous = memoryview(bytearray(_BUF)), 0, None
     for f in files:
         with open(f, "rb", buffering=0) as src, open(dst_dir / f.name, "wb", buffering=0) as dst:
             while n := src.readinto(buf):
@@ -140,6 +143,9 @@ def copy_all(files: list[Path], dst_dir: Path) -> int:
                 while view:
                     view = view[dst.write(view):]
                 total += n
+        if previous is not None:
+            previous.unlink()
+        previous = dst_dir / f.name
     return total
 
 
@@ -149,8 +155,7 @@ def floor(files: list[Path], work: Path, fits_in_cache: bool, min_free: int) -> 
     rows["cold"] = _timed("cold read (evicted)", lambda: read_all(files))
     label = "warm read" + ("" if fits_in_cache else " (larger than the page cache: cold again)")
     rows["warm"] = _timed(label, lambda: read_all(files))
-    size = sum(f.stat().st_size for f in files)
-    _need_disk(work, size, min_free, "the copy floor")
+    _need_disk(work, 2 * max(f.stat().st_size for f in files), min_free, "the copy floor")
     dst = work / "copy"
     dst.mkdir(parents=True, exist_ok=True)
     evict(files)
@@ -158,7 +163,7 @@ def floor(files: list[Path], work: Path, fits_in_cache: bool, min_free: int) -> 
         rows["copy"] = _timed("read + write copy (source evicted)", lambda: copy_all(files, dst))
     finally:
         shutil.rmtree(dst, ignore_errors=True)
-    rows["copy"].out_bytes = size
+    rows["copy"].out_bytes = sum(f.stat().st_size for f in files)
     return rows
 
 
@@ -170,7 +175,8 @@ main()
 """
 
 
-def convert(ckpt: Path, backend: str, precision: str, work: Path, cold: bool, threads: int | None) -> Row:
+def convert(ckpt: Path, backend: str, precision: str, work: Path, cold: bool, threads: int | None,
+            pythonpath: str | None = None) -> Row:
     from phi_quant.testing.rss import run_with_peak_rss
 
     out = work / f"out-{backend}-{precision}"
@@ -182,7 +188,10 @@ def convert(ckpt: Path, backend: str, precision: str, work: Path, cold: bool, th
     if threads:
         argv += ["--threads", str(threads)]
     try:
-        res = run_with_peak_rss(_CLI.format(argv=argv))
+        env = None
+        if pythonpath:  # run another checkout's code (before/after comparisons)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")])))
+        res = run_with_peak_rss(_CLI.format(argv=argv), env=env)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -219,6 +228,8 @@ def main() -> None:
     ap.add_argument("--min-free-gb", type=float, default=15.0)
     ap.add_argument("--remove-checkpoint", action="store_true", help="delete the generated checkpoint at the end")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--pythonpath", help="prepended to the conversions' PYTHONPATH: time another checkout "
+                    "(its core/ and plugins/*/ directories) against the same floor")
     args = ap.parse_args()
     min_free = int(args.min_free_gb * 1e9)
     work = args.dir
@@ -230,6 +241,8 @@ def main() -> None:
 
     print(f"# {ckpt.name}: {size / 1e9:.2f} GB in {len(files)} shards; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{mem / 2**30:.0f} GiB RAM; C kernel: {q.native_available()}; cache before each conversion: {args.cache}")
+    if args.pythonpath:
+        print(f"# conversions run the code on PYTHONPATH {args.pythonpath}")
     print(f"# load average before: {_load()}", flush=True)
     rows = floor(files, work, size < mem * 0.7, min_free)
     copy = rows["copy"]
@@ -241,7 +254,7 @@ def main() -> None:
     for backend in args.backends.split(","):
         for precision in args.precisions.split(","):
             _need_disk(work, int(size * OUTPUT_RATIO[precision]), min_free, f"{backend} {precision}")
-            r = convert(ckpt, backend, precision, work, args.cache == "cold", args.threads)
+            r = convert(ckpt, backend, precision, work, args.cache == "cold", args.threads, args.pythonpath)
             _print_row(r, copy)
             results.append(r)
     print(f"\n# load average after: {_load()}")
