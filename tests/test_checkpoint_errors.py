@@ -13,7 +13,7 @@ from phi_quant.errors import BadWeightsError, CheckpointError, UnsupportedModelE
 from phi_quant.model.checks import check_finite
 from phi_quant.model.safetensors_io import read_header
 from phi_quant.model.source import open_model
-from phi_quant.testing.factory import cached_checkpoint, copy_checkpoint, edit_config, make_checkpoint
+from phi_quant.testing.factory import add_tensor, cached_checkpoint, copy_checkpoint, edit_config, make_checkpoint
 
 
 @pytest.fixture
@@ -88,13 +88,8 @@ def test_weights_in_an_unsupported_dtype(ckpt):
 
 def test_extra_tensors_of_other_dtypes_are_ignored(ckpt):
     """Buffers a model does not use (an int64 table here) are validated but not streamed."""
-    def edit(h):
-        h["model.layers.0.self_attn.rotary_emb.positions"] = {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}
-
-    _rewrite_header(_shard(ckpt, 1), edit)
-    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.layers.0.self_attn.rotary_emb.positions"] = "model-00001-of-00002.safetensors"
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    add_tensor(ckpt, "model.layers.0.self_attn.rotary_emb.positions", "I64", (2,), bytes(16),
+               shard="model-00001-of-00002.safetensors")
     with open_model(ckpt) as src:
         assert len(src.tensor_infos()) == 15
 
@@ -113,7 +108,7 @@ def test_bad_config_json(ckpt):
 
 def test_bad_index_json(ckpt):
     (ckpt / "model.safetensors.index.json").write_text("[]")
-    with pytest.raises(CheckpointError, match="no weight_map"):
+    with pytest.raises(CheckpointError, match="must hold a JSON object, found a list"):
         open_model(ckpt)
 
 
@@ -177,17 +172,13 @@ def test_other_architectures_are_refused_by_name(ckpt, arch, model_type):
 
 def test_split_projection_checkpoints_are_refused(ckpt, tmp_path):
     """A Llama-style checkpoint mislabeled as Phi3 (separate q/k/v) is named as such."""
-    def edit(h):
-        h["model.layers.0.self_attn.q_proj.weight"] = h.pop("model.layers.0.self_attn.qkv_proj.weight")
-
-    _rewrite_header(_shard(ckpt), edit)
     index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.layers.0.self_attn.q_proj.weight"] = index["weight_map"].pop(
-        "model.layers.0.self_attn.qkv_proj.weight")
-    index["weight_map"].pop("model.layers.1.self_attn.qkv_proj.weight")
+    for layer in (0, 1):
+        fused, split = (f"model.layers.{layer}.self_attn.{p}_proj.weight" for p in ("qkv", "q"))
+        shard = index["weight_map"].pop(fused)
+        index["weight_map"][split] = shard
+        _rewrite_header(ckpt / shard, lambda h: h.update({split: h.pop(fused)}))
     (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
-    for f in ckpt.glob("model-00002*"):
-        _rewrite_header(f, lambda h: h.pop("model.layers.1.self_attn.qkv_proj.weight", None))
     with pytest.raises(UnsupportedModelError, match="fused qkv_proj"):
         open_model(ckpt)
 

@@ -48,7 +48,7 @@ def test_plugins_table(manager, npy_backend):
     res = invoke("plugins")
     assert res.exit_code == 0
     header, rule, row = res.stdout.splitlines()[:3]
-    assert header.split() == ["backend", "distribution", "version", "format", "runtime", "precisions"]
+    assert header.split() == ["backend", "distribution", "version", "format", "runtime", "architectures", "precisions"]
     assert row.startswith("npy") and "fp32 (f32), int8 (int8-row)" in row
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from phi_quant.cli import cli
 from phi_quant.convert import convert
-from phi_quant.errors import OutputExistsError, PluginError, UnsupportedPrecisionError
+from phi_quant.errors import OutputExistsError, PluginError, UnsupportedModelError, UnsupportedPrecisionError
 from phi_quant.manifest import file_sha256, read_manifest
 from phi_quant.progress import RecordingProgress
 from phi_quant.testing.factory import VARIANTS, cached_checkpoint
@@ -126,6 +126,24 @@ def test_hook_load_model_quantize_run_eval_through_the_cli(manager, npy_backend,
     assert results["int8"]["memory"]["peak_rss_bytes"] > 10 * 1024**2
 
 
+def test_eval_scores_perplexity_in_windows_and_records_the_text(manager, npy_backend, tiny, tmp_path):
+    out = tmp_path / "fp32"
+    assert invoke("quantize", tiny, "-b", "npy", "-p", "fp32", "-o", out, "--json").exit_code == 0
+    res = invoke("eval", out, "--reference", tiny, "--json", "--max-text-tokens", "64", "--window", "32",
+                 "--gen-tokens", "2")
+    assert res.exit_code == 0, res.output
+    f = json.loads(res.stdout)["fidelity"]
+    t = f["text"]
+    assert (t["tokens"], t["window"], t["windows"], t["scored_tokens"]) == (64, 32, 2, 62)
+    assert t["name"] == "bundled" and t["files"][0]["path"].endswith("eval_text.txt")
+    assert f["perplexity"] == pytest.approx(f["reference_perplexity"], rel=1e-5)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("A short text of my own, with enough words to score a few tokens of it.\n", encoding="utf-8")
+    res = invoke("eval", out, "--reference", tiny, "--text", mine, "--gen-tokens", "2")
+    assert res.exit_code == 0, res.output
+    assert f"of {mine} (sha256 {file_sha256(mine)[:12]}), 1 window(s)" in res.stdout
+
+
 EXPECTED_QUIRKS = {
     "phi3-mini": (["rope theta 10000"], ["grouped-query", "LongRoPE", "partial rotary", "tied"]),
     "phi3.5-longrope": (["LongRoPE"], ["grouped-query", "partial rotary", "tied"]),
@@ -202,3 +220,39 @@ def test_eval_refuses_the_wrong_reference_and_warns_about_a_changed_one(manager,
     res = invoke("eval", out, "--reference", changed, "--json", "--max-text-tokens", "16", "--gen-tokens", "2")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["warnings"] == ["config.json of the reference differs from the one npy output was made from"]
+
+
+def _other_arch_backend(fakes, declared):
+    """The npy fake under another name, declaring that it writes only ``declared``."""
+    import dataclasses
+
+    from phi_quant.hookspecs import hookimpl
+
+    class Other(fakes["NpyBackend"]):
+        @hookimpl
+        def backend_info(self):
+            return dataclasses.replace(super().backend_info(), architectures=declared)
+
+    return Other("otherarch")
+
+
+def test_undeclared_architecture_is_refused_before_export(manager, npy_backend, fakes, tiny, tmp_path):
+    other = _other_arch_backend(fakes, ("phimoe",))
+    manager.register(other, "otherarch")
+    try:
+        assert manager.get("otherarch").info.architectures == ("phimoe",)
+        with pytest.raises(UnsupportedModelError) as e:
+            convert(tiny, "otherarch", ExportOptions("fp32"), tmp_path / "out")
+        assert str(e.value) == ("backend 'otherarch' does not write architecture phi3 (Phi3ForCausalLM); "
+                                "it writes: phimoe; backends that write it: npy")
+        assert other.exported_to == [] and leftovers(tmp_path, set()) == []
+        res = invoke("quantize", tiny, "-b", "otherarch", "-p", "fp32", "-o", tmp_path / "out")
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and "does not write architecture phi3" in res.output
+        data = json.loads(invoke("inspect", tiny, "--json").stdout)
+        assert data["arch"] == "phi3" and data["active_parameters"] == data["parameters"]
+        assert data["backends"]["otherarch"] == {"error": "does not write phi3 (writes phimoe)"}
+        assert data["backends"]["npy"] == {"fp32": "f32", "int8": "int8-row"}
+        assert data["backend_architectures"] == {"npy": ["phi3"], "otherarch": ["phimoe"]}
+        assert "otherarch  does not write phi3 (writes phimoe)" in invoke("inspect", tiny).stdout
+    finally:
+        manager.unregister("otherarch")

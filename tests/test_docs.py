@@ -65,3 +65,20 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     ci_commands = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     assert commands[1] in ci_commands, ".ci/run must call the README's test command"
+
+
+def test_every_error_type_is_documented_with_its_exit_code_an_example_and_what_to_do():
+    import phi_quant.errors as errors
+
+    text = (ROOT / "docs" / "errors.md").read_text()
+    types = [n for n in errors.__all__ if isinstance(getattr(errors, n), type)]
+    for name in types:
+        match = re.search(rf"^## `{name}`\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+        assert match, f"docs/errors.md needs a '## `{name}`' section"
+        section = match.group(1)
+        assert f"Exit {getattr(errors, name).exit_code}." in section, f"{name}: state its exit code"
+        if name != "PhiQuantError":
+            assert "> Error: " in section or "> FAILED" in section, f"{name}: give an example message"
+            assert "What to do" in section, f"{name}: say what the user does next"
+    documented = re.findall(r"^## `(\w+)`", text, flags=re.M)
+    assert sorted(documented) == sorted(types), "docs/errors.md documents exactly the error types"

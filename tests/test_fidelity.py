@@ -68,3 +68,32 @@ def test_perplexity_values():
 def test_bundled_eval_text():
     assert 1500 < len(EVAL_TEXT.encode()) < 20000
     assert EVAL_TEXT.count(".") > 10 and "\ufffd" not in EVAL_TEXT
+
+
+def test_text_windows_are_consecutive_and_drop_a_lone_last_token():
+    from phi_quant.fidelity import text_windows
+
+    assert text_windows(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert text_windows(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert text_windows(list(range(3)), 512) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="at least 2"):
+        text_windows([1, 2, 3], 1)
+
+
+def test_windowed_nll_scores_each_window_from_its_own_start():
+    from phi_quant.fidelity import text_windows, token_nll, windowed_nll
+
+    vocab = 7
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((vocab, vocab))
+
+    def logits_of(ids):  # a bigram model that also sees the position inside the window
+        return table[np.asarray(ids)] + 0.1 * np.arange(len(ids))[:, None] * np.eye(vocab)[0]
+
+    ids = list(rng.integers(0, vocab, size=11))
+    windows = text_windows(ids, 4)
+    nll = windowed_nll(logits_of, windows)
+    assert nll.size == sum(len(w) - 1 for w in windows) == 8
+    want = np.concatenate([token_nll(logits_of(w), w) for w in windows])
+    np.testing.assert_allclose(nll, want, rtol=1e-6)
+    assert perplexity(logits_of(ids[:4]), ids[:4]) == pytest.approx(float(np.exp(nll[:3].mean())), rel=1e-6)

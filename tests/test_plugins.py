@@ -4,7 +4,6 @@ the hook-contract version check, and typed per-backend calls."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 from phi_quant import plugins
 from phi_quant.cli import cli
 from phi_quant.errors import BackendNotInstalledError, PluginError, UnsupportedPrecisionError
-from phi_quant.types import ExportOptions, HardwareReport
+from phi_quant.types import HOOK_CONTRACT_VERSION, ExportOptions, HardwareReport
 
 GOOD_PLUGIN = '''
 from phi_quant.hookspecs import hookimpl
@@ -33,27 +32,18 @@ def detect_hardware():
 '''
 
 
-def make_dist(root: Path, dist: str, version: str, entry: str, module: str, source: str) -> None:
-    """A minimal installed distribution on ``root``: a module plus a dist-info with one phi_quant entry point."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nRequires-Dist: numpy\n")
-    (info / "entry_points.txt").write_text(f"[phi_quant]\n{entry} = {module}\n")
-
-
 @pytest.fixture
-def site(tmp_path, monkeypatch):
+def site(tmp_path, monkeypatch, plugin_dist):
     """A temporary site directory with a good, a broken, a typo and an old-contract plugin."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    make_dist(tmp_path, "phi-quant-fakegood", "1.2.3", "fakegood", "pq_fakegood",
+    plugin_dist(tmp_path, "phi-quant-fakegood", "1.2.3", "fakegood", "pq_fakegood",
               GOOD_PLUGIN.format(name="fakegood", contract="1.4"))
-    make_dist(tmp_path, "phi-quant-fakebroken", "0.1", "fakebroken", "pq_fakebroken",
+    plugin_dist(tmp_path, "phi-quant-fakebroken", "0.1", "fakebroken", "pq_fakebroken",
               "import a_module_that_does_not_exist_anywhere\n")
-    make_dist(tmp_path, "phi-quant-faketypo", "0.1", "faketypo", "pq_faketypo",
+    plugin_dist(tmp_path, "phi-quant-faketypo", "0.1", "faketypo", "pq_faketypo",
               GOOD_PLUGIN.format(name="faketypo", contract="1.0")
               + "\n@hookimpl\ndef exprot(source, output_dir):\n    pass\n")
-    make_dist(tmp_path, "phi-quant-fakeold", "0.9", "fakeold", "pq_fakeold",
+    plugin_dist(tmp_path, "phi-quant-fakeold", "0.9", "fakeold", "pq_fakeold",
               GOOD_PLUGIN.format(name="fakeold", contract="0.3"))
     return tmp_path
 
@@ -76,7 +66,7 @@ def test_broken_plugins_are_reported_by_name_and_others_keep_working(site):
     assert failures["fakebroken"].distribution == "phi-quant-fakebroken"
     assert "a_module_that_does_not_exist_anywhere" in failures["fakebroken"].error
     assert "exprot" in failures["faketypo"].error
-    assert "hook contract 0.3" in failures["fakeold"].error and "1.0" in failures["fakeold"].error
+    assert "hook contract 0.3" in failures["fakeold"].error and HOOK_CONTRACT_VERSION in failures["fakeold"].error
     # a refused plugin leaves no hook implementations behind
     assert all(impl.plugin_name == "fakegood" for impl in mgr.pm.hook.backend_info.get_hookimpls())
     assert [p.precision for p in mgr.get("fakegood").precisions()] == ["int4", "fp16"]
@@ -257,3 +247,34 @@ def test_hook_quantize_goes_to_the_named_backend_and_errors_name_the_tensor(mana
         manager.get("npy").quantize(_tensor(bad), ExportOptions("int8"))
     with pytest.raises(PluginError, match="plugin 'wrong': quantize returned dict, expected QuantizedTensor"):
         manager.get("wrong").quantize(_tensor(w), ExportOptions("fp16"))
+
+
+def test_architectures_default_to_phi3_and_are_normalised(manager, fakes):
+    """A plugin that names no architecture (every 1.0 plugin) writes phi3; one name alone is accepted;
+    declaring none is a load failure, not a backend that refuses everything."""
+    from phi_quant.hookspecs import hookimpl
+    from phi_quant.types import BackendInfo
+
+    assert HOOK_CONTRACT_VERSION == "1.1" and BackendInfo("x", "f", "r").architectures == ("phi3",)
+    old = manager.register(fakes["MinimalBackend"]("old", contract="1.0"), "old")
+    assert old.info.architectures == ("phi3",) and old.info.writes("phi3") and not old.info.writes("phimoe")
+
+    def declaring(name, declared):
+        class Declares(fakes["MinimalBackend"]):
+            @hookimpl
+            def backend_info(self):
+                return BackendInfo(name=name, format="f", runtime="r", architectures=declared)
+
+        return Declares(name)
+
+    assert manager.register(declaring("one", "phi3"), "one").info.architectures == ("phi3",)
+    with pytest.raises(PluginError, match="declares no architecture it writes"):
+        manager.register(declaring("none", ()), "none")
+    assert manager.names() == ["old", "one"]
+
+
+def test_plugins_lists_architectures(manager, npy_backend):
+    data = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).stdout)
+    assert data["backends"][0]["architectures"] == ["phi3"]
+    header, _, row = CliRunner().invoke(cli, ["plugins"]).stdout.splitlines()[:3]
+    assert "architectures" in header.split() and " phi3 " in row

@@ -7,7 +7,7 @@ import pytest
 from phi_quant.errors import BadInputError
 from phi_quant.model.config import normalize_config
 from phi_quant.recommend import TARGETS, machine_profile, recommend
-from phi_quant.sizing import GIB, estimate_memory, weight_bytes
+from phi_quant.sizing import GIB, conversion_memory_bytes, estimate_memory, largest_tensor_elements, weight_bytes
 
 PHI35_MINI = dict(
     architectures=["Phi3ForCausalLM"], hidden_size=3072, num_attention_heads=32, num_key_value_heads=32,
@@ -33,6 +33,14 @@ def test_weight_sizes_follow_bits_per_weight(phi35):
     assert weight_bytes(phi35, "fp32") == pytest.approx(2 * fp16, rel=1e-3)
     # Q4_0-like: 4 bits + an fp16 scale per 32 weights = 4.5 bits
     assert weight_bytes(phi35, "int4") == pytest.approx(fp16 * 4.5 / 16, rel=1e-3)
+
+
+def test_a_conversion_asks_for_its_largest_tensor_not_the_model(phi35):
+    # Phi-3.5-mini's largest tensor is the embedding, 32064 x 3072 (the fused gate_up is 2 x 8192 x 3072).
+    assert largest_tensor_elements(phi35) == 32064 * 3072
+    need = conversion_memory_bytes(phi35)
+    assert need == 512 * 2**20 + 4 * 32064 * 3072
+    assert need < weight_bytes(phi35, "int4") / 2  # streaming: far below even the int4 model
 
 
 def test_iot_and_ai_pc_get_different_justified_answers(phi35):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .convert import sweep_partial
 from .manifest import model_bytes
+from .parent_watch import child_env
 
 __all__ = ["CellSpec", "plan_cells", "run_matrix"]
 
@@ -62,19 +65,49 @@ def _cli(*args: str) -> list[str]:
 
 
 def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any] | None, str]:
-    """Run a phi-quant command with --json; return its parsed JSON (or None) and an error line."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s"
+    """Run a phi-quant command with --json; return its parsed JSON (or None) and an error line.
+
+    The child gets SIGTERM (so a conversion removes its partial output) when this call is
+    interrupted or times out, and when this process dies (see :mod:`phi_quant.parent_watch`).
+    """
+    env = child_env(dict(os.environ, PYTHONUNBUFFERED="1"))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            _stop(proc)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                return None, f"timed out after {timeout:.0f} s"
+            raise
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+        lines = [ln for ln in (stderr or stdout).strip().splitlines() if ln.strip()]
+        if proc.returncode < 0:
+            return None, _signal_message(-proc.returncode, lines)
         return None, (lines[-1] if lines else f"exit code {proc.returncode}")
     try:
-        return json.loads(proc.stdout), ""
+        return json.loads(stdout), ""
     except json.JSONDecodeError:
         return None, "command printed no JSON"
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the child has not cleaned up and exited within ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _signal_message(signum: int, lines: list[str]) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    hint = " (out of memory?)" if signum == signal.SIGKILL else ""
+    last = f": {lines[-1]}" if lines else ""
+    return f"killed by {name}{hint}{last}"
 
 
 def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str, Any]:
@@ -87,6 +120,7 @@ def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str,
     )
     cell["convert_seconds"] = time.perf_counter() - t0
     if res is None:
+        sweep_partial(out)  # what a conversion killed outright (OOM killer) could not remove itself
         cell.update(status="failed", error=f"quantize: {err}")
         return cell
     cell["scheme"] = res.get("scheme") or res.get("result", {}).get("scheme")

@@ -1,33 +1,37 @@
 """Convert a checkpoint with one backend into an output directory, atomically.
 
-The backend writes into a fresh temporary directory created next to the destination (same
-filesystem, so the final move is a rename). The manifest and model card are added there, and
-only then is the directory renamed into place. Any exception, Ctrl-C included, removes the
-temporary directory: the destination either does not change or holds a complete output.
-With ``force``, an existing destination is renamed aside first and deleted after the new one is
-in place, so a failure never destroys the previous output.
+Every option and the checkpoint are checked before anything is created on disk; the output
+location must not be (inside) the source or the Hub cache (:mod:`phi_quant.output_dir`). The
+backend writes into a fresh temporary directory created next to the destination (same
+filesystem, so the final move is a rename). The model card and then the manifest (with the size
+and sha256 of every file, for ``phi-quant verify``) are added there, and only then is the
+directory renamed into place. Any exception, Ctrl-C included, removes the temporary directory and
+the parent directories created for it: the destination either does not change or holds a
+complete output. With ``force``, an existing destination is renamed aside first and deleted
+after the new one is in place, so a failure never destroys the previous output.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, OutputExistsError, UnsupportedPrecisionError
-from .manifest import OWN_FILES, build_manifest, model_bytes, source_record, write_manifest
+from .builtin import TINY_PREFIX
+from .errors import PluginError, UnsupportedModelError, os_error
+from .manifest import MANIFEST_NAME, OWN_FILES, build_manifest, manifest_text, model_bytes, source_record
+from .model.checkpoint_files import checkpoint_roots
 from .model_card import render_model_card
+from .options import check_options, check_options_for_model
+from .output_dir import OutputStaging, check_destination, check_location, partial_prefix
 from .plugins import Backend, get_manager
-from .types import PRECISIONS, ExportOptions, ExportResult, NullProgress, Progress
+from .types import ExportOptions, ExportResult, NullProgress, Progress
+from .verify import OUTPUTS_KEY, record_outputs
 
-__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "convert"]
-
-#: ``tiny:<variant>`` names a seeded tiny checkpoint built locally (no download), e.g. ``tiny:phi4-mini``.
-TINY_PREFIX = "tiny:"
+__all__ = ["TINY_PREFIX", "ConvertResult", "resolve_model", "check_options", "check_architecture", "convert",
+           "sweep_partial"]
 
 
 @dataclass
@@ -59,66 +63,30 @@ class ConvertResult:
 
 
 def resolve_model(model: str | Path) -> str | Path:
-    """Turn ``tiny:<variant>`` into the path of the cached tiny checkpoint; anything else unchanged."""
-    text = str(model)
-    if not text.startswith(TINY_PREFIX):
-        return model
-    from .testing.factory import VARIANTS, cached_checkpoint
+    """Turn a built-in name (``tiny:<variant>``, ``real:<name>``) into its cached checkpoint's path; anything else unchanged."""
+    from .builtin import resolve
 
-    variant = text[len(TINY_PREFIX):]
-    if variant not in VARIANTS:
-        raise BadInputError(f"unknown tiny model {variant!r}; choose one of: {', '.join(TINY_PREFIX + v for v in VARIANTS)}")
-    return cached_checkpoint(variant)
+    return resolve(model)
 
 
 def open_source(model: str | Path) -> Any:
-    """Open a checkpoint (local dir, hub id or ``tiny:<variant>``) as a ModelSource."""
+    """Open a checkpoint (local dir, hub id or a built-in name such as ``tiny:phi4-mini``) as a ModelSource."""
     from .model.source import open_model
 
     return open_model(resolve_model(model))
 
 
-def check_options(backend: Backend, options: ExportOptions) -> None:
-    """Refuse a precision or scheme the backend does not offer, before any work is done."""
-    if options.precision not in PRECISIONS:
-        raise UnsupportedPrecisionError(
-            f"unknown precision {options.precision!r}; phi-quant knows: {', '.join(PRECISIONS)}"
-        )
-    spec = backend.precision(options.precision)
-    if options.scheme and spec.schemes and options.scheme not in (spec.scheme, *spec.schemes):
-        raise UnsupportedPrecisionError(
-            f"backend {backend.name!r} has no scheme {options.scheme!r} for {options.precision}; "
-            f"choose one of: {', '.join((spec.scheme, *spec.schemes))}"
-        )
-    if options.group_size is not None and options.group_size <= 0:
-        raise BadInputError(f"--group-size must be positive, got {options.group_size}")
-
-
-def _check_destination(output: Path, force: bool) -> None:
-    if output.exists() or output.is_symlink():
-        if not force:
-            raise OutputExistsError(f"{output} already exists; choose another -o or pass --force to replace it")
-        if not output.is_dir():
-            raise OutputExistsError(f"{output} exists and is not a directory; remove it or choose another -o")
-
-
-def _move_into_place(tmp: Path, output: Path, force: bool) -> None:
-    """Rename ``tmp`` to ``output``; with ``force`` the old output is moved aside, then deleted."""
-    aside = None
-    if output.exists():
-        if not force:
-            raise OutputExistsError(f"{output} appeared while converting; pass --force to replace it")
-        aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        aside.rmdir()
-        os.rename(output, aside)
-    try:
-        os.rename(tmp, output)
-    except OSError as exc:
-        if aside is not None:
-            os.rename(aside, output)
-        raise OutputExistsError(f"could not move the result to {output}: {exc}") from exc
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+def check_architecture(backend: Backend, config: Any) -> None:
+    """Refuse a checkpoint whose architecture the backend does not declare, naming those that do."""
+    arch = config.arch_name
+    if backend.info.writes(arch):
+        return
+    others = [b.name for b in get_manager().backends() if b.info.writes(arch)]
+    hint = f"; backends that write it: {', '.join(others)}" if others else ""
+    raise UnsupportedModelError(
+        f"backend {backend.name!r} does not write architecture {arch} ({config.architecture}); "
+        f"it writes: {', '.join(backend.info.architectures)}{hint}"
+    )
 
 
 def convert(
@@ -133,14 +101,16 @@ def convert(
     """Export ``model`` with ``backend`` at ``options.precision`` into ``output`` (see module doc)."""
     t0 = time.perf_counter()
     be = get_manager().get(backend)
-    check_options(be, options)
+    options = check_options(be, options)
     output = Path(output).expanduser().absolute()
-    _check_destination(output, force)
+    check_destination(output, force)
     progress = progress or NullProgress()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
-        with open_source(model) as source:
+    with open_source(model) as source:  # validated from headers before anything is created on disk
+        check_architecture(be, source.config)
+        options = check_options_for_model(be, options, source.config)
+        check_location(output, checkpoint_roots(Path(source.path)))
+        staging = OutputStaging(output, force)
+        with staging as tmp:
             t_open = time.perf_counter()
             progress.start(int(getattr(source, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
             try:
@@ -150,21 +120,17 @@ def convert(
             t_export = time.perf_counter()
             missing = [f for f in result.files if not (tmp / f).exists()]
             if missing:
-                from .errors import PluginError
-
                 raise PluginError(be.name, f"export listed files it did not write: {', '.join(missing[:5])}")
             record = source_record(str(model), source)
-        timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
-        manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result, timings=timings)
-        manifest["output_bytes"] = model_bytes(tmp)
-        write_manifest(tmp, manifest)
-        (tmp / "README.md").write_text(
-            render_model_card(manifest, result.run_instructions, output_name=output.name), encoding="utf-8"
-        )
-        _move_into_place(tmp, output, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
+            manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result,
+                                      timings=timings)
+            manifest["output_bytes"] = model_bytes(tmp)
+            _write_own_file(tmp / "README.md", render_model_card(manifest, result.run_instructions,
+                                                                 output_name=output.name))
+            manifest[OUTPUTS_KEY] = record_outputs(tmp)
+            _write_own_file(tmp / MANIFEST_NAME, manifest_text(manifest))  # written last: marks a complete output
+            staging.commit()
     return ConvertResult(
         output=output,
         backend=be.name,
@@ -176,3 +142,25 @@ def convert(
         notes=list(result.notes),
         manifest=manifest,
     )
+
+
+def _write_own_file(path: Path, text: str) -> None:
+    """Write the manifest or the model card; a full disk or a limit becomes one clear error."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise os_error(exc, f"writing {path.name} of the output") from exc
+
+
+def sweep_partial(output: str | Path) -> list[Path]:
+    """Remove the temporary directories a *killed* conversion into ``output`` left next to it.
+
+    A conversion that fails or is interrupted removes its own; one killed outright (SIGKILL, the
+    OOM killer) cannot. ``compare`` and ``batch`` call this for their failed cells.
+    """
+    output = Path(output).expanduser().absolute()
+    gone = []
+    for tmp in output.parent.glob(partial_prefix(output) + "*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        gone.append(tmp)
+    return gone

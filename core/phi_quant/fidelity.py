@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["FidelityReport", "compare_logits", "log_softmax", "perplexity", "EVAL_TEXT", "eval_text"]
+__all__ = ["FidelityReport", "compare_logits", "log_softmax", "perplexity", "token_nll", "text_windows",
+           "windowed_nll", "EVAL_TEXT", "eval_text"]
 
 
 def eval_text() -> str:
@@ -84,8 +85,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> FidelityRepo
     )
 
 
-def perplexity(logits: np.ndarray, ids: Sequence[int]) -> float:
-    """exp(mean negative log-likelihood) of ``ids[1:]`` given ``logits[:-1]`` (logits of the full run of ``ids``)."""
+def token_nll(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """float64 negative log-likelihood of ``ids[1:]`` given ``logits[:-1]`` (logits of the full run of ``ids``)."""
     lg = _as_2d(logits, "")
     ids = np.asarray(list(ids), dtype=np.int64)
     if len(ids) < 2:
@@ -93,5 +94,30 @@ def perplexity(logits: np.ndarray, ids: Sequence[int]) -> float:
     if lg.shape[0] != len(ids):
         raise ValueError(f"{lg.shape[0]} logit rows for {len(ids)} ids; pass the logits of the full sequence")
     lp = log_softmax(lg[:-1])
-    nll = -lp[np.arange(len(ids) - 1), ids[1:]]
-    return float(np.exp(nll.mean()))
+    return -lp[np.arange(len(ids) - 1), ids[1:]]
+
+
+def perplexity(logits: np.ndarray, ids: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood) of ``ids[1:]`` given ``logits[:-1]`` (logits of the full run of ``ids``)."""
+    return float(np.exp(token_nll(logits, ids).mean()))
+
+
+def text_windows(ids: Sequence[int], window: int) -> list[list[int]]:
+    """``ids`` cut into consecutive, non-overlapping windows of ``window`` tokens (a last piece under 2 is dropped).
+
+    Each window is run on its own from position 0, so every backend sees exactly the same
+    sequences whatever its context or cache, and the first token of each window is context only.
+    """
+    if window < 2:
+        raise ValueError(f"a perplexity window needs at least 2 tokens, got {window}")
+    ids = list(ids)
+    return [ids[k : k + window] for k in range(0, len(ids), window) if len(ids) - k >= 2]
+
+
+def windowed_nll(logits_of: Callable[[list[int]], np.ndarray], windows: Sequence[list[int]]) -> np.ndarray:
+    """Negative log-likelihoods of every predicted token of every window, ``logits_of`` run once per window.
+
+    ``exp(mean)`` of the result is the windowed perplexity; only one window's logits live at a time.
+    """
+    parts = [token_nll(np.asarray(logits_of(list(w)), dtype=np.float32), w) for w in windows]
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -9,6 +9,16 @@ Streaming is part of the contract: ``export`` reads tensors one at a time from
 ``source.tensors()`` and writes each before reading the next; it never holds the whole model.
 Atomic output is the core's job: ``export`` writes into ``output_dir``, a fresh temporary
 directory that the core moves into place only when the hook returns without raising.
+
+Architectures are part of the contract too (since 1.1). A backend lists the architectures it
+writes in ``BackendInfo.architectures`` (``phi_quant.arch`` names, default ``("phi3",)``); the
+core refuses a checkpoint of any other architecture before ``export`` is called. ``export``
+sees ``source.config.arch`` (the architecture object; ``.name`` is one the backend declared),
+and ``source.tensors()`` yields the tensors in that architecture's stream order,
+``source.config.arch.stream_plan(source.config)``, each tagged with ``role``, ``layer`` and
+``expert``; ``source.tensor_infos()`` gives the same list up front, without data. For ``phi3``
+the order is: embed; per layer attn_norm, qkv, o, ffn_norm, gate_up, down; final_norm; lm_head
+(absent when embeddings are tied). Each module in ``phi_quant/arch/`` states its order.
 """
 
 from __future__ import annotations
@@ -45,10 +55,13 @@ class PhiQuantSpec:
 
     @hookspec
     def backend_info(self) -> "BackendInfo":
-        """Describe this backend: CLI name, output format, runtime, hook contract version.
+        """Describe this backend: CLI name, output format, runtime, hook contract version, the
+        architectures it writes (``architectures``; the core refuses others before ``export``), and
+        the ``--option`` names and ``--target`` values it accepts (the core refuses all others).
 
         :returns: a :class:`phi_quant.types.BackendInfo`.
         .. versionadded:: 0.1
+        .. versionchanged:: contract 1.1 ``architectures``, ``options`` and ``targets``.
         """
 
     @hookspec
@@ -64,10 +77,12 @@ class PhiQuantSpec:
 
     @hookspec
     def supported_precisions(self) -> "list[PrecisionSpec]":
-        """List the precisions this backend exports, each with its native scheme and thresholds.
+        """List the precisions this backend exports, each with its native scheme and thresholds, and
+        the ``--group-size`` values and symmetry each accepts.
 
         :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision.
         .. versionadded:: 0.1
+        .. versionchanged:: 1.1 ``group_sizes`` and ``symmetric`` declarations.
         """
 
     @hookspec
@@ -93,11 +108,15 @@ class PhiQuantSpec:
     ) -> "ExportResult":
         """Write the model in this backend's format into ``output_dir`` (an empty temporary directory).
 
-        Stream ``source.tensors()`` one at a time; copy tokenizer files as the runtime needs them;
+        Stream ``source.tensors()`` one at a time, in the order of the architecture's stream plan
+        (``source.config.arch.stream_plan``); copy tokenizer files as the runtime needs them;
         call ``progress.advance(nbytes)`` per source tensor. Raise
         :class:`phi_quant.errors.UnsupportedPrecisionError` for a precision or option it cannot do.
+        Only checkpoints of an architecture listed in ``BackendInfo.architectures`` reach it. The
+        options arrive checked against the backend's declarations (values converted to their
+        declared kinds); ``source`` arrives validated (headers, paths, config, tokenizer).
 
-        :param source: the opened checkpoint (config, tokenizer files, tensor stream).
+        :param source: the opened checkpoint (config and its ``arch``, tokenizer files, tensor stream).
         :param output_dir: empty directory to write into; the core moves it into place on success.
         :param options: what the user asked for.
         :param progress: progress sink, advanced in bytes of source tensors consumed.

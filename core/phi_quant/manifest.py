@@ -30,12 +30,13 @@ __all__ = [
     "source_record",
     "tool_versions",
     "build_manifest",
+    "manifest_text",
     "write_manifest",
     "read_manifest",
 ]
 
 MANIFEST_NAME = "phi-quant.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: "outputs" records size and sha256 of every file (phi-quant verify)
 #: What phi-quant adds to every output besides the model's own files.
 OWN_FILES = (MANIFEST_NAME, "README.md")
 
@@ -50,12 +51,9 @@ def model_bytes(path: Path) -> int:
 _SOURCE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()  # reads into one reused buffer
 
 
 def source_record(model: str, source: Any) -> dict[str, Any]:
@@ -175,9 +173,13 @@ def build_manifest(
     })
 
 
+def manifest_text(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     path = Path(directory) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(manifest_text(manifest), encoding="utf-8")
     return path
 
 

@@ -73,7 +73,8 @@ def render_model_card(manifest: dict[str, Any], run_instructions: str = "", outp
         f"phi-quant eval {output_name} --reference {src.get('model')}",
         "```",
         "",
-        "`phi-quant.json` next to this file records the exact options, file fingerprints and tool versions.",
+        "`phi-quant.json` next to this file records the exact options, the size and sha256 of every file and the "
+        f"tool versions; `phi-quant verify {output_name}` checks the files against it.",
         "",
     ]
     return "\n".join(lines)

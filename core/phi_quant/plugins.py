@@ -27,8 +27,17 @@ from typing import Any, Iterator
 
 import pluggy
 
-from .errors import BackendNotInstalledError, PhiQuantError, PluginError, UnsupportedPrecisionError
+from .errors import (
+    BackendNotInstalledError,
+    PhiQuantError,
+    PluginError,
+    ResourceError,
+    UnsupportedPrecisionError,
+    os_error,
+    resource_errno,
+)
 from .hookspecs import PROJECT_NAME, PhiQuantSpec
+from .vendor_telemetry import disable_vendor_telemetry
 from .types import (
     HOOK_CONTRACT_VERSION,
     BackendInfo,
@@ -120,9 +129,15 @@ class Backend:
         args = [kwargs[a] for a in impl.argnames]
         try:
             result = impl.function(*args)
-        except PhiQuantError:
+        except (PhiQuantError, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except MemoryError as exc:
+            raise ResourceError(f"backend {self.name!r} ran out of memory in {hook}; close other programs or use a "
+                                "machine with more memory") from exc
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from plugin code must not end phi-quant
+            code = resource_errno(exc)
+            if code is not None:  # a full disk or a limit, whatever type the vendor's writer wraps it in
+                raise os_error(OSError(code, os.strerror(code)), f"backend {self.name!r} {hook}") from exc
             raise PluginError(self.name, f"{hook} failed: {type(exc).__name__}: {exc}") from exc
         if expected is not None and not isinstance(result, expected):
             raise PluginError(
@@ -173,6 +188,15 @@ class Backend:
         return model
 
 
+def _architectures(plugin: str, declared: Any) -> tuple[str, ...]:
+    """``BackendInfo.architectures`` as a tuple of names; one name alone is accepted, none is refused."""
+    names = (declared,) if isinstance(declared, str) else tuple(declared or ())
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise PluginError(plugin, f"backend_info declares no architecture it writes (architectures={declared!r}); "
+                                  "declare e.g. architectures=(\"phi3\",)")
+    return names
+
+
 def _type_names(t: type | tuple[type, ...]) -> str:
     return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
 
@@ -203,6 +227,8 @@ class PhiQuant:
 
     # -- discovery -----------------------------------------------------------------------
     def _entry_points(self) -> list[metadata.EntryPoint]:
+        """Entry points in discovery order, except that the distribution this repository publishes
+        for a known backend name loads before any other claiming that name (so it is the one kept)."""
         eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
         if self._allow is not None:
             allowed = {_normalise(a) for a in self._allow}
@@ -210,11 +236,17 @@ class PhiQuant:
                 ep for ep in eps
                 if _normalise(ep.name) in allowed or (ep.dist is not None and _normalise(ep.dist.name) in allowed)
             ]
-        return eps
+
+        def owner_first(ep: metadata.EntryPoint) -> int:
+            known = KNOWN_BACKENDS.get(ep.name)
+            return 0 if known and ep.dist is not None and _normalise(ep.dist.name) == known else 1
+
+        return sorted(eps, key=owner_first)
 
     def _load(self, only: str | None = None) -> None:
         if not self._load_entry_points or self._all_loaded:
             return
+        disable_vendor_telemetry()  # before a plugin can import its vendor's package
         seen: set[str] = set()
         for ep in self._entry_points():
             key = f"{ep.name}={ep.value}"
@@ -228,7 +260,9 @@ class PhiQuant:
             version = ep.dist.version if ep.dist is not None else ""
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - isolate every broken plugin
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - isolate every broken plugin, sys.exit() at import included
                 self._fail(ep.name, dist, f"could not be imported: {type(exc).__name__}: {exc}")
                 continue
             self._add(plugin, ep.name, dist, version)
@@ -241,7 +275,8 @@ class PhiQuant:
     def _add(self, plugin: object, name: str, distribution: str = "", version: str = "") -> Backend | None:
         """Register one plugin; on any problem record a failure and leave the manager as it was."""
         if self.pm.get_plugin(name) is not None or name in self._backends:
-            self._fail(name, distribution, f"a plugin named {name!r} is already registered")
+            self._fail(name, distribution, f"the plugin name {name!r} is already taken by "
+                       f"{self._owner(name)}; this one was not loaded. Uninstall one of the two")
             return None
         try:
             self.pm.register(plugin, name=name)
@@ -257,12 +292,19 @@ class PhiQuant:
             return None
         if info.name in self._backends:
             self.pm.unregister(plugin)
-            other = self._backends[info.name].info.distribution or "an in-process plugin"
-            self._fail(name, distribution, f"backend name {info.name!r} is already provided by {other}")
+            self._fail(name, distribution, f"backend name {info.name!r} is already provided by "
+                       f"{self._owner(info.name)} (kept); this one was not loaded. Uninstall one of the two")
             return None
         backend = Backend(plugin, name, self.pm, info)
         self._backends[info.name] = backend
         return backend
+
+    def _owner(self, name: str) -> str:
+        """Who holds backend or plugin name ``name``: "phi-quant-onnx 0.1.0" or "an in-process plugin"."""
+        backend = self._backends.get(name) or next((b for b in self._backends.values() if b._plugin_name == name), None)
+        if backend is None or not backend.info.distribution:
+            return "an in-process plugin"
+        return " ".join(x for x in (backend.info.distribution, backend.info.version) if x)
 
     def _check_pending(self, plugin: object) -> None:
         """Refuse hook implementations that match no spec (a typo would otherwise be silent)."""
@@ -287,6 +329,7 @@ class PhiQuant:
             raise PluginError(name, "backend_info returned an empty backend name")
         return dataclasses.replace(
             info,
+            architectures=_architectures(name, info.architectures),
             distribution=info.distribution or distribution,
             version=info.version or version,
             install_hint=info.install_hint or (f"pip install {distribution}" if distribution else ""),

@@ -1,6 +1,6 @@
-"""Progress sinks for ``export``: a tqdm bar on stderr in bytes, or nothing.
+"""Progress sinks: a tqdm bar on stderr in bytes for ``export``, one bar for a matrix of cells.
 
-The bar is shown only when stderr is a terminal and the user did not ask for ``--json`` or
+Bars are shown only when stderr is a terminal and the user did not ask for ``--json`` or
 ``--quiet``, so scripted runs and machine-readable output stay clean.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from .types import NullProgress, Progress
 
-__all__ = ["TqdmProgress", "RecordingProgress", "make_progress", "NullProgress"]
+__all__ = ["TqdmProgress", "RecordingProgress", "make_progress", "NullProgress", "MatrixProgress"]
 
 
 class TqdmProgress:
@@ -76,3 +76,43 @@ def make_progress(*, quiet: bool = False, description: str = "", stream: Any = N
     if quiet or not getattr(stream, "isatty", lambda: False)():
         return NullProgress()
     return TqdmProgress(description, file=stream)
+
+
+class MatrixProgress:
+    """``compare``/``batch``: one bar over every cell's steps, and one status line per finished step.
+
+    ``steps`` maps each stage name ("converted", "evaluated") to how many cells go through it.
+    Lines look like ``[converted 2/4] onnx int4: converted`` (or ``failed: <error>``); they go
+    above the bar on a terminal, plainly to stderr otherwise, and nowhere when ``quiet``.
+    """
+
+    def __init__(self, steps: dict[str, int], *, quiet: bool = False, stream: Any = None,
+                 label: Any = None):
+        self._steps = dict(steps)
+        self._done = {stage: 0 for stage in steps}
+        self._quiet = quiet
+        self._stream = stream or sys.stderr
+        self._label = label or (lambda cell: f"{cell['backend']} {cell['precision']}")
+        self._bar = None
+        if not quiet and getattr(self._stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=sum(steps.values()), desc="cells", unit="step", file=self._stream,
+                             leave=True, dynamic_ncols=True)
+
+    def __call__(self, stage: str, cell: dict[str, Any]) -> None:
+        self._done[stage] = self._done.get(stage, 0) + 1
+        if self._quiet:
+            return
+        mark = "failed: " + cell.get("error", "") if cell.get("status") == "failed" else stage
+        line = f"[{stage} {self._done[stage]}/{self._steps.get(stage, '?')}] {self._label(cell)}: {mark}"
+        if self._bar is not None:
+            self._bar.write(line, file=self._stream)
+            self._bar.update(1)
+        else:
+            print(line, file=self._stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

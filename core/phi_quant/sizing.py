@@ -1,8 +1,12 @@
 """How much memory a Phi model needs at each precision: weights, KV cache and runtime overhead.
 
-Shared by ``inspect`` (sizes per precision) and ``recommend`` (what fits a device). The figures
-are estimates from the model's shape, not measurements of a backend's file: each backend stores
-scales a little differently (see ``bits_per_weight``), which moves sizes by a few percent.
+Shared by ``inspect`` (sizes per precision), ``recommend`` (what fits a device) and the Ray
+runner (memory to request for a conversion task). The figures are estimates from the model's
+shape, not measurements of a backend's file: each backend stores scales a little differently
+(see ``bits_per_weight``), which moves sizes by a few percent.
+What depends on the layout (which tensors exist and are quantized, the KV cache's shape) is the
+architecture module's answer (:class:`phi_quant.arch.Architecture`); this module adds the bits
+per weight of each precision and the runtime overhead.
 """
 
 from __future__ import annotations
@@ -11,13 +15,19 @@ from dataclasses import dataclass
 
 from .model.config import PhiConfig
 
-__all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory", "GIB"]
+__all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory",
+           "largest_tensor_elements", "conversion_memory_bytes", "GIB"]
 
 GIB = 1024**3
 
 #: Runtime overhead beyond weights and KV cache: activations, scratch buffers, the runtime itself.
 RUNTIME_OVERHEAD_BYTES = 300 * 1024**2
 RUNTIME_OVERHEAD_FRACTION = 0.05
+
+#: A conversion's memory before its first tensor: the interpreter, numpy, the kernel and a vendor
+#: runtime's imports. Whole conversions of the 1.1 GB streaming checkpoint peak at 115-180 MiB
+#: (docs/performance.md); this rounds up for the bigger runtimes' imports.
+CONVERSION_BASE_BYTES = 512 * 1024**2
 
 
 def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> float:
@@ -41,17 +51,16 @@ def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric
 
 
 def weight_bytes(config: PhiConfig, precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> int:
-    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them."""
-    h = config.hidden_size
-    norms = (2 * config.num_layers + 1) * h
-    matmul = config.parameter_count() - norms
-    bpw = bits_per_weight(precision, group_size, asymmetric=asymmetric)
-    return int(matmul * bpw / 8 + norms * 4)
+    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them.
+
+    The architecture module counts them from its tensor list (``config.arch.weight_bytes``).
+    """
+    return config.arch.weight_bytes(config, bits_per_weight(precision, group_size, asymmetric=asymmetric))
 
 
 def kv_cache_bytes(config: PhiConfig, context_length: int, *, bytes_per_value: int = 2) -> int:
     """KV cache for one sequence of ``context_length`` tokens (fp16 cache by default)."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * context_length * bytes_per_value
+    return config.arch.kv_cache_bytes(config, context_length, bytes_per_value)
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,18 @@ def estimate_memory(
     kv = kv_cache_bytes(config, min(context_length, config.max_position_embeddings))
     overhead = RUNTIME_OVERHEAD_BYTES + int(RUNTIME_OVERHEAD_FRACTION * w)
     return MemoryEstimate(precision, w, kv, overhead)
+
+
+def largest_tensor_elements(config: PhiConfig) -> int:
+    """Elements of the checkpoint's largest tensor, from the architecture's tensor list."""
+    return max(t.numel for t in config.arch.stream_plan(config))
+
+
+def conversion_memory_bytes(config: PhiConfig) -> int:
+    """Memory one streaming conversion needs at most: its imports plus the largest tensor in fp32.
+
+    Conversion reads one tensor at a time (the kernels work on row chunks of it), so what it holds
+    does not grow with the layer count or the precision; the conformance kit's streaming check
+    measures exactly that for every backend.
+    """
+    return CONVERSION_BASE_BYTES + 4 * largest_tensor_elements(config)

@@ -10,7 +10,10 @@ import numpy as np
 __all__ = [
     "PRECISIONS",
     "HOOK_CONTRACT_VERSION",
+    "DEFAULT_ARCHITECTURES",
     "BackendInfo",
+    "OptionSpec",
+    "OPTION_KINDS",
     "PrecisionSpec",
     "HardwareReport",
     "ExportOptions",
@@ -26,7 +29,17 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 
 #: Version of the hook contract. A plugin declares the versions it was built for in
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
-HOOK_CONTRACT_VERSION = "1.0"
+#: 1.1 added :attr:`BackendInfo.architectures` and the option declarations
+#: (``BackendInfo.options``/``targets``, ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin
+#: leaves them undeclared.
+HOOK_CONTRACT_VERSION = "1.1"
+
+#: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
+DEFAULT_ARCHITECTURES = ("phi3",)
+
+#: Value kinds of :class:`OptionSpec`: ``any`` is passed on unchanged (text or structured values
+#: the backend parses itself, such as a per-tensor override list).
+OPTION_KINDS = ("int", "float", "bool", "str", "any")
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,13 @@ class FidelityThresholds:
 
 @dataclass(frozen=True)
 class PrecisionSpec:
-    """One precision a backend offers and the native scheme it maps to."""
+    """One precision a backend offers and the native scheme it maps to.
+
+    ``group_sizes`` and ``symmetric`` declare which ``--group-size`` values and which of
+    ``--symmetric``/``--asymmetric`` this precision accepts; the core refuses anything else before
+    export. ``()`` means the option does not apply (it is refused); ``None`` leaves the check to
+    the backend (what a plugin written for contract 1.0 gets).
+    """
 
     precision: str  # one of PRECISIONS
     scheme: str  # backend-native name, e.g. "Q4_0", "MatMulNBits-4bit-b32", "int4_asym_g128"
@@ -52,11 +71,40 @@ class PrecisionSpec:
     schemes: tuple[str, ...] = ()  # other schemes selectable with --scheme for this precision
     thresholds: FidelityThresholds | None = None
     default_group_size: int | None = None
+    group_sizes: tuple[int, ...] | None = None  # accepted --group-size values (.. versionadded:: 1.1)
+    symmetric: tuple[bool, ...] | None = None  # accepted --symmetric (True) / --asymmetric (False) (1.1)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One ``--option NAME=VALUE`` a backend accepts; the core checks it before export.
+
+    ``kind`` is one of :data:`OPTION_KINDS`; the value reaches the backend converted to it
+    (``"4"`` -> 4 for an int, a choice in its declared spelling). ``choices`` and ``min``/``max``
+    bound the value; ``precisions`` (empty: all) lists the precisions the option applies to, and
+    it is refused for the others instead of being ignored.
+
+    .. versionadded:: 1.1
+    """
+
+    name: str
+    kind: str = "str"
+    help: str = ""
+    default: Any = None
+    choices: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    precisions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """Who a backend is. Returned by the ``backend_info`` hook."""
+    """Who a backend is. Returned by the ``backend_info`` hook.
+
+    ``architectures`` names the architectures the backend writes (``phi_quant.arch`` names:
+    ``"phi3"``; see ``phi-quant inspect``). The core refuses to hand it a checkpoint of any other
+    before ``export`` is called. Default: ``("phi3",)``, what every 1.0 plugin wrote.
+    """
 
     name: str  # CLI name: "llamacpp", "onnx", "openvino", "mlx", ...
     format: str  # output format: "GGUF", "ONNX", "OpenVINO IR", "MLX safetensors"
@@ -66,6 +114,16 @@ class BackendInfo:
     description: str = ""
     hook_contract: str = HOOK_CONTRACT_VERSION  # contract version the plugin was built for
     install_hint: str = ""  # e.g. "pip install phi-quant-llamacpp"
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES  # .. versionadded:: contract 1.1
+    #: Every ``--option`` the backend accepts; unknown names are refused with this list. ``None``: not
+    #: declared, the backend checks ``extra`` itself (contract 1.0). .. versionadded:: 1.1
+    options: tuple[OptionSpec, ...] | None = None
+    #: ``--target`` values the backend accepts; ``()`` refuses ``--target``; ``None``: not declared (1.1).
+    targets: tuple[str, ...] | None = None
+
+    def writes(self, architecture: str) -> bool:
+        """True when this backend writes checkpoints of ``architecture`` (an ``arch`` name)."""
+        return architecture in self.architectures
 
 
 @dataclass

@@ -1,18 +1,22 @@
 """The ``phi-quant`` command line: a click group with one module per command.
 
 Errors from :mod:`phi_quant.errors` become one ``Error: ...`` line on stderr and the error's
-exit code (2 bad input, 1 failure). With ``--debug`` or ``PHI_QUANT_DEBUG=1`` they propagate
-with their traceback instead (tests and bug reports).
+exit code (2 bad input, 1 failure); so do Ctrl-C and SIGTERM (exit 1), a full disk, a file-size
+limit and running out of memory anywhere. With ``--debug`` or ``PHI_QUANT_DEBUG=1`` they
+propagate with their traceback instead (tests and bug reports). docs/errors.md lists them all.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 import click
 
 from .. import __version__
-from ..errors import PhiQuantError
+from ..errors import Interrupted, PhiQuantError, ResourceError, os_error, resource_errno
+from ..vendor_telemetry import disable_vendor_telemetry
 
 __all__ = ["cli", "main", "PhiQuantGroup"]
 
@@ -38,10 +42,35 @@ class PhiQuantGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except PhiQuantError as exc:
-            if debug_enabled(ctx):
+        except BaseException as exc:  # noqa: BLE001 - sorted below: ours, interrupts and resources are one line
+            error = _as_user_error(exc)
+            if error is None:
                 raise
-            raise CliError(exc) from exc
+            if debug_enabled(ctx):
+                if error is exc:
+                    raise
+                raise error from exc
+            raise CliError(error) from exc
+
+
+#: The signals (as words) received by this process; recorded by :func:`main`'s handlers.
+_SIGNALS: list[str] = []
+
+
+def _as_user_error(exc: BaseException) -> PhiQuantError | None:
+    """The one-line error ``exc`` stands for, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, KeyboardInterrupt) or (_SIGNALS and isinstance(exc, Exception)):
+        # (a vendor library may turn our KeyboardInterrupt into its own error: say what happened)
+        what = exc.args[0] if isinstance(exc, KeyboardInterrupt) and exc.args else (
+            _SIGNALS[0] if _SIGNALS else "interrupted (Ctrl-C)")
+        return Interrupted(f"{what}; nothing partial was left behind")
+    if isinstance(exc, PhiQuantError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return ResourceError("out of memory; close other programs or use a machine with more memory")
+    if isinstance(exc, OSError) and resource_errno(exc) is not None:  # a full disk or a limit, at any depth
+        return os_error(exc, "writing to disk" if exc.filename is None else f"using {exc.filename}")
+    return None
 
 
 @click.group(cls=PhiQuantGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,9 +85,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import doctor, evaluate, inspect, plugins, quantize, run
+    from . import batch, doctor, evaluate, inspect, plugins, quantize, run, verify
 
-    for module in (plugins, doctor, inspect, quantize, run, evaluate):
+    for module in (plugins, doctor, inspect, quantize, run, evaluate, verify, batch):
         cli.add_command(module.command)
     for name in ("compare", "recommend"):  # optional commands, present when their module is
         try:
@@ -73,6 +102,28 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _on_signal(signum: int, frame: object) -> None:
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    _SIGNALS.append(what)
+    raise KeyboardInterrupt(what)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="phi-quant")
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C, so a killed conversion cleans up too.
+
+    After a signal the process ends with ``os._exit`` once stdout/stderr are flushed: a Ctrl-C that
+    lands inside a C extension's embedded Python (pybind11 modules evaluate code while they import)
+    leaves the interpreter marked "killed by SIGINT", which would otherwise turn exit code 1 into -2.
+    """
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    disable_vendor_telemetry()
+    try:
+        cli(prog_name="phi-quant")
+    except SystemExit as exc:
+        if not _SIGNALS:
+            raise
+        code = exc.code if isinstance(exc.code, int) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

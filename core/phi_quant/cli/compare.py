@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from .. import __version__
 from ..compare import plan_cells, run_matrix
 from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
+from ..progress import MatrixProgress
 from ..report import markdown_table, write_report
 from ._common import emit_json, json_option
 
@@ -29,10 +31,19 @@ __all__ = ["command"]
               help="Conversions run at once; evaluations always run one at a time so tokens/s compare fairly.")
 @click.option("--keep", is_flag=True, help="Keep each cell's exported model under OUTPUT/models/.")
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), help="Text file for perplexity.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Run the cells as Ray tasks on a cluster: auto (RAY_ADDRESS or `ray start` here), local, "
+                   "HOST:PORT or ray://HOST:PORT. Needs phi-quant[ray].")
+@click.option("--shared-dir", metavar="DIR",  # a str: a Path would turn s3://b into the folder s3:/b
+              help="With --ray: a directory every node mounts at the same path, for the exports (default: OUTPUT).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-cell lines.")
 @json_option
-def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_json) -> None:
+def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_address, shared_dir, quiet,
+            as_json) -> None:
     """Convert MODEL with every installed backend at every precision, evaluate each against the
     fp32 oracle, and write a report with size, KL, top-1, perplexity and tokens/s side by side."""
+    if shared_dir is not None and ray_address is None:
+        raise BadInputError("--shared-dir applies only with --ray (a local run keeps its exports on this machine)")
     mgr = get_manager()
     offered: dict[str, list[str]] = {}
     for b in mgr.backends():
@@ -50,25 +61,20 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
     if not cells:
         raise BadInputError("nothing to compare: no installed backend offers the selected precisions "
                             "(see `phi-quant plugins`)")
-    work = report_dir / "models" if keep else Path(tempfile.mkdtemp(prefix="phi-quant-compare-"))
     total = len(cells)
-    done = {"converted": 0, "evaluated": 0}
-
-    def progress(stage: str, cell: dict) -> None:
-        done[stage] += 1
-        status = cell.get("status")
-        mark = "failed: " + cell.get("error", "") if status == "failed" else stage
-        if not as_json:
-            click.echo(f"[{stage} {done[stage]}/{total}] {cell['backend']} {cell['precision']}: {mark}", err=True)
-
+    progress = MatrixProgress({"converted": total, "evaluated": total}, quiet=quiet or as_json)
     t0 = time.perf_counter()
+    ray_meta = None
     try:
-        results = run_matrix(model, cells, work, jobs=jobs, keep=keep, text=text_file, on_progress=progress)
-    finally:
-        if not keep:
-            import shutil
+        if ray_address is not None:
+            from ..cluster import compare_on_ray
 
-            shutil.rmtree(work, ignore_errors=True)
+            results, ray_meta = compare_on_ray(model, cells, ray_address, shared_dir or str(report_dir), jobs=jobs,
+                                               keep=keep, text=text_file, on_progress=progress)
+        else:
+            results = _run_here(model, cells, report_dir, jobs=jobs, keep=keep, text=text_file, on_progress=progress)
+    finally:
+        progress.close()
     meta = {
         "model": model,
         "phi_quant_version": __version__,
@@ -77,6 +83,8 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    if ray_meta is not None:
+        meta["ray"] = ray_meta
     written = write_report(report_dir, results, meta)
     if as_json:
         emit_json({"meta": meta, "cells": results, "files": {k: str(v) for k, v in written.items()}})
@@ -84,3 +92,13 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, as_j
     click.echo(markdown_table(results))
     click.echo("")
     click.echo("report: " + ", ".join(str(p) for p in written.values()))
+
+
+def _run_here(model, cells, report_dir: Path, *, jobs: int, keep: bool, text, on_progress) -> list[dict]:
+    """The local run: exports under OUTPUT/models with --keep, else in a temporary directory."""
+    work = report_dir / "models" if keep else Path(tempfile.mkdtemp(prefix="phi-quant-compare-"))
+    try:
+        return run_matrix(model, cells, work, jobs=jobs, keep=keep, text=text, on_progress=on_progress)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ import click
 
 from ..hardware import detect_machine
 from ..model.config import PhiConfig, normalize_config
+from ..options import check_runtime_options
 from ..plugins import get_manager
 from ..sizing import estimate_memory
 from ._common import emit_json, fmt_bytes, json_option, table
@@ -54,6 +55,7 @@ def fits_table(
 @click.option("--context-length", type=int, default=4096, show_default=True, help="Context to budget the KV cache for.")
 def command(as_json: bool, model: str | None, context_length: int) -> None:
     """Show CPU features, RAM, GPUs, what each backend sees, and which models fit in RAM."""
+    check_runtime_options(context_length=context_length)
     machine = detect_machine()
     mgr = get_manager()
     hw = {}

@@ -3,6 +3,12 @@
 The exported model runs first (load time, tokens/s and peak RSS are measured before the fp32
 oracle is built, so they describe the exported model alone); the numpy oracle then runs the
 same token ids, and next-token distributions are compared at every position.
+
+Perplexity is scored on the first N tokens of a text in non-overlapping windows, each run from
+position 0, so every backend sees the same sequences. Built-in models choose the defaults
+(:func:`phi_quant.builtin.eval_defaults`): ``real:`` models the evaluation text of
+:mod:`phi_quant.texts`, 2048 tokens in 512-token windows; tiny models and other checkpoints the
+bundled passage, 256 tokens in one window. The text's files and sha256 go into the result.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..manifest import model_bytes, read_manifest
+from ..options import check_runtime_options
+from ..verify import require_intact
 from ._common import emit_json, fmt_bytes, json_option
 from .run import open_output
 
@@ -31,7 +39,36 @@ def bundled_text() -> str:
     return eval_text()
 
 
+def _text_plan(reference: str, text: Any, max_text_tokens: int | None, window: int | None) -> tuple[Any, int, int]:
+    """(SourceText, tokens to score, window) from the options, falling back to the model's defaults."""
+    from ..builtin import eval_defaults
+    from ..texts import SourceText
+
+    defaults = eval_defaults(reference)
+    if text is None:
+        text = defaults.text()
+    elif isinstance(text, str):
+        text = SourceText("given", text, ())
+    tokens = defaults.tokens if max_text_tokens is None else max_text_tokens
+    win = window if window is not None else min(defaults.window, tokens)
+    if tokens < 2 or win < 2:
+        raise BadInputError(f"perplexity needs at least 2 tokens and a window of at least 2 (got {tokens} and {win})")
+    return text, tokens, win
+
+
 def _peak_rss_bytes() -> int:
+    """This process's peak RSS: the kernel's high-water mark of our own address space (``VmHWM``).
+
+    ``ru_maxrss`` is not used on Linux: it carries the peak of the process we were forked from
+    across ``exec`` (from ``compare``, or a Ray worker, that was the parent's RSS, not the model's).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -80,14 +117,22 @@ def provenance_warnings(manifest: dict[str, Any], reference: str, source: Any) -
     return warnings
 
 
-def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_tokens: int = 256,
-             gen_tokens: int = 32, context_length: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Measure one output directory against the oracle built from ``reference``."""
+def evaluate(output: Path, reference: str, *, text: Any = None, max_text_tokens: int | None = None,
+             window: int | None = None, gen_tokens: int = 32, context_length: int | None = None,
+             threads: int | None = None) -> dict[str, Any]:
+    """Measure one output directory against the oracle built from ``reference``.
+
+    ``text`` is a :class:`phi_quant.texts.SourceText`, a string, or None for the reference's
+    default; ``max_text_tokens`` and ``window`` default per model (see the module docstring).
+    """
     from ..convert import open_source
-    from ..fidelity import compare_logits, perplexity
+    from ..fidelity import compare_logits, text_windows, windowed_nll
     from ..reference import ReferenceModel
 
+    check_runtime_options(context_length=context_length, threads=threads, max_text_tokens=max_text_tokens,
+                          gen_tokens=gen_tokens)
     manifest_only = read_manifest(output)
+    require_intact(Path(output), manifest_only, full=True)  # before the slow oracle: a damaged output is named
     with open_source(reference) as src:
         made_from = manifest_only.get("source", {}).get("parameters")
         if made_from is not None and made_from != src.config.parameter_count():
@@ -100,7 +145,9 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
         prompts = eval_prompts(reference, src)
         seqs: list[list[int]] = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
         seqs = [s for s in seqs if len(s) >= 2]
-        text_ids = tok.encode(text if text is not None else bundled_text(), add_special_tokens=False).ids[:max_text_tokens]
+        source_text, n_text, win = _text_plan(reference, text, max_text_tokens, window)
+        text_ids = tok.encode(source_text.text, add_special_tokens=False).ids[:n_text]
+        windows = text_windows(text_ids, win) if len(text_ids) >= 2 else []
 
         t0 = time.perf_counter()
         backend, model, manifest = open_output(output, context_length=context_length, threads=threads)
@@ -112,7 +159,7 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
                 cand.append(np.asarray(model.logits(ids), dtype=np.float32))
                 t_prompt += time.perf_counter() - t1
                 n_tok += len(ids)
-            cand_text = np.asarray(model.logits(text_ids), dtype=np.float32) if len(text_ids) >= 2 else None
+            cand_nll = windowed_nll(model.logits, windows) if windows else None
             t2 = time.perf_counter()
             generated = model.generate(prompts[0], max_new_tokens=gen_tokens)
             t_gen = time.perf_counter() - t2
@@ -124,15 +171,17 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
 
         ref_model = ReferenceModel.from_source(src)
         ref = [np.asarray(ref_model.logits(ids), dtype=np.float32) for ids in seqs]
-        ref_text = np.asarray(ref_model.logits(text_ids), dtype=np.float32) if cand_text is not None else None
+        ref_nll = windowed_nll(ref_model.logits, windows) if windows else None
     report = compare_logits(np.concatenate(ref), np.concatenate(cand))
     fidelity = {k: float(getattr(report, k)) for k in ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff")}
     fidelity["positions"] = int(getattr(report, "positions", sum(len(s) for s in seqs)))
     fidelity["prompts"] = len(seqs)
-    if cand_text is not None:
-        fidelity["perplexity"] = float(perplexity(cand_text, text_ids))
-        fidelity["reference_perplexity"] = float(perplexity(ref_text, text_ids))
+    if cand_nll is not None:
+        fidelity["perplexity"] = float(np.exp(cand_nll.mean()))
+        fidelity["reference_perplexity"] = float(np.exp(ref_nll.mean()))
         fidelity["text_tokens"] = len(text_ids)
+        fidelity["text"] = {**source_text.record(), "tokens": len(text_ids), "window": win, "windows": len(windows),
+                            "scored_tokens": int(cand_nll.size)}
     return {
         "output": str(output),
         "backend": backend.name,
@@ -156,16 +205,21 @@ def evaluate(output: Path, reference: str, *, text: str | None = None, max_text_
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--reference", "reference", required=True, help="The original checkpoint (directory, hub id or tiny:<variant>).")
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Text file for perplexity (default: a bundled English passage).")
-@click.option("--max-text-tokens", type=int, default=256, show_default=True, help="Tokens of the text to score.")
+              help="Text file for perplexity (default: the evaluation text for real: models, else a bundled passage).")
+@click.option("--max-text-tokens", type=int,
+              help="Tokens of the text to score (default: 2048 for real: models, else 256).")
+@click.option("--window", type=int, help="Tokens per perplexity window (default: 512 for real: models, else one window).")
 @click.option("--gen-tokens", type=int, default=32, show_default=True, help="Tokens to generate for the speed test.")
 @click.option("--context-length", type=int, help="Context to load the exported model with.")
 @click.option("--threads", type=int, help="Runtime threads.")
 @json_option
-def command(output, reference, text_file, max_text_tokens, gen_tokens, context_length, threads, as_json) -> None:
+def command(output, reference, text_file, max_text_tokens, window, gen_tokens, context_length, threads,
+            as_json) -> None:
     """Compare OUT with the fp32 oracle of REFERENCE: KL, top-1, cosine, perplexity, size, speed, RSS."""
-    text = text_file.read_text(encoding="utf-8") if text_file else None
-    r = evaluate(output, reference, text=text, max_text_tokens=max_text_tokens, gen_tokens=gen_tokens,
+    from ..texts import text_from_file
+
+    text = text_from_file(text_file) if text_file else None
+    r = evaluate(output, reference, text=text, max_text_tokens=max_text_tokens, window=window, gen_tokens=gen_tokens,
                  context_length=context_length, threads=threads)
     if as_json:
         emit_json(r)
@@ -178,7 +232,10 @@ def command(output, reference, text_file, max_text_tokens, gen_tokens, context_l
                f"{100 * f['top1_agreement']:.1f}%; cosine {f['cosine_mean']:.5f}; max |dlogit| {f['max_abs_diff']:.3g} "
                f"({f['positions']} positions, {f['prompts']} prompts)")
     if "perplexity" in f:
-        click.echo(f"perplexity {f['perplexity']:.3f} (oracle {f['reference_perplexity']:.3f}) on {f['text_tokens']} tokens")
+        t = f["text"]
+        where = t["files"][0]["path"] if len(t["files"]) == 1 else f"{len(t['files'])} files" if t["files"] else "the text"
+        click.echo(f"perplexity {f['perplexity']:.3f} (oracle {f['reference_perplexity']:.3f}) on {f['text_tokens']} tokens "
+                   f"of {where} (sha256 {t['sha256'][:12]}), {t['windows']} window(s) of {t['window']}")
     pt = f"{s['prompt_tokens_per_s']:.1f}" if s["prompt_tokens_per_s"] else "?"
     gt = f"{s['gen_tokens_per_s']:.1f}" if s["gen_tokens_per_s"] else "?"
     click.echo(f"load {s['load_seconds']:.2f} s; prompt {pt} tok/s; generation {gt} tok/s; "

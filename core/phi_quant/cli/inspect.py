@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,8 +19,19 @@ __all__ = ["command", "describe_model"]
 SIZE_ROWS = (("fp32", None), ("fp16", None), ("int8", 32), ("int4", 32), ("int4", 128))
 
 
-def describe_model(source: Any) -> dict[str, Any]:
-    """Everything ``inspect`` shows, JSON-ready."""
+def _about(source: Any, model: str | None) -> dict[str, Any] | None:
+    """What a built-in model is: its checkpoint's provenance file, else the registry's one line."""
+    from ..builtin import PROVENANCE_FILE, lookup
+
+    f = Path(source.path) / PROVENANCE_FILE
+    if f.is_file():
+        return json.loads(f.read_text(encoding="utf-8"))
+    found = lookup(model) if model else None
+    return {"name": found.name, "summary": found.summary} if found else None
+
+
+def describe_model(source: Any, model: str | None = None) -> dict[str, Any]:
+    """Everything ``inspect`` shows, JSON-ready (``model``: the name the user gave, for built-in models)."""
     cfg = source.config
     rope = cfg.rope
     sizes = [
@@ -27,16 +40,24 @@ def describe_model(source: Any) -> dict[str, Any]:
         for p, g in SIZE_ROWS
     ]
     support: dict[str, Any] = {}
+    writers: dict[str, list[str]] = {}
     for b in get_manager().backends():
+        writers[b.name] = list(b.info.architectures)
+        if not b.info.writes(cfg.arch_name):
+            support[b.name] = {"error": f"does not write {cfg.arch_name} (writes {', '.join(b.info.architectures)})"}
+            continue
         try:
             support[b.name] = {p.precision: p.scheme for p in b.precisions()}
         except PhiQuantError as exc:
             support[b.name] = {"error": str(exc)}
     return {
         "path": str(source.path),
+        "about": _about(source, model),
         "family": cfg.family,
         "architecture": cfg.architecture,
+        "arch": cfg.arch_name,
         "parameters": cfg.parameter_count(),
+        "active_parameters": cfg.active_parameter_count(),
         "dims": {
             "hidden_size": cfg.hidden_size,
             "num_layers": cfg.num_layers,
@@ -59,6 +80,7 @@ def describe_model(source: Any) -> dict[str, Any]:
         "quirks": cfg.quirks(),
         "estimated_sizes": sizes,
         "backends": support,
+        "backend_architectures": writers,
     }
 
 
@@ -70,14 +92,24 @@ def command(model: str, as_json: bool) -> None:
     from ..convert import open_source
 
     with open_source(model) as src:
-        data = describe_model(src)
+        data = describe_model(src, model)
     if as_json:
         emit_json(data)
         return
     d, r = data["dims"], data["rope"]
     click.echo(f"Model       {model}")
-    click.echo(f"Family      {data['family']} ({data['architecture']}, stored as {data['stored_dtype']})")
-    click.echo(f"Parameters  {data['parameters']:,}")
+    about = data["about"]
+    if about:
+        click.echo(f"About       {about['summary']}")
+        origin = about.get("source")
+        if origin:
+            click.echo(f"Built from  {origin['file']} of {origin['distribution']} {origin['version']} "
+                       f"(sha256 {origin['sha256'][:12]}, license {origin.get('license')}), cached at {data['path']}")
+    click.echo(f"Family      {data['family']} ({data['architecture']}, architecture {data['arch']}, "
+               f"stored as {data['stored_dtype']})")
+    active = data["active_parameters"]
+    click.echo(f"Parameters  {data['parameters']:,}"
+               + (f" ({active:,} active per token)" if active != data["parameters"] else ""))
     click.echo(f"Dims        hidden {d['hidden_size']}, layers {d['num_layers']}, heads {d['num_heads']}/{d['num_kv_heads']} "
                f"(head_dim {d['head_dim']}), ffn {d['intermediate_size']}, vocab {d['vocab_size']}, "
                f"context {d['max_position_embeddings']}")

@@ -15,7 +15,7 @@ __all__ = ["command", "describe_backends"]
 
 
 def describe_backends() -> dict[str, Any]:
-    """Every backend with its metadata and precisions, and every failure (JSON-ready)."""
+    """Every backend with its metadata (architectures included) and precisions, and every failure (JSON-ready)."""
     mgr = get_manager()
     backends = []
     failures = [f.as_dict() for f in mgr.failures()]
@@ -67,7 +67,7 @@ def _run_check(name: str, as_json: bool, plugin: str | None = None, streaming: b
 @click.option("--no-streaming", "no_streaming", is_flag=True,
               help="With --check: skip the peak-memory check on generated 0.55/1.1 GB checkpoints (the slow one).")
 def command(as_json: bool, check: str | None, plugin: str | None, no_streaming: bool) -> None:
-    """List installed backends: distribution, version, format, runtime and precisions."""
+    """List installed backends: distribution, version, format, runtime, architectures and precisions."""
     if (plugin or no_streaming) and not check:
         raise click.UsageError("--plugin and --no-streaming need --check NAME")
     if check:
@@ -84,12 +84,13 @@ def command(as_json: bool, check: str | None, plugin: str | None, no_streaming: 
             b["version"],
             b["format"],
             b["runtime"],
+            ", ".join(b["architectures"]) or "-",
             ", ".join(f"{p['precision']} ({p['scheme']})" for p in b["precisions"]) or "-",
         )
         for b in data["backends"]
     ]
     if rows:
-        click.echo(table(["backend", "distribution", "version", "format", "runtime", "precisions"], rows))
+        click.echo(table(["backend", "distribution", "version", "format", "runtime", "architectures", "precisions"], rows))
     else:
         click.echo("No backends installed. Install one, e.g.: pip install phi-quant-llamacpp")
     for f in data["failures"]:

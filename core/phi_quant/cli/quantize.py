@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -43,6 +44,10 @@ def command(model, backend, precision, output, group_size, symmetric, scheme, co
         extra=parse_options(extra),
     )
     progress = make_progress(quiet=quiet or as_json)
+    if os.environ.get("PHI_QUANT_TEST_HOLD_DIR"):  # tests only: stop mid-export (phi_quant.testing.hold)
+        from ..testing.hold import maybe_hold
+
+        progress = maybe_hold(progress, output)
     result = convert(model, backend, options, output, force=force, progress=progress)
     if as_json:
         emit_json(result.as_dict())

@@ -9,6 +9,7 @@ import click
 
 from ..errors import BadInputError, PhiQuantError
 from ..hardware import detect_machine
+from ..options import check_runtime_options
 from ..plugins import get_manager
 from ..recommend import TARGETS, machine_profile, recommend
 from ..sizing import GIB
@@ -44,6 +45,10 @@ def _fidelity_from_report(path: Path) -> dict[tuple[str, str], float]:
 def command(model, target, memory_gib, context_length, precision, backend, report, as_json) -> None:
     """Recommend backend + precision + options for MODEL on a device class or on this machine."""
     from ..convert import open_source
+
+    check_runtime_options(context_length=context_length)
+    if memory_gib is not None and not (0 < memory_gib < 1 << 20):
+        raise BadInputError(f"--memory must be a number of GiB above 0, got {memory_gib:g}")
 
     with open_source(model) as src:
         config = src.config

@@ -8,15 +8,22 @@ from pathlib import Path
 import click
 
 from ..manifest import read_manifest
+from ..options import check_runtime_options
 from ..plugins import get_manager
+from ..verify import require_intact
 from ._common import emit_json, json_option
 
 __all__ = ["command", "open_output"]
 
 
-def open_output(path: Path, *, context_length: int | None = None, threads: int | None = None):
-    """Load an output directory with the backend named in its manifest; returns (backend, model, manifest)."""
+def open_output(path: Path, *, context_length: int | None = None, threads: int | None = None, full_check: bool = False):
+    """Load an output directory with the backend named in its manifest; returns (backend, model, manifest).
+
+    The files are first compared with the manifest's record: sizes, or sha256 too with ``full_check``.
+    """
+    check_runtime_options(context_length=context_length, threads=threads)
     manifest = read_manifest(path)
+    require_intact(Path(path), manifest, full=full_check)
     backend = get_manager().get(manifest["backend"]["name"])
     options = {k: v for k, v in {"context_length": context_length, "threads": threads}.items() if v is not None}
     return backend, backend.load_model(Path(path), options), manifest
@@ -32,6 +39,7 @@ def open_output(path: Path, *, context_length: int | None = None, threads: int |
 @json_option
 def command(output, prompt, max_tokens, chat, context_length, threads, as_json) -> None:
     """Generate from OUT (a directory written by `phi-quant quantize`), greedily."""
+    check_runtime_options(max_tokens=max_tokens)
     t0 = time.perf_counter()
     backend, model, manifest = open_output(output, context_length=context_length, threads=threads)
     t_load = time.perf_counter() - t0

@@ -11,6 +11,8 @@ multi-gigabyte checkpoint at about one tensor of memory.
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import BinaryIO, Iterable, Mapping
 import numpy as np
 
 from ..errors import CheckpointError
+from ..fields import describe
 
 __all__ = [
     "ST_DTYPES",
@@ -63,11 +66,17 @@ class SafetensorsHeader:
 
 
 def read_header(path: Path) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; every offset is checked against the file size."""
+    """Parse and validate a safetensors header as strictly as the format's reference reader.
+
+    Every field has its JSON type (offsets and dims are non-negative integers, ``__metadata__``
+    maps strings to strings, no key appears twice), each tensor's byte range matches its shape,
+    and the ranges tile the data section exactly: no overlap, no gap, nothing after the last one.
+    Any defect is a :class:`CheckpointError` naming the file and the tensor.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file. Re-download it.")
@@ -79,43 +88,122 @@ def read_header(path: Path) -> SafetensorsHeader:
             blob = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        header = json.loads(blob.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path} has a corrupt safetensors header ({e}). Re-download it.") from e
-    data_start = 8 + n
-    metadata = header.pop("__metadata__", None) or {}
+    header = _parse_header_json(path, blob)
+    data_start, data_size = 8 + n, size - 8 - n
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise CheckpointError(
+            f"{path}: __metadata__ must map names to strings, found {describe(metadata)}; the header is corrupt. "
+            "Re-download the file."
+        )
+    spans: list[tuple[int, int, str]] = []
     entries: dict[str, HeaderEntry] = {}
     for name, spec in header.items():
-        try:
-            st_dtype = spec["dtype"]
-            shape = tuple(int(d) for d in spec["shape"])
-            begin, end = (int(x) for x in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: header entry {name!r} is malformed ({e}). Re-download the file.") from e
-        if st_dtype not in _ST_ITEMSIZE:
-            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {st_dtype!r}; the header is corrupt.")
-        dtype = ST_DTYPES.get(st_dtype, st_dtype)  # our short name for float types, else the format's
-        itemsize = _ST_ITEMSIZE[st_dtype]
-        numel = 1
-        for d in shape:
-            if d < 0:
-                raise CheckpointError(f"{path}: tensor {name!r} has a negative dimension {shape}.")
-            numel *= d
-        if end - begin != numel * itemsize or begin < 0:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but shape {list(shape)} in {st_dtype} needs "
-                f"{numel * itemsize}. The header is corrupt; re-download the file."
-            )
+        st_dtype, shape, begin, end = _header_entry(path, name, spec)
         if data_start + end > size:
             raise CheckpointError(
                 f"{path} is truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size}. "
                 "Re-download the file."
             )
-        entries[name] = HeaderEntry(name, dtype, shape, data_start + begin, end - begin, path)
-    return SafetensorsHeader(path, entries, {str(k): str(v) for k, v in metadata.items()})
+        spans.append((begin, end, name))
+        entries[name] = HeaderEntry(name, ST_DTYPES.get(st_dtype, st_dtype), shape, data_start + begin, end - begin, path)
+    _check_tiling(path, spans, data_size)
+    return SafetensorsHeader(path, entries, dict(metadata or {}))
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _parse_header_json(path: Path, blob: bytes) -> dict[str, object]:
+    try:
+        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_unique_keys,
+                            parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise CheckpointError(f"{path} has a corrupt safetensors header (nested too deeply). Re-download it.") from None
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, duplicate keys, too many digits
+        raise CheckpointError(f"{path} has a corrupt safetensors header ({e}). Re-download it.") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path} has a corrupt safetensors header (it is {describe(header)}, not a JSON object). Re-download it."
+        )
+    return header
+
+
+def _is_count(x: object) -> bool:
+    return type(x) is int and x >= 0  # JSON integers only: no bool, no float (1e400 is inf)
+
+
+def _header_entry(path: Path, name: str, spec: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, every field checked."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: header entry {name!r} {what}; the header is corrupt. Re-download the file.")
+
+    if not isinstance(spec, dict):
+        raise bad(f"must be an object with dtype, shape and data_offsets, found {describe(spec)}")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in spec]
+    if missing:
+        raise bad(f"has no {', '.join(missing)}")
+    st_dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(st_dtype, str):
+        raise bad(f"has dtype {describe(st_dtype)}; expected a name such as BF16")
+    if st_dtype not in _ST_ITEMSIZE:
+        raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {st_dtype!r}; the header is corrupt.")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"has shape {describe(shape)}; expected a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
+        raise bad(f"has data_offsets {describe(offsets)}; expected [begin, end] as non-negative integers")
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    need = numel * _ST_ITEMSIZE[st_dtype]
+    if end < begin or end - begin != need:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but shape {shape} in {st_dtype} needs "
+            f"{need}. The header is corrupt; re-download the file."
+        )
+    return st_dtype, tuple(shape), begin, end
+
+
+def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_size: int) -> None:
+    """The byte ranges, sorted, must follow each other from 0 to the end of the file."""
+    pos, prev = 0, None
+    for begin, end, name in sorted(spans):
+        if begin < pos:
+            raise CheckpointError(
+                f"{path}: tensors {prev!r} and {name!r} overlap (bytes [{begin}, {pos}) of the data section); "
+                "the safetensors format forbids it. The file is corrupt or crafted: re-download it."
+            )
+        if begin > pos:
+            raise CheckpointError(
+                f"{path}: bytes [{pos}, {begin}) of the data section belong to no tensor (before {name!r}); "
+                "the file is corrupt. Re-download it."
+            )
+        pos, prev = end, name
+    if pos != data_size:
+        raise CheckpointError(
+            f"{path}: the data section has {data_size} bytes but its tensors cover {pos}; "
+            "the file is corrupt. Re-download it."
+        )
 
 
 def map_bytes(path: Path, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -8,17 +8,26 @@ a consumer calls :meth:`SourceTensor.raw`, one memory-mapped tensor at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import CheckpointError, UnsupportedModelError
+from ..errors import CheckpointError
 from .checks import check_finite
 from .config import PhiConfig, normalize_config
+from .checkpoint_files import checkpoint_file, checkpoint_roots, read_index, read_json
 from .hub import resolve_model_dir
 from .safetensors_io import HeaderEntry, read_header
-from .tensors import FileRows, SourceTensor, TensorInfo, TensorRole, hf_name
+from .tensor_check import check_layer_count, check_no_unexpected
+from .tensors import FileRows, SourceTensor, TensorInfo, TensorRole
+from .tokenizer_check import (
+    TokenizerIds,
+    check_generation_config,
+    check_ids_fit,
+    check_template_file,
+    check_tokenizer_config,
+    check_tokenizer_json,
+)
 
 __all__ = ["open_model", "ModelSource", "TOKENIZER_FILES", "check_finite"]
 
@@ -37,14 +46,9 @@ TOKENIZER_FILES = (
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-_SPLITS = {
-    TensorRole.QKV: (TensorRole.Q, TensorRole.K, TensorRole.V),
-    TensorRole.GATE_UP: (TensorRole.GATE, TensorRole.UP),
-}
-
 
 def open_model(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> "ModelSource":
-    """Open a Phi3ForCausalLM-family checkpoint (local directory or Hub id) for streaming.
+    """Open a checkpoint of an architecture phi-quant reads (local directory or Hub id) for streaming.
 
     Raises :class:`CheckpointError` for missing/corrupt/pickled files and
     :class:`UnsupportedModelError` for architectures phi-quant cannot convert.
@@ -53,14 +57,7 @@ def open_model(path_or_hub_id: str | os.PathLike, *, revision: str | None = None
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: {what}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); re-download or repair it") from e
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    return read_json(path, what)
 
 
 class ModelSource:
@@ -75,45 +72,56 @@ class ModelSource:
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a directory; pass a Hugging Face checkpoint directory")
         self.path = path
-        raw = _read_json(path / "config.json", "not a Hugging Face checkpoint directory (no config.json)")
+        self._roots = checkpoint_roots(path)
+        config_file = self._file("config.json")
+        raw = _read_json(config_file, "not a Hugging Face checkpoint directory (no config.json)")
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{path / 'config.json'} does not hold a JSON object")
-        self.tokenizer_files: dict[str, Path] = {n: path / n for n in TOKENIZER_FILES if (path / n).is_file()}
-        self.tokenizer_config: dict[str, Any] = (
-            _read_json(path / "tokenizer_config.json", "") if "tokenizer_config.json" in self.tokenizer_files else {}
-        )
+            raise CheckpointError(f"{config_file} does not hold a JSON object")
+        self.tokenizer_files: dict[str, Path] = {
+            n: self._file(n) for n in TOKENIZER_FILES if (path / n).is_file() or (path / n).is_symlink()
+        }
+        self.tokenizer_config: dict[str, Any] = {}
+        if "tokenizer_config.json" in self.tokenizer_files:
+            f = self.tokenizer_files["tokenizer_config.json"]
+            self.tokenizer_config = check_tokenizer_config(_read_json(f, ""), str(f))
+        if "chat_template.json" in self.tokenizer_files:
+            f = self.tokenizer_files["chat_template.json"]
+            check_template_file(_read_json(f, ""), str(f))
+        token_ids = self._tokenizer_ids()
+        self.config: PhiConfig = normalize_config(raw, tokenizer_size=token_ids.size if token_ids else None,
+                                                  file=str(config_file))
+        if token_ids is not None:
+            check_ids_fit(token_ids, str(self.tokenizer_files["tokenizer.json"]), self.config.vocab_size)
         gen = path / "generation_config.json"
-        self.generation_config: dict[str, Any] = _read_json(gen, "") if gen.is_file() else {}
-        self.config: PhiConfig = normalize_config(raw, tokenizer_size=self._tokenizer_size())
+        self.generation_config: dict[str, Any] = {}
+        if gen.is_file() or gen.is_symlink():
+            gen = self._file("generation_config.json")
+            self.generation_config = check_generation_config(_read_json(gen, ""), str(gen), self.config.vocab_size)
+        self.arch = self.config.arch
+        self._splits = self.arch.splits(self.config)
         self._entries = self._index_tensors()
+        check_layer_count(self._entries, self.config.num_layers, str(config_file))  # before planning any layer
         self._infos = self._plan()
+        tied_copy = (self.arch.hf_name(TensorRole.LM_HEAD),) if self.config.tie_word_embeddings else ()  # ignored
+        check_no_unexpected(self._entries, [*(i.name for i in self._infos), *tied_copy], self.config.architecture)
+
+    def _file(self, name: str, origin: str = "the checkpoint holds") -> Path:
+        """``self.path / name``, refused when it (or its link target) lies outside the checkpoint."""
+        return checkpoint_file(self.path, name, origin, self._roots)
 
     # -- checkpoint discovery --------------------------------------------------------------------
-    def _tokenizer_size(self) -> int | None:
+    def _tokenizer_ids(self) -> TokenizerIds | None:
         f = self.tokenizer_files.get("tokenizer.json")
-        if f is None:
-            return None
-        tj = _read_json(f, "")
-        try:
-            ids = set(tj["model"]["vocab"].values()) if isinstance(tj["model"]["vocab"], dict) else set(
-                range(len(tj["model"]["vocab"]))
-            )
-            ids |= {t["id"] for t in tj.get("added_tokens", [])}
-        except (KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{f} has no readable model vocabulary ({e})") from e
-        return max(ids) + 1 if ids else 0
+        return None if f is None else check_tokenizer_json(_read_json(f, ""), str(f))
 
     def _index_tensors(self) -> dict[str, HeaderEntry]:
         index_file = self.path / "model.safetensors.index.json"
-        if index_file.is_file():
-            index = _read_json(index_file, "")
-            weight_map = index.get("weight_map") if isinstance(index, dict) else None
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index_file} has no weight_map; re-download the checkpoint")
+        if index_file.is_file() or index_file.is_symlink():
+            weight_map = read_index(self._file(index_file.name), self._roots)
             shards = sorted(set(weight_map.values()))
         else:
-            shards = sorted(p.name for p in self.path.glob("*.safetensors"))
             weight_map = None
+            shards = sorted(self._file(p.name).name for p in self.path.glob("*.safetensors"))
             if not shards:
                 pickles = sorted(p.name for p in self.path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
                 if pickles:
@@ -123,7 +131,7 @@ class ModelSource:
                 )
         entries: dict[str, HeaderEntry] = {}
         for shard in shards:
-            f = self.path / shard
+            f = self._file(shard, "model.safetensors.index.json lists the shard")
             if not f.is_file():
                 raise CheckpointError(
                     f"shard {shard} listed in model.safetensors.index.json is missing from {self.path}; "
@@ -147,57 +155,28 @@ class ModelSource:
                 )
         return entries
 
-    def _expected_shape(self, role: TensorRole) -> tuple[int, ...]:
-        c = self.config
-        h, i = c.hidden_size, c.intermediate_size
-        return {
-            TensorRole.EMBED: (c.vocab_size, h),
-            TensorRole.ATTN_NORM: (h,),
-            TensorRole.QKV: (c.qkv_rows, h),
-            TensorRole.O: (h, c.q_size),
-            TensorRole.FFN_NORM: (h,),
-            TensorRole.GATE_UP: (2 * i, h),
-            TensorRole.DOWN: (h, i),
-            TensorRole.FINAL_NORM: (h,),
-            TensorRole.LM_HEAD: (c.vocab_size, h),
-        }[role]
-
     def _plan(self) -> list[TensorInfo]:
-        """The fused stream in canonical order, each tensor checked against the config."""
-        c = self.config
-        roles: list[tuple[TensorRole, int | None]] = [(TensorRole.EMBED, None)]
-        for n in range(c.num_layers):
-            roles += [(r, n) for r in (TensorRole.ATTN_NORM, TensorRole.QKV, TensorRole.O, TensorRole.FFN_NORM,
-                                       TensorRole.GATE_UP, TensorRole.DOWN)]
-        roles.append((TensorRole.FINAL_NORM, None))
-        if not c.tie_word_embeddings:
-            roles.append((TensorRole.LM_HEAD, None))
-        if any(".q_proj." in n or ".gate_proj." in n for n in self._entries) and not any(
-            ".qkv_proj." in n for n in self._entries
-        ):
-            raise UnsupportedModelError(
-                "this checkpoint stores separate q/k/v (or gate/up) projections: it is not in the Phi3ForCausalLM "
-                "layout (fused qkv_proj and gate_up_proj)"
-            )
+        """The architecture's stream in its order, each tensor checked against the config."""
+        self.arch.check_layout(self._entries)
         infos = []
-        for role, layer in roles:
-            name = hf_name(role, layer)
+        for spec in self.arch.stream_plan(self.config):
+            name = spec.name
             e = self._entries.get(name)
             if e is None:
-                hint = " (config says tie_word_embeddings=false)" if role is TensorRole.LM_HEAD else ""
+                hint = " (config says tie_word_embeddings=false)" if spec.role is TensorRole.LM_HEAD else ""
                 raise CheckpointError(f"tensor {name} is missing from the checkpoint{hint}; re-download it")
             if e.dtype not in ("f32", "f16", "bf16"):
                 raise CheckpointError(
                     f"tensor {name} is stored as {e.dtype}; phi-quant reads F32, F16 and BF16 weights. Use the "
                     "unquantized checkpoint of this model (an fp8/int checkpoint must be dequantized first)."
                 )
-            want = self._expected_shape(role)
+            want = spec.shape
             if e.shape != want:
                 raise CheckpointError(
                     f"tensor {name} has shape {list(e.shape)} but config.json implies {list(want)}; "
                     "config.json and the weights do not belong together"
                 )
-            infos.append(TensorInfo(name, role, layer, e.dtype, e.shape))
+            infos.append(TensorInfo(name, spec.role, spec.layer, e.dtype, e.shape, expert=spec.expert))
         return infos
 
     # -- the public API ---------------------------------------------------------------------------
@@ -227,34 +206,38 @@ class ModelSource:
             raise CheckpointError(f"{f} cannot be loaded by the tokenizers library: {e}") from e
 
     def tensor_infos(self, split: bool = False) -> list[TensorInfo]:
-        """Every tensor of the stream, in canonical order, without reading data."""
+        """Every tensor of the stream, in the architecture's order, without reading data."""
         if not split:
             return list(self._infos)
         out = []
         for info in self._infos:
-            if info.role in _SPLITS:
+            if info.role in self._splits:
                 out += [t.info() for t in self._split(info)]
             else:
                 out.append(info)
         return out
 
     def tensors(self, split: bool = False) -> Iterator[SourceTensor]:
-        """Lazy tensors in canonical order; ``split`` yields q/k/v and gate/up as row-slice views."""
+        """Lazy tensors in the architecture's stream order (``config.arch.stream_plan``); ``split``
+        yields the parts of fused tensors (phi3: q/k/v and gate/up) as row-slice views."""
         for info in self._infos:
-            if split and info.role in _SPLITS:
+            if split and info.role in self._splits:
                 yield from self._split(info)
             else:
                 yield self._tensor(info)
 
-    def tensor(self, role: TensorRole | str, layer: int | None = None) -> SourceTensor:
-        """One tensor by role (fused or split) and layer."""
+    def tensor(self, role: TensorRole | str, layer: int | None = None, expert: int | None = None) -> SourceTensor:
+        """One tensor by role (fused or split), layer and expert."""
         role = TensorRole(role)
         for info in self._infos:
-            if info.layer == layer and info.role is role:
+            if info.layer != layer or info.expert != expert:
+                continue
+            if info.role is role:
                 return self._tensor(info)
-            if info.layer == layer and role in _SPLITS.get(info.role, ()):
+            if any(p.role is role for p in self._splits.get(info.role, ())):
                 return next(t for t in self._split(info) if t.role is role)
-        raise KeyError(f"no tensor with role {role.value} and layer {layer}")
+        where = f" and expert {expert}" if expert is not None else ""
+        raise KeyError(f"no tensor with role {role.value} and layer {layer}{where}")
 
     @property
     def total_bytes(self) -> int:
@@ -283,17 +266,12 @@ class ModelSource:
         shape = (stop - start, *info.shape[1:])
         row_bytes = e.nbytes // info.shape[0] if info.shape[0] else 0
         offset = e.offset + start * row_bytes
-        name = info.name if role is None else hf_name(role, info.layer)
+        name = info.name if role is None else self.arch.hf_name(role, info.layer, info.expert)
         return SourceTensor(name, role or info.role, info.layer, info.dtype, shape,
-                            _loader=FileRows(e.path, offset, info.dtype, shape))
+                            _loader=FileRows(e.path, offset, info.dtype, shape), expert=info.expert)
 
     def _split(self, info: TensorInfo) -> list[SourceTensor]:
-        c = self.config
-        if info.role is TensorRole.QKV:
-            bounds = [0, c.q_size, c.q_size + c.kv_size, c.qkv_rows]
-        else:
-            bounds = [0, c.intermediate_size, 2 * c.intermediate_size]
-        return [self._tensor(info, (bounds[k], bounds[k + 1]), r) for k, r in enumerate(_SPLITS[info.role])]
+        return [self._tensor(info, (p.start, p.stop), p.role) for p in self._splits[info.role]]
 
 
 def _pickle_message(path: Path) -> str:

@@ -4,19 +4,21 @@ A :class:`SourceTensor` is a handle, not data: ``raw()`` returns a zero-copy vie
 memory-mapped safetensors file in the stored dtype, so streaming a model costs about one tensor
 of memory at a time; ``row_blocks()`` maps one block of rows at a time (about one block of
 memory) and asks the disk for the next block while the caller works on the current one.
-``role`` and ``layer`` say what the tensor is, so writers never parse HF names.
+``role``, ``layer`` and ``expert`` say what the tensor is, so writers never parse HF names.
+:class:`TensorRole` lives in :mod:`phi_quant.arch.roles` (re-exported here).
 """
 
 from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from ..arch.phi3 import ARCHITECTURE as _PHI3
+from ..arch.roles import TensorRole
 from .safetensors_io import NUMPY_DTYPES, map_bytes
 
 __all__ = ["TensorRole", "SourceTensor", "TensorInfo", "FileRows", "hf_name", "DTYPE_ITEMSIZE"]
@@ -24,61 +26,9 @@ __all__ = ["TensorRole", "SourceTensor", "TensorInfo", "FileRows", "hf_name", "D
 DTYPE_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 
 
-class TensorRole(str, Enum):
-    """What a tensor is in the Phi3 decoder. Fused roles come from the checkpoint; split ones are row slices."""
-
-    EMBED = "embed"  # model.embed_tokens.weight [vocab, hidden]
-    ATTN_NORM = "attn_norm"  # model.layers.N.input_layernorm.weight [hidden]
-    QKV = "qkv"  # model.layers.N.self_attn.qkv_proj.weight [q+2kv, hidden]
-    Q = "q"  # split view of QKV rows [0, q)
-    K = "k"  # split view of QKV rows [q, q+kv)
-    V = "v"  # split view of QKV rows [q+kv, q+2kv)
-    O = "o"  # model.layers.N.self_attn.o_proj.weight [hidden, q]
-    FFN_NORM = "ffn_norm"  # model.layers.N.post_attention_layernorm.weight [hidden]
-    GATE_UP = "gate_up"  # model.layers.N.mlp.gate_up_proj.weight [2*inter, hidden], rows [gate | up]
-    GATE = "gate"  # split view of GATE_UP rows [0, inter)
-    UP = "up"  # split view of GATE_UP rows [inter, 2*inter)
-    DOWN = "down"  # model.layers.N.mlp.down_proj.weight [hidden, inter]
-    FINAL_NORM = "final_norm"  # model.norm.weight [hidden]
-    LM_HEAD = "lm_head"  # lm_head.weight [vocab, hidden]; absent when embeddings are tied
-
-    @property
-    def is_matmul(self) -> bool:
-        """True for 2-D weights that multiply activations (the ones worth quantizing)."""
-        return self not in (TensorRole.ATTN_NORM, TensorRole.FFN_NORM, TensorRole.FINAL_NORM)
-
-    @property
-    def is_norm(self) -> bool:
-        return not self.is_matmul
-
-
-_LAYER_NAMES = {
-    TensorRole.ATTN_NORM: "input_layernorm.weight",
-    TensorRole.QKV: "self_attn.qkv_proj.weight",
-    TensorRole.Q: "self_attn.q_proj.weight",
-    TensorRole.K: "self_attn.k_proj.weight",
-    TensorRole.V: "self_attn.v_proj.weight",
-    TensorRole.O: "self_attn.o_proj.weight",
-    TensorRole.FFN_NORM: "post_attention_layernorm.weight",
-    TensorRole.GATE_UP: "mlp.gate_up_proj.weight",
-    TensorRole.GATE: "mlp.gate_proj.weight",
-    TensorRole.UP: "mlp.up_proj.weight",
-    TensorRole.DOWN: "mlp.down_proj.weight",
-}
-_GLOBAL_NAMES = {
-    TensorRole.EMBED: "model.embed_tokens.weight",
-    TensorRole.FINAL_NORM: "model.norm.weight",
-    TensorRole.LM_HEAD: "lm_head.weight",
-}
-
-
 def hf_name(role: TensorRole, layer: int | None = None) -> str:
-    """The Hugging Face tensor name for a role (split roles get the unfused HF-style names)."""
-    if role in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[role]
-    if layer is None:
-        raise ValueError(f"role {role.value} needs a layer index")
-    return f"model.layers.{layer}.{_LAYER_NAMES[role]}"
+    """The Phi3ForCausalLM tensor name of a role; other architectures: ``config.arch.hf_name``."""
+    return _PHI3.hf_name(role, layer)
 
 
 @dataclass(frozen=True)
@@ -90,6 +40,9 @@ class TensorInfo:
     layer: int | None
     dtype: str  # stored dtype: "f32" | "f16" | "bf16"
     shape: tuple[int, ...]
+    #: Expert index inside a mixture-of-experts layer (None elsewhere). Keyword-only, so it
+    #: comes after SourceTensor's loader in positional construction.
+    expert: int | None = field(default=None, kw_only=True)
 
     @property
     def nbytes(self) -> int:
@@ -150,7 +103,7 @@ class SourceTensor(TensorInfo):
         return a.astype(np.float32)
 
     def info(self) -> TensorInfo:
-        return TensorInfo(self.name, self.role, self.layer, self.dtype, self.shape)
+        return TensorInfo(self.name, self.role, self.layer, self.dtype, self.shape, expert=self.expert)
 
 
 _WILLNEED = getattr(mmap, "MADV_WILLNEED", None)

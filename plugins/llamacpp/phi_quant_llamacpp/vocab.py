@@ -15,7 +15,8 @@ from typing import Any
 
 from phi_quant.errors import UnsupportedModelError
 
-from .constants import GPT2_PATTERN, LLAMA_EOG_TEXTS, PRE_TOKENIZERS, Key, TokenType, ValueType
+from .constants import (DIGITS_SPLIT, GPT2_PATTERN, LLAMA_EOG_TEXTS, PRE_TOKENIZER_SEQUENCES, PRE_TOKENIZERS, Key,
+                        TokenType, ValueType)
 from .gguf_file import Typed
 
 __all__ = ["GGUFVocab", "build_vocab", "pre_tokenizer_name"]
@@ -51,6 +52,8 @@ def _split_patterns(pre: dict | None) -> list[str]:
         return [GPT2_PATTERN]
     if kind == "ByteLevel":
         return []
+    if kind == "Digits" and pre.get("individual_digits"):
+        return [DIGITS_SPLIT]
     return [f"<{kind}>"]
 
 
@@ -63,10 +66,13 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
     patterns = _split_patterns(tokenizer_json.get("pre_tokenizer"))
     if len(patterns) == 1 and patterns[0] in PRE_TOKENIZERS:
         return PRE_TOKENIZERS[patterns[0]]
+    if tuple(patterns) in PRE_TOKENIZER_SEQUENCES:
+        return PRE_TOKENIZER_SEQUENCES[tuple(patterns)]
+    known = sorted(set(PRE_TOKENIZERS.values()) | set(PRE_TOKENIZER_SEQUENCES.values()))
     raise UnsupportedModelError(
         "the tokenizer's pre-tokenizer split "
         f"{patterns or ['(none)']} matches no pre-tokenizer llama.cpp implements "
-        f"(known: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}); "
+        f"(known: {', '.join(known)}); "
         "llama.cpp would tokenize differently from Hugging Face. Use another backend for this model."
     )
 

@@ -34,3 +34,15 @@ def test_plain_byte_level_is_gpt2():
 def test_unknown_regex_is_refused_with_a_reason():
     with pytest.raises(UnsupportedModelError, match="matches no pre-tokenizer llama.cpp implements"):
         pre_tokenizer_name(_split(r"\p{L}+|\p{N}"))
+
+
+def test_digits_then_byte_level_is_smollm():
+    """SmolLM2's pre-tokenizer (real:smollm2): each digit alone, then the GPT-2 split."""
+    digits = {"type": "Digits", "individual_digits": True}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tj = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}
+    assert pre_tokenizer_name(tj) == "smollm"
+    grouped = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [dict(digits, individual_digits=False),
+                                                                       byte_level]}}
+    with pytest.raises(UnsupportedModelError, match="smollm"):  # digit runs kept together: not llama.cpp's
+        pre_tokenizer_name(grouped)

@@ -21,20 +21,21 @@ from phi_quant.types import (
     ExportResult,
     FidelityThresholds,
     HardwareReport,
+    OptionSpec,
     PrecisionSpec,
     Progress,
     QuantizedTensor,
 )
 
 from . import __version__
-from .constants import DEFAULT_GROUP_SIZE, QUANT_MODE, module_path
+from .constants import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_MODE, module_path
 from .encode import encode_whole
 from .export import export_mlx, scheme_name
 from .hardware import detect
-from .layout import PlannedTensor, parse_overrides, plan_tensors, resolve_group_size
+from .layout import FLOAT_DTYPES, PlannedTensor, parse_overrides, plan_tensors, resolve_group_size
 from .runtime import MLXModel
 
-__all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds per precision from the measurements in docs/fidelity.md (worst tiny variant, about
 #: 1.5x margin), default options (scales in the checkpoint's dtype, as mlx-lm convert does), on
@@ -58,9 +59,24 @@ _DESCRIPTIONS = {
 }
 
 
+_QUANTIZED = ("int8", "int4")
+
+#: Every ``--option`` of this backend (the core refuses any other before export).
+OPTIONS = (
+    OptionSpec("overrides", "any", "per-module bits/group, e.g. down_proj=8,lm_head=8:32,embed_tokens=off",
+               precisions=_QUANTIZED),
+    OptionSpec("shard_size", "str", "largest safetensors shard, e.g. 2GB, 500MB or a byte count", "5GB"),
+    OptionSpec("context_length", "int", "the context you deploy with (also --context-length)", min=1),
+    OptionSpec("dtype", "str", "dtype of scales, biases and unquantized tensors", choices=tuple(FLOAT_DTYPES),
+               precisions=_QUANTIZED),
+)
+
+
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=(),  # mlx-lm runs the same folder on Apple silicon and on CPU: there is nothing to target
         name="mlx",
         format="MLX safetensors",
         runtime="mlx-lm",
@@ -68,6 +84,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="The folder mlx_lm.load opens (config.json + safetensors shards); affine int4/int8 bit-identical to mx.quantize",
         install_hint="pip install phi-quant-mlx",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -87,6 +104,8 @@ def supported_precisions() -> list[PrecisionSpec]:
             schemes=(QUANT_MODE,) if p in quantized else (),
             thresholds=THRESHOLDS[p],
             default_group_size=DEFAULT_GROUP_SIZE if p in quantized else None,
+            group_sizes=GROUP_SIZES if p in quantized else (),
+            symmetric=(False,) if p in quantized else (),  # affine: a scale and a bias per group
         )
         for p in ("fp32", "fp16", "bf16", "int8", "int4")
     ]

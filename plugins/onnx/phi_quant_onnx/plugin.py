@@ -25,11 +25,12 @@ from phi_quant.types import (
 )
 
 from . import __version__
+from .constants import TARGETS
 from .dtypes import convert, to_float32
 from .export import export_model
 from .hardware import detect
 from .runtime import OnnxGenaiModel
-from .settings import DEFAULT_BLOCK_SIZE, settings_from_options
+from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS, settings_from_options
 from .weights import check_finite, pack_nbits
 
 __all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
@@ -59,6 +60,8 @@ _DESCRIPTIONS = {
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=TARGETS,
         name="onnx",
         format="ONNX",
         runtime="onnxruntime-genai",
@@ -66,6 +69,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="ONNX decoder with KV cache for ONNX Runtime GenAI (GroupQueryAttention, MatMulNBits), built without torch",
         install_hint="pip install phi-quant-onnx",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -88,6 +92,8 @@ def supported_precisions() -> list[PrecisionSpec]:
                 schemes=("MatMulNBits",) if quantized else (),
                 thresholds=THRESHOLDS[p],
                 default_group_size=DEFAULT_BLOCK_SIZE if quantized else None,
+                group_sizes=BLOCK_SIZES if quantized else (),
+                symmetric=(True, False) if quantized else (),
             )
         )
     return specs

@@ -16,17 +16,34 @@ from typing import Any
 
 from phi_quant.errors import UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
-from phi_quant.types import ExportOptions
+from phi_quant.types import ExportOptions, OptionSpec
 
 from .constants import ACCURACY_LEVELS, TARGETS
 
-__all__ = ["OnnxSettings", "settings_from_options", "STORAGE_KINDS", "KNOWN_EXTRA"]
+__all__ = ["OnnxSettings", "settings_from_options", "STORAGE_KINDS", "KNOWN_EXTRA", "OPTIONS", "BLOCK_SIZES"]
 
 #: How one weight can be stored: float copies, or MatMulNBits blocks.
 STORAGE_KINDS = ("fp32", "fp16", "bf16", "int8", "int4")
-KNOWN_EXTRA = ("block_size", "accuracy_level", "lm_head", "embeddings", "context_length", "symmetric", "target", "rotary")
 ROTARY_CHOICES = ("auto", "fused", "op")
 DEFAULT_BLOCK_SIZE = 32
+#: MatMulNBits block sizes (a power of two >= 16; ONNX Runtime's kernels stop at 256).
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+_INT = ("int4", "int8")
+
+#: Every ``--option`` of this backend, as the core checks it before export (see the module doc).
+OPTIONS = (
+    OptionSpec("block_size", "int", "MatMulNBits block size (also --group-size)", DEFAULT_BLOCK_SIZE, BLOCK_SIZES,
+               precisions=_INT),
+    OptionSpec("accuracy_level", "int", "MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8",
+               choices=tuple(ACCURACY_LEVELS), precisions=_INT),
+    OptionSpec("lm_head", "str", "storage of lm_head", choices=STORAGE_KINDS),
+    OptionSpec("embeddings", "str", "storage of the embedding table", choices=STORAGE_KINDS),
+    OptionSpec("context_length", "int", "rows of the rotary caches (also --context-length)", min=1),
+    OptionSpec("symmetric", "bool", "symmetric MatMulNBits (also --symmetric/--asymmetric)", True, precisions=_INT),
+    OptionSpec("target", "str", "execution provider the graph is built for (also --target)", "cpu", TARGETS),
+    OptionSpec("rotary", "str", "where the rotary embedding runs", "auto", ROTARY_CHOICES),
+)
+KNOWN_EXTRA = tuple(o.name for o in OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ from phi_quant.types import (
     ExportResult,
     FidelityThresholds,
     HardwareReport,
+    OptionSpec,
     PrecisionSpec,
     QuantizedTensor,
 )
 
 from . import __version__
 from . import constants as C
+from .schemes import PRESETS
 
-__all__ = ["backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds from docs/fidelity.md (## OpenVINO): the worst value measured on the tiny variants (CPU,
 #: f32 inference, f32 KV cache, no dynamic quantization) with headroom. fp16 is lossless on these
@@ -38,9 +40,24 @@ THRESHOLDS = {
 }
 
 
+#: Every ``--option`` of this backend (the core refuses any other before export).
+OPTIONS = (
+    OptionSpec("ratio", "float", "share of the decoder matmuls at int4 (the rest at the backup)", C.DEFAULT_RATIO,
+               min=0.0, max=1.0, precisions=("int4",)),
+    OptionSpec("all_layers", "bool", "int4 for embeddings and lm_head too", False, precisions=("int4",)),
+    OptionSpec("backup", "str", "mode of the layers int4 leaves out", C.INT8_ASYM, (C.INT8_ASYM, C.INT8_SYM),
+               precisions=("int4",)),
+    OptionSpec("preset", "str", "named int4 preset (--target npu selects npu)", choices=tuple(PRESETS),
+               precisions=("int4",)),
+)
+_GROUPS = (16, 32, 64, 128, 256, -1)  # -1: one scale per output channel
+
+
 @hookimpl
 def backend_info() -> BackendInfo:
     return BackendInfo(
+        options=OPTIONS,
+        targets=("cpu", "gpu", "npu"),
         name="openvino",
         format="OpenVINO IR",
         runtime="openvino_genai.LLMPipeline",
@@ -48,6 +65,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="stateful OpenVINO IR with NNCF-style compressed weights, for Intel CPU/GPU/NPU",
         install_hint="pip install phi-quant-openvino",
+        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -60,17 +78,18 @@ def detect_hardware() -> HardwareReport:
 
 @hookimpl
 def supported_precisions() -> list[PrecisionSpec]:
+    both = (True, False)
     return [
-        PrecisionSpec("fp32", "fp32", "f32 constants", thresholds=THRESHOLDS["fp32"]),
+        PrecisionSpec("fp32", "fp32", "f32 constants", thresholds=THRESHOLDS["fp32"], group_sizes=(), symmetric=()),
         PrecisionSpec("fp16", "fp16", "f16 constants decompressed to f32 (OpenVINO's compress_to_fp16 form)",
-                      thresholds=THRESHOLDS["fp16"]),
+                      thresholds=THRESHOLDS["fp16"], group_sizes=(), symmetric=()),
         PrecisionSpec("int8", "int8_asym_cw", "NNCF INT8_ASYM per output channel (--symmetric: INT8_SYM)",
-                      schemes=("int8_sym_cw",), thresholds=THRESHOLDS["int8"]),
+                      schemes=("int8_sym_cw",), thresholds=THRESHOLDS["int8"], group_sizes=(), symmetric=both),
         PrecisionSpec("int4", "int4_asym_g128+int8_asym_cw-emb",
                       "NNCF INT4_ASYM group 128; embeddings and lm_head INT8_ASYM (--symmetric: INT4_SYM; "
                       "--option preset=npu: INT4_SYM per channel)",
                       schemes=("int4_sym_g128", "int4_sym_cw"), thresholds=THRESHOLDS["int4"],
-                      default_group_size=C.DEFAULT_INT4_GROUP),
+                      default_group_size=C.DEFAULT_INT4_GROUP, group_sizes=_GROUPS, symmetric=both),
     ]
 
 

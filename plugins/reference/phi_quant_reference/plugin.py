@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safetensors.numpy import save_file
 
+from phi_quant import quant
 from phi_quant.hookspecs import hookimpl
 from phi_quant.model.tensors import SourceTensor
 from phi_quant.types import (
@@ -33,7 +34,10 @@ from .weights import DEFAULT_SCHEMES, encode, resolve_scheme
 
 NAME = "reference"
 #: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
-HOOK_CONTRACT = "1.0"
+HOOK_CONTRACT = "1.1"
+#: The architectures (phi_quant.arch names) it writes. Tensors are stored by name and run by the
+#: core's oracle, so any architecture the core reads would work; each is listed once the kit passes on it.
+ARCHITECTURES = ("phi3",)
 
 #: What each precision promises against the oracle: measured on the four tiny variants
 #: (docs/fidelity.md, "reference backend"), with margin.
@@ -63,6 +67,9 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="Reference backend: plain safetensors run by the numpy oracle; the plugin authoring example",
         hook_contract=HOOK_CONTRACT,
+        architectures=ARCHITECTURES,
+        options=(),  # takes no --option: the core refuses any
+        targets=(),
     )  # distribution and install hint: filled in by the core from the entry point's metadata
 
 
@@ -80,7 +87,9 @@ def supported_precisions() -> list[PrecisionSpec]:
         if scheme.bits:
             others = tuple(f"int{scheme.bits}_{kind}_g{g}" for kind in ("asym", "sym") for g in (32, 64, 128))
         specs.append(PrecisionSpec(precision, scheme.name, _DESCRIPTIONS[precision], schemes=others,
-                                   thresholds=THRESHOLDS[precision], default_group_size=scheme.group_size))
+                                   thresholds=THRESHOLDS[precision], default_group_size=scheme.group_size,
+                                   group_sizes=tuple(quant.MATMULNBITS_BLOCK_SIZES) if scheme.bits else (),
+                                   symmetric=(True, False) if scheme.bits else ()))
     return specs
 
 
