@@ -2,7 +2,8 @@
 
 1. plan each tensor's scheme from the options (shapes only; a ratio below 1 first streams the
    weights once to score them as NNCF does);
-2. build the stateful decoder graph with placeholder weights and save it (XML + a .bin of zeros);
+2. build the stateful decoder graph with placeholder weights and save its XML (the .bin offsets
+   laid out by the serializer's rule, the file sparse until the weights arrive);
 3. stream the checkpoint: pack each tensor and write its bytes at its constants' offsets;
 4. write the tokenizer/detokenizer IRs, generation_config.json, config.json and tokenizer files.
 """
