@@ -1,11 +1,14 @@
 """Measure the llamacpp backend: fidelity per tiny variant x scheme, and conversion cost.
 
     python bench/llamacpp_fidelity.py            # fidelity table (Markdown) for docs/fidelity.md
+    python bench/llamacpp_fidelity.py --moe      # the same for the tiny PhiMoE, both phimoe_weights modes
     python bench/llamacpp_fidelity.py --large    # 1 GB checkpoint: time and peak RSS per scheme
+    python bench/llamacpp_fidelity.py --large --moe   # PhiMoE checkpoints with 8 and 16 experts
 
 Fidelity: the GGUF runs in llama-cpp-python on the shared test prompts (HF token ids) with the
 backend's default "auto" context policy; KL(oracle || GGUF), top-1 and max |dlogit| are taken
-over every position against phi_quant.reference.
+over every position against phi_quant.reference. For PhiMoE the table also holds each GGUF
+against what llama.cpp's phimoe graph computes from its weights (phi_quant_llamacpp.phimoe).
 """
 
 from __future__ import annotations
@@ -53,17 +56,60 @@ def fidelity() -> None:
                 sys.stdout.flush()
 
 
-def large() -> None:
-    from phi_quant.testing.kit_streaming import large_checkpoint
+def moe_fidelity() -> None:
+    from phi_quant.fidelity import compare_logits
+    from phi_quant.model.source import open_model
+    from phi_quant.reference import ReferenceModel
+    from phi_quant.testing.factory import cached_checkpoint
+    from phi_quant.testing.prompts import test_prompts
+    from phi_quant.types import ExportOptions, NullProgress
+    from phi_quant_llamacpp import plugin
+    from phi_quant_llamacpp.phimoe import FaithfulPhiMoEReference, LlamaCppPhiMoEReference
+
+    print("| weights | scheme | KL mean | KL max | top-1 | max abs dlogit | KL vs what llama.cpp computes | size KiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    with open_model(cached_checkpoint("phimoe")) as src:
+        tok = src.hf_tokenizer()
+        ids = [tok.encode(p, add_special_tokens=False).ids for p in test_prompts("phimoe")]
+        weights = {t.name: t.to_float32() for t in src.tensors()}
+        oracle = np.concatenate([ReferenceModel(src.config, weights).logits(i) for i in ids])
+        runtime = {"faithful": FaithfulPhiMoEReference(src.config, weights),
+                   "as-is": LlamaCppPhiMoEReference(src.config, weights)}
+        runtime_logits = {k: np.concatenate([m.logits(i) for i in ids]) for k, m in runtime.items()}
+        for mode in ("faithful", "as-is"):
+            for precision, scheme in SCHEMES if mode == "faithful" else SCHEMES[:1]:
+                with tempfile.TemporaryDirectory() as d:
+                    options = ExportOptions(precision=precision, scheme=scheme, extra={"phimoe_weights": mode})
+                    res = plugin.export(source=src, output_dir=Path(d), options=options, progress=NullProgress())
+                    size = (Path(d) / res.files[0]).stat().st_size
+                    with plugin.load_model(path=Path(d), options={}) as m:
+                        got = np.concatenate([m.logits(i) for i in ids])
+                r, own = compare_logits(oracle, got), compare_logits(runtime_logits[mode], got)
+                print(f"| {mode} | {scheme} | {r.kl_mean:.3g} | {r.kl_max:.3g} | {r.top1_agreement:.3f} | "
+                      f"{r.max_abs_diff:.3g} | {own.kl_mean:.2g} | {size / 1024:.0f} |")
+                sys.stdout.flush()
+
+
+def large(moe: bool = False) -> None:
+    from phi_quant.testing.kit_streaming import MOE_EXPERTS, large_checkpoint, large_moe_checkpoint
+
+    if not moe:
+        _convert_large(large_checkpoint(), [("int4", "Q4_0"), ("int8", "Q8_0"), ("fp16", "F16"), ("int4", "Q4_K_M")])
+        return
+    for n in MOE_EXPERTS:
+        print(f"\nPhiMoE, {n} experts per layer")
+        _convert_large(large_moe_checkpoint(n), [("int4", "Q4_0"), ("fp16", "F16"), ("int4", "Q4_K_M")])
+
+
+def _convert_large(ckpt: Path, schemes: list[tuple[str, str]]) -> None:
     from phi_quant.testing.rss import run_with_peak_rss
 
     with tempfile.TemporaryDirectory() as d:
-        ckpt = large_checkpoint()  # generated once, cached with the tiny checkpoints
         size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
         print(f"checkpoint {size / 1e9:.2f} GB")
         print("| scheme | seconds | MB/s (source) | peak RSS MiB | output MB |")
         print("|---|---|---|---|---|")
-        for precision, scheme in [("int4", "Q4_0"), ("int8", "Q8_0"), ("fp16", "F16"), ("int4", "Q4_K_M")]:
+        for precision, scheme in schemes:
             out = Path(d) / f"out-{scheme}"
             out.mkdir()
             code = textwrap.dedent(f"""
@@ -88,4 +134,9 @@ def large() -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--large", action="store_true", help="measure conversion of a generated 1 GB checkpoint")
-    large() if ap.parse_args().large else fidelity()
+    ap.add_argument("--moe", action="store_true", help="the tiny / generated PhiMoE checkpoints instead")
+    args = ap.parse_args()
+    if args.large:
+        large(args.moe)
+    else:
+        moe_fidelity() if args.moe else fidelity()

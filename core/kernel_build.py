@@ -16,7 +16,7 @@ from cffi import FFI
 
 KERNELS = Path(__file__).resolve().parent / "phi_quant" / "kernels"
 HEADER = KERNELS / "phi_quant_kernel.h"
-SOURCES = ["parallel.c", "convert.c", "ggml.c", "matmulnbits.c", "mlx.c", "nncf.c"]
+SOURCES = ["parallel.c", "convert.c", "ggml.c", "matmulnbits.c", "mlx.c", "nncf.c", "pack.c"]
 
 
 def _cdef() -> str:

@@ -160,7 +160,7 @@ def test_pickle_checkpoints_are_refused_without_unpickling(ckpt, name, tmp_path)
 
 @pytest.mark.parametrize(
     "arch, model_type",
-    [("Phi3SmallForCausalLM", "phi3small"), ("PhiMoEForCausalLM", "phimoe"), ("PhiForCausalLM", "phi"),
+    [("Phi3SmallForCausalLM", "phi3small"), ("Phi3VForCausalLM", "phi3_v"), ("PhiForCausalLM", "phi"),
      ("LlamaForCausalLM", "llama")],
 )
 def test_other_architectures_are_refused_by_name(ckpt, arch, model_type):

@@ -149,7 +149,7 @@ def test_explicit_attention_factor_and_factor_win():
     "arch, words",
     [
         ("Phi3SmallForCausalLM", "block-sparse"),
-        ("PhiMoEForCausalLM", "mixture of experts"),
+        ("Phi3VForCausalLM", "vision"),
         ("PhiForCausalLM", "Phi-2"),
         ("LlamaForCausalLM", "LlamaForCausalLM"),
         ("Phi4MMForCausalLM", "multimodal"),

@@ -256,3 +256,23 @@ def test_undeclared_architecture_is_refused_before_export(manager, npy_backend, 
         assert "otherarch  does not write phi3 (writes phimoe)" in invoke("inspect", tiny).stdout
     finally:
         manager.unregister("otherarch")
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "onnx", "openvino", "mlx"])
+def test_installed_backends_write_phimoe_or_refuse_it_before_any_work(backend, tmp_path):
+    """Today llama.cpp writes PhiMoE; ONNX, OpenVINO and MLX do not declare it yet and are refused
+    with one line naming the backends that do, before export runs and with nothing left behind."""
+    from phi_quant.errors import BackendNotInstalledError
+    from phi_quant.plugins import get_manager
+
+    try:
+        found = get_manager().get(backend)
+    except BackendNotInstalledError:
+        pytest.skip(f"{backend} is not installed")
+    if found.info.writes("phimoe"):
+        pytest.skip(f"{backend} writes phimoe: its conformance kit runs on the tiny PhiMoE")
+    with pytest.raises(UnsupportedModelError) as e:
+        convert("tiny:phimoe", backend, ExportOptions("fp16"), tmp_path / "out")
+    assert str(e.value).startswith(f"backend '{backend}' does not write architecture phimoe (PhiMoEForCausalLM); "
+                                   f"it writes: phi3")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

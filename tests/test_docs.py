@@ -23,7 +23,8 @@ def _signature(name: str) -> str:
 
 
 def test_every_hook_is_in_the_spec():
-    assert HOOKS == ["backend_info", "detect_hardware", "export", "load_model", "quantize", "supported_precisions"]
+    assert HOOKS == ["backend_info", "detect_hardware", "export", "load_model", "quantize", "supported_precisions",
+                     "tensor_plan"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

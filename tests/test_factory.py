@@ -13,7 +13,14 @@ import pytest
 from phi_quant.fidelity import EVAL_TEXT, log_softmax
 from phi_quant.model.source import open_model
 from phi_quant.reference import ReferenceModel
-from phi_quant.testing.factory import VARIANTS, cached_checkpoint, make_checkpoint, make_large_checkpoint
+from phi_quant.testing.factory import (
+    ALL_VARIANTS,
+    VARIANTS,
+    cached_checkpoint,
+    make_checkpoint,
+    make_large_checkpoint,
+    variants_of,
+)
 from phi_quant.testing.prompts import LONG_PROMPT, test_prompts
 
 
@@ -59,6 +66,29 @@ def test_layout_and_quirks(variant):
             assert "lm_head.weight" not in json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
 
 
+def test_phimoe_layout_and_quirks():
+    """The hub's Phi-3.5-MoE layout: per-expert w1/w2/w3, a router, LayerNorm shifts, every bias, mscales."""
+    assert variants_of("phimoe") == ("phimoe",) and variants_of("phi3") == VARIANTS
+    path = cached_checkpoint("phimoe")
+    raw = json.loads((path / "config.json").read_text())
+    assert raw["architectures"] == ["PhiMoEForCausalLM"] and raw["model_type"] == "phimoe"
+    assert (raw["num_local_experts"], raw["num_experts_per_tok"], raw["router_jitter_noise"]) == (4, 2, 0.01)
+    assert raw["attention_bias"] and raw["lm_head_bias"] and "qkv_proj" not in str(raw)
+    assert {"short_mscale", "long_mscale", "original_max_position_embeddings"} <= set(raw["rope_scaling"])
+    names = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    for n in ("model.layers.1.block_sparse_moe.gate.weight", "model.layers.1.block_sparse_moe.experts.3.w2.weight",
+              "model.layers.0.input_layernorm.bias", "model.layers.0.self_attn.v_proj.bias", "model.norm.bias",
+              "lm_head.bias"):
+        assert n in names, n
+    with open_model(path) as src:
+        c = src.config
+        assert c.is_moe and c.norm == "layer" and c.is_gqa and c.rope.is_longrope and "tokenizer.model" in src.tokenizer_files
+        assert all(d % 256 == 0 for t in src.tensor_infos() if t.role.is_matmul for d in t.shape[1:])
+        norms = [t.to_float32() for t in src.tensors() if t.role.is_norm]
+        shifts = [t.to_float32() for t in src.tensors() if t.role.is_bias]
+        assert all(0.69 <= n.min() and n.max() <= 1.31 for n in norms) and all(np.abs(b).max() > 0.05 for b in shifts)
+
+
 @pytest.mark.parametrize("variant", ("phi4", "phi4-mini"))
 def test_byte_level_tokenizers_use_the_real_split_regex(variant):
     from phi_quant.testing.tiny_tokenizers import CL100K_PATTERN, O200K_PATTERN
@@ -87,7 +117,7 @@ def test_sentencepiece_model_agrees_with_tokenizer_json(variant):
 
 
 def test_prompts_cover_both_rope_regimes():
-    for variant in VARIANTS:
+    for variant in ALL_VARIANTS:
         prompts = test_prompts(variant)
         assert any(ord(ch) > 0x3000 for ch in prompts[1]) and any(ord(ch) > 0x1F000 for ch in prompts[2])
         with open_model(cached_checkpoint(variant)) as src:
@@ -100,7 +130,7 @@ def test_prompts_cover_both_rope_regimes():
             assert prompts[-1] == LONG_PROMPT and orig < lengths[-1] <= 256, lengths
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_predictions_are_sharp_and_attention_matters(variant):
     """Random weights, but a model worth quantizing: peaked distributions that depend on context."""
     with open_model(cached_checkpoint(variant)) as src:

@@ -158,6 +158,17 @@ class WrongTokens(Fake):
         return ExtraBos(ref.load_model(path=path, options=options))
 
 
+class HookDisagrees(Fake):
+    """Its quantize hook groups the embedding differently from what export writes (round to nearest)."""
+
+    @hookimpl
+    def quantize(self, tensor, options):
+        self._refuse(options)
+        if tensor.name == "model.embed_tokens.weight" and options.precision == "int4" and not options.recipe:
+            options = dataclasses.replace(options, group_size=64)
+        return ref.quantize(tensor=tensor, options=options)
+
+
 class MissingPrecision(Fake):
     """Declares int4 but cannot export it."""
 
@@ -202,6 +213,10 @@ class TestSilent(BackendConformance):
 
 class TestWrongTokens(BackendConformance):
     backend = "wrong-tokens"
+
+
+class TestHookDisagrees(BackendConformance):
+    backend = "hook-disagrees"
 '''
 
 
@@ -228,7 +243,8 @@ def kit_outcomes(pytester, manager, reference_importable):
     manager.register(fakes.NonAtomic("non-atomic"), "non-atomic")
     manager.register(fakes.MissingPrecision("missing-precision"), "missing-precision")
     manager.register(fakes.Lenient("lenient"), "lenient")
-    for cls, name in ((fakes.Careless, "careless"), (fakes.Silent, "silent"), (fakes.WrongTokens, "wrong-tokens")):
+    for cls, name in ((fakes.Careless, "careless"), (fakes.Silent, "silent"), (fakes.WrongTokens, "wrong-tokens"),
+                      (fakes.HookDisagrees, "hook-disagrees")):
         manager.register(cls(name), name)
     try:
         run = pytester.inline_run("-p", "phi_quant", "--phi-quant-variants", VARIANT, "--phi-quant-skip-streaming")
@@ -272,7 +288,8 @@ def test_reference_passes_and_broken_backends_fail_the_matching_checks_by_name(k
         [f"test_{c}[missing-precision-{v}-int4]" for c in ("export", "fidelity", "load", "progress", "tokenizer")]
         + [f"test_{c}[missing-precision-int4]" for c in
            ("atomic_output", "quantize", "rejects_inf_weights", "rejects_nan_weights")]
-        + [f"test_kl_order[missing-precision-{v}]"]
+        + [f"test_kl_order[missing-precision-{v}]", f"test_hook_matches_export[missing-precision-{v}-int4]"]
+        + [f"test_recipe[missing-precision-{v}-int4-{r}]" for r in ("clip", "hqq")]
     )
     assert f"test_export[missing-precision-{v}-fp32]" in _ids(kit_outcomes, "TestMissingPrecision", "passed")
 
@@ -286,6 +303,11 @@ def test_reference_passes_and_broken_backends_fail_the_matching_checks_by_name(k
         "test_rejects_inf_weights[careless-fp32]", "test_rejects_nan_weights[careless-fp32]"]
     assert _ids(kit_outcomes, "TestSilent", "failed") == [f"test_progress[silent-{v}-fp32]"]
     assert _ids(kit_outcomes, "TestWrongTokens", "failed") == [f"test_tokenizer[wrong-tokens-{v}-fp32]"]
+    assert _ids(kit_outcomes, "TestHookDisagrees", "failed") == [f"test_hook_matches_export[hook-disagrees-{v}-int4]"]
+    assert {f"test_hook_matches_export[reference-{v}-{p}]" for p in ("fp32", "int8", "int4")} | {
+        f"test_recipe[reference-{v}-int4-{r}]" for r in ("clip", "hqq", "awq+gptq")} <= set(passed)
+    # The fakes have no tensor_plan hook: the calibrated recipe is skipped for them, never failed.
+    assert f"test_recipe[missing-precision-{v}-int4-awq+gptq]" in _ids(kit_outcomes, "TestMissingPrecision", "skipped")
 
 
 HOARDER = '''

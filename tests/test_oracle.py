@@ -1,8 +1,13 @@
-"""The numpy oracle against transformers' Phi3ForCausalLM, and the HF tokenizer against tokenizers.
+"""The numpy oracle against transformers (Phi3ForCausalLM, PhimoeForCausalLM), and the HF
+tokenizer against tokenizers.
 
 The oracle is only worth trusting if an independent implementation agrees with it: every tiny
 variant, every test prompt (on the LongRoPE variants one shorter and one longer than the
 original context, so both factor sets are compared), float32 and eager attention on both sides.
+
+PhiMoE's long prompts are compared with transformers' PhimoeForCausalLM told the sequence
+length, as transformers 4.x and the hub's remote code compute it: transformers 5 drops it and
+always uses the short factors (pinned in tests/test_oracle_phimoe.py).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ transformers = pytest.importorskip("transformers")
 
 from phi_quant.model.source import open_model  # noqa: E402
 from phi_quant.reference import ReferenceModel  # noqa: E402
-from phi_quant.testing.factory import VARIANTS, cached_checkpoint, copy_checkpoint  # noqa: E402
+from phi_quant.testing.factory import ALL_VARIANTS, cached_checkpoint, copy_checkpoint, variant_spec  # noqa: E402
 from phi_quant.testing.prompts import chat_prompt, test_prompts  # noqa: E402
+from phi_quant.testing.transformers_oracle import hf_class, hf_logits  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 
@@ -32,17 +38,17 @@ def _models(variant: str):
     if variant not in _cache:
         path = cached_checkpoint(variant)
         src = open_model(path)
-        hf = transformers.Phi3ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        hf = hf_class(src.config).from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
         _cache[variant] = (src, ReferenceModel.from_source(src), hf.eval(), src.hf_tokenizer())
     return _cache[variant]
 
 
-def _hf_logits(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+_hf_logits = hf_logits
+
+LONGROPE = [v for v in ALL_VARIANTS if variant_spec(v).longrope]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_oracle_logits_match_transformers(variant):
     src, ref, hf, tok = _models(variant)
     lengths = []
@@ -59,7 +65,7 @@ def test_oracle_logits_match_transformers(variant):
         assert min(lengths) <= orig < max(lengths), (lengths, orig)
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v in ("phi3.5-longrope", "phi4-mini")])
+@pytest.mark.parametrize("variant", LONGROPE)
 def test_longrope_factor_choice_is_visible(variant):
     """Picking the wrong factor set moves the logits far beyond the tolerance (so the test above bites)."""
     src, ref, hf, tok = _models(variant)
@@ -70,7 +76,7 @@ def test_longrope_factor_choice_is_visible(variant):
     assert np.abs(wrong_logits - _hf_logits(hf, long_ids)).max() > 100 * TOLERANCE
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_greedy_generation_matches_transformers(variant):
     src, ref, hf, tok = _models(variant)
     ids = tok.encode(test_prompts(variant)[0], add_special_tokens=False).ids
@@ -81,7 +87,7 @@ def test_greedy_generation_matches_transformers(variant):
     assert ours == out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_hf_tokenizer_agrees_with_tokenizers(variant):
     """transformers' AutoTokenizer and PreTrainedTokenizerFast produce the ids of tokenizer.json."""
     src, _, _, tok = _models(variant)
@@ -143,7 +149,7 @@ def test_oracle_accepts_split_weights_and_tied_heads():
         ReferenceModel(untied, weights)
 
 
-@pytest.mark.parametrize("variant", ["phi3.5-longrope", "phi4-mini"])
+@pytest.mark.parametrize("variant", LONGROPE)
 def test_longrope_boundary_is_sequence_longer_than_original(variant):
     """Exactly ``original_max_position`` tokens still use the short factors; one more switches to long."""
     src, ref, hf, tok = _models(variant)

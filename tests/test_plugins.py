@@ -255,7 +255,7 @@ def test_architectures_default_to_phi3_and_are_normalised(manager, fakes):
     from phi_quant.hookspecs import hookimpl
     from phi_quant.types import BackendInfo
 
-    assert HOOK_CONTRACT_VERSION == "1.1" and BackendInfo("x", "f", "r").architectures == ("phi3",)
+    assert HOOK_CONTRACT_VERSION == "1.4" and BackendInfo("x", "f", "r").architectures == ("phi3",)
     old = manager.register(fakes["MinimalBackend"]("old", contract="1.0"), "old")
     assert old.info.architectures == ("phi3",) and old.info.writes("phi3") and not old.info.writes("phimoe")
 

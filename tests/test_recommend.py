@@ -102,3 +102,47 @@ def test_cli_recommend_iot_vs_ai_pc_and_refusal():
     refused = runner.invoke(cli, ["recommend", "tiny:phi4-mini", "--target", "iot", "--precision", "fp16",
                                   "--memory", "0.1"])
     assert refused.exit_code == 2 and "fp16 does not fit" in refused.output
+
+
+PHI35_MOE = dict(
+    architectures=["PhiMoEForCausalLM"], hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+    num_hidden_layers=32, intermediate_size=6400, vocab_size=32064, max_position_embeddings=131072,
+    num_local_experts=16, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True,
+)
+
+
+def test_a_mixture_of_experts_needs_memory_for_every_expert():
+    """Phi-3.5-MoE: the fit is decided by all 41.9 B parameters, and the answer says so; speed by 6.6 B."""
+    moe = normalize_config(PHI35_MOE)
+    int4 = estimate_memory(moe, "int4", 4096)
+    assert int4.weights == weight_bytes(moe, "int4") > 21 * GIB  # every expert is resident
+    with pytest.raises(BadInputError, match=r"even at int4.*all 16 experts \(41\.9 B parameters\) must be in memory"):
+        recommend(moe, TARGETS["ai-pc"], model_name="phi35moe")
+    rec = recommend(moe, TARGETS["ai-pc"], memory_bytes=64 * GIB, model_name="phi35moe")
+    assert rec.precision == "int4" and rec.memory.weights == int4.weights
+    assert "only 6.6 B of them" in rec.reason and "mixture of experts" in rec.reason
+    dense = recommend(normalize_config(PHI35_MINI), TARGETS["ai-pc"], model_name="phi35")
+    assert "mixture of experts" not in dense.reason
+
+
+def test_cli_inspect_and_doctor_show_total_and_active_parameters(manager, npy_backend):
+    import json
+
+    from click.testing import CliRunner
+
+    from phi_quant.cli import cli
+
+    data = json.loads(CliRunner().invoke(cli, ["inspect", "tiny:phimoe", "--json"]).stdout)
+    assert (data["arch"], data["dims"]["num_experts"], data["dims"]["experts_per_token"]) == ("phimoe", 4, 2)
+    assert data["active_parameters"] < data["parameters"]
+    assert all(s["active_weights_bytes"] < s["weights_bytes"] for s in data["estimated_sizes"])
+    assert data["backends"]["npy"] == {"error": "does not write phimoe (writes phi3)"}
+    text = CliRunner().invoke(cli, ["inspect", "tiny:phimoe"]).stdout
+    assert "active per token" in text and "4 experts (2 per token)" in text and "read per token" in text
+    assert "LayerNorm with bias" in text and "sparsemixer" in text
+    doctor = json.loads(CliRunner().invoke(cli, ["doctor", "--json"]).stdout)
+    moe = [r for r in doctor["fits"] if r["model"] == "Phi-3.5-MoE"]
+    assert moe and all(r["arch"] == "phimoe" and not r["writes"] and not r["fits"] for r in moe)
+    assert any("41.9 B parameters, 6.6 B active per token" in n for n in doctor["notes"])
+    text = CliRunner().invoke(cli, ["doctor"]).stdout
+    assert "- (writes no phimoe)" in text and "note: Phi-3.5-MoE: 41.9 B parameters" in text

@@ -111,3 +111,21 @@ def test_peak_rss_is_the_childs_own():
     assert small.peak_rss < 100 * 2**20 < 200 * 2**20 < big.peak_rss < 300 * 2**20
     assert run_with_peak_rss("import sys; sys.exit(4)").returncode == 4
     del ballast
+
+
+def test_reading_a_1gb_mixture_of_experts_costs_one_expert_not_the_layer():
+    """16 experts x 2 layers (1.11 GB): each expert's w1/w2/w3 streams on its own, so peak RSS stays
+    where the dense checkpoint's does (the checkpoint is the kit's, generated once per machine)."""
+    from phi_quant.model.source import open_model
+    from phi_quant.testing.kit_streaming import large_moe_checkpoint
+
+    path = large_moe_checkpoint(16)
+    with open_model(path) as src:
+        assert src.config.num_experts == 16 and src.total_bytes >= 1_100_000_000
+        experts = [i for i in src.tensor_infos() if i.expert is not None]
+        assert len(experts) == 3 * 16 * src.config.num_layers and max(i.nbytes for i in experts) == 8 * 2**20
+    result = run_with_peak_rss(textwrap.dedent(_READ_ALL.format(path=str(path), split="")), timeout=300)
+    assert result.returncode == 0, result.output
+    nbytes, _, biggest = (int(x) for x in result.output.split())
+    print(f"MoE: read {nbytes / 1e9:.2f} GB, largest tensor {biggest / 2**20:.0f} MiB, peak RSS {result.peak_rss / 2**20:.0f} MiB")
+    assert nbytes >= 1_100_000_000 and result.peak_rss < RSS_LIMIT

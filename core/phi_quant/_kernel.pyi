@@ -12,6 +12,7 @@ class _Lib:
     PQ_ERR_ARGS: int
     PQ_ERR_NOMEM: int
     PQ_ERR_SCALE: int
+    PQ_ERR_CODES: int
     PQ_F32: int
     PQ_F16: int
     PQ_BF16: int
@@ -37,6 +38,21 @@ class _Lib:
     def pq_nncf_quantize_packed(
         self, src: Any, src_dtype: int, n: int, k: int, row_stride: int, symmetric: int,
         group: int, q: Any, scale: Any, zero_point: Any, threads: int, bad_row: Any,
+    ) -> int: ...
+    def pq_ggml_pack(
+        self, codes: Any, d: Any, m: Any, n: int, k: int, ggml_type: int, dst: Any, threads: int, bad_row: Any,
+    ) -> int: ...
+    def pq_matmulnbits_pack(
+        self, codes: Any, scales: Any, zero_points: Any, n: int, k: int, bits: int, block: int, scale_dtype: int,
+        B: Any, scales_out: Any, zp_out: Any, threads: int, bad_row: Any,
+    ) -> int: ...
+    def pq_mlx_pack(
+        self, codes: Any, scales: Any, biases: Any, n: int, k: int, bits: int, group: int, scale_dtype: int,
+        wq: Any, scales_out: Any, biases_out: Any, threads: int, bad_row: Any,
+    ) -> int: ...
+    def pq_nncf_pack(
+        self, codes: Any, scales: Any, zero_points: Any, n: int, k: int, bits: int, symmetric: int, group: int,
+        scale_dtype: int, q_out: Any, scale_out: Any, zp_out: Any, threads: int, bad_row: Any,
     ) -> int: ...
     def pq_convert(
         self, src: Any, src_dtype: int, n: int, k: int, row_stride: int, dst_dtype: int, dst: Any, threads: int,

@@ -216,8 +216,8 @@ def _on_node(share: str) -> str | None:
 
 
 def _failed(spec: CellSpec, output: str | Path, error: str) -> dict[str, Any]:
-    return {"backend": spec.backend, "precision": spec.precision, "output_dir": str(output),
-            "status": "failed", "error": error}
+    return {"backend": spec.backend, "precision": spec.precision, "recipe": spec.recipe or "rtn",
+            "output_dir": str(output), "status": "failed", "error": error}
 
 
 def _convert_task(model: str, spec: CellSpec, output: str, timeout: float, share: str) -> dict[str, Any]:

@@ -33,31 +33,46 @@ CELL_TIMEOUT_S = 1800
 
 @dataclass(frozen=True)
 class CellSpec:
-    """One cell of the matrix: a backend at a precision, with extra ``quantize`` arguments."""
+    """One cell of the matrix: a backend at a precision (with a recipe), with extra ``quantize`` arguments."""
 
     backend: str
     precision: str
     extra_args: tuple[str, ...] = field(default=())
+    recipe: str | None = None  # None: the default (round to nearest)
 
     @property
     def key(self) -> str:
-        return f"{self.backend}-{self.precision}"
+        return f"{self.backend}-{self.precision}" + (f"-{self.recipe}" if self.recipe else "")
 
 
 def plan_cells(
     offered: Mapping[str, Sequence[str]],
     backends: Iterable[str] | None = None,
     precisions: Iterable[str] | None = None,
+    recipes: Iterable[str] | None = None,
+    calibration_args: Sequence[str] = (),
 ) -> list[CellSpec]:
-    """Cells for every selected backend × every selected precision that backend offers."""
+    """Cells for every selected backend × every selected precision that backend offers; with
+    ``recipes``, integer precisions get one cell per recipe (float precisions have no values to choose);
+    calibrated recipes' cells get ``calibration_args`` (one shared statistics file)."""
     chosen_b = list(backends) if backends else sorted(offered)
     chosen_p = list(precisions) if precisions else ["fp32", "fp16", "int8", "int4"]
+    chosen_r = list(recipes) if recipes else [None]
     cells = []
     for b in chosen_b:
         for p in chosen_p:
             if p in offered.get(b, ()):
-                cells.append(CellSpec(b, p))
+                for r in (chosen_r if p in ("int8", "int4") else [None]):
+                    extra = tuple(calibration_args) if r is not None and _calibrated(r) else ()
+                    cells.append(CellSpec(b, p, extra, recipe=r))
     return cells
+
+
+def _calibrated(recipe: str) -> bool:
+    from .quant.recipes import get_recipe
+    from .quant.recipes.calibrated import is_calibrated
+
+    return is_calibrated(get_recipe(recipe))
 
 
 def _cli(*args: str) -> list[str]:
@@ -111,11 +126,13 @@ def _signal_message(signum: int, lines: list[str]) -> str:
 
 
 def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str, Any]:
-    cell: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision, "output_dir": str(out)}
+    cell: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision, "output_dir": str(out),
+                            "recipe": spec.recipe or "rtn"}
     t0 = time.perf_counter()
+    recipe_args = ("--recipe", spec.recipe) if spec.recipe else ()
     res, err = _run_json(
         _cli("quantize", model, "--backend", spec.backend, "--precision", spec.precision,
-             "-o", str(out), "--force", "--json", *spec.extra_args),
+             "-o", str(out), "--force", "--json", *recipe_args, *spec.extra_args),
         timeout,
     )
     cell["convert_seconds"] = time.perf_counter() - t0
@@ -124,6 +141,8 @@ def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str,
         cell.update(status="failed", error=f"quantize: {err}")
         return cell
     cell["scheme"] = res.get("scheme") or res.get("result", {}).get("scheme")
+    if spec.recipe and spec.recipe != "rtn":
+        cell["scheme"] = f"{cell['scheme']} ({spec.recipe})"
     cell["size_bytes"] = model_bytes(out)
     cell["status"] = "converted"
     return cell

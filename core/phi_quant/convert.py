@@ -21,7 +21,7 @@ from typing import Any
 
 from .builtin import TINY_PREFIX
 from .errors import PluginError, UnsupportedModelError, os_error
-from .manifest import MANIFEST_NAME, OWN_FILES, build_manifest, manifest_text, model_bytes, source_record
+from .manifest import MANIFEST_NAME, OWN_FILES, _jsonable, build_manifest, manifest_text, model_bytes, source_record
 from .model.checkpoint_files import checkpoint_roots
 from .model_card import render_model_card
 from .options import check_options, check_options_for_model
@@ -112,9 +112,13 @@ def convert(
         staging = OutputStaging(output, force)
         with staging as tmp:
             t_open = time.perf_counter()
-            progress.start(int(getattr(source, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
+            from .calib import calibrated_source
+
+            stream = calibrated_source(source, be, options, progress)  # the source itself unless the recipe calibrates
+            t_calibrate = time.perf_counter()
+            progress.start(int(getattr(stream, "total_bytes", 0) or 0), f"{be.name} {options.precision}")
             try:
-                result: ExportResult = be.export(source, tmp, options, progress)
+                result: ExportResult = be.export(stream, tmp, options, progress)
             finally:
                 progress.finish()
             t_export = time.perf_counter()
@@ -122,9 +126,13 @@ def convert(
             if missing:
                 raise PluginError(be.name, f"export listed files it did not write: {', '.join(missing[:5])}")
             record = source_record(str(model), source)
-            timings = {"open_s": t_open - t0, "export_s": t_export - t_open, "total_s": time.perf_counter() - t0}
+            timings = {"open_s": t_open - t0, "export_s": t_export - t_calibrate, "total_s": time.perf_counter() - t0}
+            if stream is not source:
+                timings["calibrate_s"] = t_calibrate - t_open
             manifest = build_manifest(source=record, backend_info=be.info, options=options, result=result,
                                       timings=timings)
+            if stream is not source:
+                manifest["calibration"] = _jsonable(stream.calibration_record)
             manifest["output_bytes"] = model_bytes(tmp)
             _write_own_file(tmp / "README.md", render_model_card(manifest, result.run_instructions,
                                                                  output_name=output.name))

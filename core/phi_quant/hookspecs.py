@@ -18,7 +18,10 @@ and ``source.tensors()`` yields the tensors in that architecture's stream order,
 ``source.config.arch.stream_plan(source.config)``, each tagged with ``role``, ``layer`` and
 ``expert``; ``source.tensor_infos()`` gives the same list up front, without data. For ``phi3``
 the order is: embed; per layer attn_norm, qkv, o, ffn_norm, gate_up, down; final_norm; lm_head
-(absent when embeddings are tied). Each module in ``phi_quant/arch/`` states its order.
+(absent when embeddings are tied). For ``phimoe``: embed; per layer attn_norm(+bias), q, k, v,
+o (each with its bias), ffn_norm(+bias), router, then every expert's gate (w1), every up (w3),
+every down (w2), each in expert order; final_norm(+bias), lm_head, lm_head_bias. Each module in
+``phi_quant/arch/`` states its order.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Progress,
         QuantizedTensor,
     )
+    from .quant.plan import TensorPlan
 
 __all__ = ["PROJECT_NAME", "hookspec", "hookimpl", "PhiQuantSpec"]
 
@@ -80,22 +84,46 @@ class PhiQuantSpec:
         """List the precisions this backend exports, each with its native scheme and thresholds, and
         the ``--group-size`` values and symmetry each accepts.
 
-        :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision.
+        :returns: a list of :class:`phi_quant.types.PrecisionSpec`, one per precision; its
+            ``arch_thresholds`` may bound one architecture apart from ``thresholds``.
         .. versionadded:: 0.1
         .. versionchanged:: 1.1 ``group_sizes`` and ``symmetric`` declarations.
+        .. versionchanged:: 1.2 ``PrecisionSpec.arch_thresholds``.
         """
 
     @hookspec
-    def quantize(self, tensor: "SourceTensor", options: "ExportOptions") -> "QuantizedTensor":
+    def quantize(self, tensor: "SourceTensor", options: "ExportOptions", source: "ModelSource | None") -> "QuantizedTensor":
         """Quantize one tensor of the stream to this backend's layout for ``options.precision``.
 
-        Called per tensor (by ``export`` itself, by ``eval`` and by tests); must not read other
-        tensors. Raise :class:`phi_quant.errors.BadWeightsError` naming the tensor on NaN/Inf.
+        Called per tensor (by ``eval``, by tests and by the conformance kit, which checks that the
+        bytes equal what ``export`` wrote for the same tensor); must not hold other tensors. The
+        arrays are chosen by the same per-tensor plan ``export`` follows, which may depend on the
+        whole model (tied embeddings, a size budget): ``source`` is the checkpoint the tensor came
+        from, or None when the caller has only the tensor (then the tensor is planned alone).
+        Raise :class:`phi_quant.errors.BadWeightsError` naming the tensor on NaN/Inf.
 
         :param tensor: the source tensor (lazy, memory-mapped).
-        :param options: the export options (precision, group size, symmetry, scheme, ...).
-        :returns: a :class:`phi_quant.types.QuantizedTensor` in the format's layout.
+        :param options: the export options (precision, group size, symmetry, scheme, recipe, ...).
+        :param source: the opened checkpoint ``tensor`` belongs to, or None.
+        :returns: a :class:`phi_quant.types.QuantizedTensor` holding the bytes ``export`` writes.
         .. versionadded:: 0.1
+        .. versionchanged:: 1.3 ``source``; the result must equal what ``export`` writes.
+        """
+
+    @hookspec
+    def tensor_plan(self, source: "ModelSource", options: "ExportOptions") -> "TensorPlan":
+        """The per-tensor plan ``export`` follows for ``source`` under ``options``: every tensor's scheme.
+
+        Optional. The core reads it before ``export`` when a recipe chooses values from calibration
+        data: activation-aware scaling (``--recipe awq``) searches each matmul's scale against the
+        scheme this backend will store it in. It must be the plan ``export`` and ``quantize`` use
+        (the one :attr:`ExportResult.quantization` summarises), and must not read tensor data
+        beyond what planning itself needs.
+
+        :param source: the opened checkpoint.
+        :param options: the export options.
+        :returns: a :class:`phi_quant.quant.plan.TensorPlan`.
+        .. versionadded:: contract 1.4
         """
 
     @hookspec

@@ -166,6 +166,7 @@ def build_manifest(
         "scheme": result.scheme,
         "options": options,
         "files": sorted(result.files),
+        "quantization": getattr(result, "quantization", None),
         "details": result.details,
         "notes": result.notes,
         "tools": tool_versions(backend_info.distribution),

@@ -31,6 +31,42 @@ def _options_lines(options: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _quantization_lines(quant: dict[str, Any] | None) -> list[str]:
+    """The per-tensor plan as written: recipe, bits per weight, scheme counts and every tensor."""
+    if not quant:
+        return []
+    counts = ", ".join(f"{name} x{n}" for name, n in (quant.get("schemes") or {}).items())
+    lines = ["", "## Quantization", "",
+             f"- Recipe: **{quant.get('recipe')}**; {quant.get('bits_per_weight')} bits per weight over "
+             f"{quant.get('parameters', 0):,} parameters ({_fmt_bytes(quant.get('tensor_bytes'))} of tensor data)",
+             f"- Schemes: {counts}", "", "<details><summary>Every tensor</summary>", "",
+             "| tensor | stored as | scheme | bits/weight | bytes | why |", "|---|---|---|---|---|---|"]
+    for t in quant.get("tensors") or []:
+        lines.append(f"| `{t.get('name')}` | `{t.get('output')}` | {t.get('scheme')} | {t.get('bits_per_weight')} | "
+                     f"{t.get('bytes')} | {t.get('reason', '')} |")
+    lines += ["", "</details>"]
+    return lines
+
+
+def _calibration_lines(calib: dict[str, Any] | None) -> list[str]:
+    """What the calibrated recipe saw: the text (name, sha256), the tokens, and what AWQ did."""
+    if not calib:
+        return []
+    st = calib.get("statistics") or {}
+    text = st.get("text") or {}
+    files = ", ".join(f"`{f.get('path')}`" for f in text.get("files") or [])
+    lines = ["", "## Calibration", "",
+             f"- Recipe **{(calib.get('recipe') or {}).get('name')}** calibrated on {st.get('tokens')} tokens "
+             f"({st.get('sequences')} sequence(s) of at most {st.get('window')}) of the {text.get('name')} text, "
+             f"sha256 `{text.get('sha256')}` ({files})",
+             f"- Statistics key `{st.get('key')}`" + (f", kept in `{st['cache']}`" if st.get("cache") else "")]
+    awq = calib.get("awq")
+    if awq:
+        lines.append(f"- AWQ scaled {awq.get('folds')} folds (norm -> qkv, v -> o, norm -> gate_up, up -> down); "
+                     f"mean output error {awq.get('mean_error_ratio')} x plain rounding's")
+    return lines
+
+
 def render_model_card(manifest: dict[str, Any], run_instructions: str = "", output_name: str = "OUTPUT") -> str:
     """Markdown text of the model card for one output directory."""
     src = manifest["source"]
@@ -57,6 +93,8 @@ def render_model_card(manifest: dict[str, Any], run_instructions: str = "", outp
     opts = _options_lines(manifest.get("options", {}))
     if opts:
         lines += ["", "Options:", "", *opts]
+    lines += _quantization_lines(manifest.get("quantization"))
+    lines += _calibration_lines(manifest.get("calibration"))
     notes = manifest.get("notes") or []
     if notes:
         lines += ["", "## Notes and fallbacks", "", *[f"- {n}" for n in notes]]

@@ -59,6 +59,9 @@ CORE_OPTIONS: tuple[CoreOption, ...] = (
     CoreOption("context_length", "--context-length", "int", min=1, max=MAX_CONTEXT),
     CoreOption("target", "--target", "str", declared=lambda info, spec: info.targets),
     CoreOption("threads", "--threads", "int", min=1, max=MAX_THREADS),
+    CoreOption("recipe", "--recipe", "str"),
+    CoreOption("bits_per_weight", "--bits-per-weight", "float"),
+    CoreOption("policy", "--policy", "str"),
 )
 
 
@@ -156,6 +159,33 @@ def _check_extra(info: BackendInfo, precision: str, extra: dict[str, Any]) -> di
     return out
 
 
+def _minor(version: str) -> int:
+    try:
+        return int(str(version).split(".")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _check_values(info: BackendInfo, options: ExportOptions) -> None:
+    """The recipe is known, the size budget and policy are ones a backend could meet, the calibration
+    options go with a calibrated recipe, and the backend speaks contract 1.3 (which carries them)
+    when any of them is asked for."""
+    from .calib import check_calibration_options
+    from .quant.budget import check_budget_options
+    from .quant.recipes import get_recipe
+
+    get_recipe(options.recipe)  # an unknown name is refused with the list of recipes
+    check_budget_options(options)
+    check_calibration_options(options)
+    asked = [flag for flag, value in (("--recipe", options.recipe not in (None, "rtn") and options.recipe),
+                                      ("--bits-per-weight", options.bits_per_weight),
+                                      ("--policy", options.policy not in (None, "default") and options.policy)) if value]
+    if asked and _minor(info.hook_contract) < 3:
+        raise UnsupportedPrecisionError(
+            f"backend {info.name!r} was built for hook contract {info.hook_contract}, before {', '.join(asked)} "
+            "existed (1.3); upgrade the plugin or drop the option")
+
+
 def check_options(backend: Any, options: ExportOptions) -> ExportOptions:
     """Refuse what ``backend`` cannot do with ``options`` before any work; return the options normalised.
 
@@ -179,6 +209,7 @@ def check_options(backend: Any, options: ExportOptions) -> ExportOptions:
             checked = _check_core(option, value, info, spec)
             if checked != value:
                 changes[option.field] = checked
+    _check_values(info, options)
     extra = _check_extra(info, options.precision, dict(options.extra or {}))
     if extra != options.extra:
         changes["extra"] = extra

@@ -127,8 +127,10 @@ class Backend:
         if impl is None:
             raise PluginError(self.name, f"does not implement the {hook!r} hook")
         args = [kwargs[a] for a in impl.argnames]
+        # parameters with a default (``source=None``) are pluggy's kwargnames: pass them too
+        optional = {a: kwargs[a] for a in getattr(impl, "kwargnames", ()) if a in kwargs}
         try:
-            result = impl.function(*args)
+            result = impl.function(*args, **optional)
         except (PhiQuantError, KeyboardInterrupt):
             raise
         except MemoryError as exc:
@@ -168,9 +170,31 @@ class Backend:
         """What this backend's runtime can use on this machine."""
         return self._call("detect_hardware", HardwareReport)
 
-    def quantize(self, tensor: Any, options: ExportOptions) -> QuantizedTensor:
-        """Quantize one source tensor to this backend's layout."""
-        return self._call("quantize", QuantizedTensor, tensor=tensor, options=options)
+    def quantize(self, tensor: Any, options: ExportOptions, source: Any = None) -> QuantizedTensor:
+        """Quantize one source tensor to this backend's layout (``source``: its checkpoint, for the plan).
+
+        A recipe that needs calibration (``awq``, ``gptq``, ...) is given the calibrated view of
+        ``source`` and of ``tensor`` (:func:`phi_quant.calib.calibrated_source`), exactly what
+        ``convert`` hands ``export``, so the hook's bytes are the export's.
+        """
+        from .calib import calibrated_source, needs_calibration
+
+        if needs_calibration(options):
+            if source is None:
+                raise UnsupportedPrecisionError(
+                    f"recipe {options.recipe} calibrates on the whole checkpoint: pass the tensor's source to quantize")
+            calibrated = calibrated_source(source, self, options)
+            if calibrated is not source:
+                tensor, source = calibrated.wrap(tensor), calibrated
+        return self._call("quantize", QuantizedTensor, tensor=tensor, options=options, source=source)
+
+    def tensor_plan(self, source: Any, options: ExportOptions) -> Any:
+        """The backend's per-tensor plan for ``source`` (``tensor_plan`` hook), or None when it has none."""
+        from .quant.plan import TensorPlan
+
+        if not self.implements("tensor_plan"):
+            return None
+        return self._call("tensor_plan", TensorPlan, source=source, options=options)
 
     def export(self, source: Any, output_dir: Path, options: ExportOptions, progress: Progress | None = None) -> ExportResult:
         """Write ``source`` into the (empty) ``output_dir`` in this backend's format."""

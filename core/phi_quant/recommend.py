@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import BadInputError
 from .model.config import PhiConfig
-from .sizing import GIB, MemoryEstimate, estimate_memory
+from .sizing import GIB, MemoryEstimate, estimate_memory, format_count
 
 __all__ = ["DeviceProfile", "TARGETS", "Recommendation", "recommend", "DEFAULT_FIDELITY", "machine_profile"]
 
@@ -165,6 +165,14 @@ def _fmt(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= 0.1 * GIB else f"{n / 1024**2:.0f} MiB"
 
 
+def _moe_note(config: PhiConfig) -> str:
+    """What sizing a mixture of experts means, for the recommendation's reason."""
+    return (f" It is a mixture of experts: all {config.num_experts} experts "
+            f"({format_count(config.parameter_count())} parameters) must be in memory, but each token runs through "
+            f"only {format_count(config.active_parameter_count())} of them, so it runs about as fast as a dense model "
+            "of that size.")
+
+
 def recommend(
     config: PhiConfig,
     profile: DeviceProfile,
@@ -194,6 +202,7 @@ def recommend(
     if context_length is None:
         context_length = profile.default_context
     budget = profile.budget
+    moe = _moe_note(config) if config.is_moe else ""
     estimates = {p: estimate_memory(config, p, context_length) for p in _PRECISION_ORDER}
     if precision is not None:
         if precision not in estimates:
@@ -203,7 +212,7 @@ def recommend(
                 f"{precision} does not fit {profile.description}: it needs about {_fmt(estimates[precision].total)} "
                 f"(weights {_fmt(estimates[precision].weights)} + KV cache {_fmt(estimates[precision].kv_cache)} for "
                 f"{context_length} tokens) but a model may use about {_fmt(budget)} there. "
-                f"Try int4, a shorter --context-length, or --memory if the device has more."
+                f"Try int4, a shorter --context-length, or --memory if the device has more.{moe}"
             )
         candidates = [precision]
     else:
@@ -213,7 +222,7 @@ def recommend(
             raise BadInputError(
                 f"{model_name} does not fit {profile.description} even at int4: it needs about "
                 f"{_fmt(estimates['int4'].total)} and a model may use about {_fmt(budget)} there. "
-                f"Use a smaller Phi model or a shorter --context-length."
+                f"Use a smaller Phi model or a shorter --context-length.{moe}"
             )
         candidates = ["int4"] if profile.policy == "smallest" and "int4" in fitting else fitting
 
@@ -251,7 +260,7 @@ def recommend(
     reason = (
         f"For {profile.description}, a model may use about {_fmt(budget)}. {model_name} at {p} needs about "
         f"{_fmt(est.total)} (weights {_fmt(est.weights)}, KV cache {_fmt(est.kv_cache)} for {context_length} tokens, "
-        f"runtime {_fmt(est.overhead)}). {policy}; {kl_text}. {b} is chosen because {profile.why or 'it serves this device'}."
+        f"runtime {_fmt(est.overhead)}).{moe} {policy}; {kl_text}. {b} is chosen because {profile.why or 'it serves this device'}."
         + ("" if installed else f" Install it with: pip install phi-quant-{b}.")
     )
     opt_args = " ".join(

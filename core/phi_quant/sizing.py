@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .model.config import PhiConfig
 
 __all__ = ["bits_per_weight", "weight_bytes", "kv_cache_bytes", "MemoryEstimate", "estimate_memory",
-           "largest_tensor_elements", "conversion_memory_bytes", "GIB"]
+           "largest_tensor_elements", "conversion_memory_bytes", "GIB", "format_count"]
 
 GIB = 1024**3
 
@@ -28,6 +28,14 @@ RUNTIME_OVERHEAD_FRACTION = 0.05
 #: runtime's imports. Whole conversions of the 1.1 GB streaming checkpoint peak at 115-180 MiB
 #: (docs/performance.md); this rounds up for the bigger runtimes' imports.
 CONVERSION_BASE_BYTES = 512 * 1024**2
+
+
+def format_count(n: int) -> str:
+    """A parameter count for people: ``41.9 B``, ``3.8 M``, ``512``."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
 
 
 def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> float:
@@ -50,12 +58,16 @@ def bits_per_weight(precision: str, group_size: int | None = None, *, asymmetric
     return bits + extra
 
 
-def weight_bytes(config: PhiConfig, precision: str, group_size: int | None = None, *, asymmetric: bool = False) -> int:
-    """Bytes of all weights at ``precision``; norms stay fp32 as every backend keeps them.
+def weight_bytes(config: PhiConfig, precision: str, group_size: int | None = None, *, asymmetric: bool = False,
+                 active: bool = False) -> int:
+    """Bytes of all weights at ``precision``; norms and biases stay fp32 as every backend keeps them.
 
     The architecture module counts them from its tensor list (``config.arch.weight_bytes``).
+    ``active``: the weights one token reads (a mixture of experts reads 2 of its experts); what
+    memory must hold is always the full figure.
     """
-    return config.arch.weight_bytes(config, bits_per_weight(precision, group_size, asymmetric=asymmetric))
+    bpw = bits_per_weight(precision, group_size, asymmetric=asymmetric)
+    return config.arch.weight_bytes(config, bpw, active=active)
 
 
 def kv_cache_bytes(config: PhiConfig, context_length: int, *, bytes_per_value: int = 2) -> int:

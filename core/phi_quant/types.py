@@ -31,8 +31,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 #: :attr:`BackendInfo.hook_contract`; the core refuses a plugin whose major version differs.
 #: 1.1 added :attr:`BackendInfo.architectures` and the option declarations
 #: (``BackendInfo.options``/``targets``, ``PrecisionSpec.group_sizes``/``symmetric``); a 1.0 plugin
-#: leaves them undeclared.
-HOOK_CONTRACT_VERSION = "1.1"
+#: leaves them undeclared. 1.2 added :attr:`PrecisionSpec.arch_thresholds`; 1.3 the ``quantize``
+#: hook's ``source`` argument, :attr:`ExportOptions.recipe` / ``bits_per_weight`` / ``policy`` and
+#: :attr:`ExportResult.quantization`; 1.4 the optional ``tensor_plan`` hook (calibrated recipes
+#: search against the backend's schemes) and the ``calibration*`` options.
+HOOK_CONTRACT_VERSION = "1.4"
 
 #: What a backend writes when it does not say: plugins built for contract 1.0 wrote Phi3ForCausalLM.
 DEFAULT_ARCHITECTURES = ("phi3",)
@@ -63,6 +66,10 @@ class PrecisionSpec:
     ``--symmetric``/``--asymmetric`` this precision accepts; the core refuses anything else before
     export. ``()`` means the option does not apply (it is refused); ``None`` leaves the check to
     the backend (what a plugin written for contract 1.0 gets).
+
+    ``thresholds`` bound every architecture the backend writes unless ``arch_thresholds`` has
+    its own entry for one (``{"phimoe": FidelityThresholds(...)}``): for a runtime that computes
+    an architecture with a documented difference from the model, the bounds measured for it.
     """
 
     precision: str  # one of PRECISIONS
@@ -73,6 +80,11 @@ class PrecisionSpec:
     default_group_size: int | None = None
     group_sizes: tuple[int, ...] | None = None  # accepted --group-size values (.. versionadded:: 1.1)
     symmetric: tuple[bool, ...] | None = None  # accepted --symmetric (True) / --asymmetric (False) (1.1)
+    arch_thresholds: dict[str, FidelityThresholds] = field(default_factory=dict, hash=False)  # .. versionadded:: 1.2
+
+    def thresholds_for(self, architecture: str) -> FidelityThresholds | None:
+        """The bounds for a model of ``architecture`` (an ``arch`` name)."""
+        return self.arch_thresholds.get(architecture, self.thresholds)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,10 @@ class ExportOptions:
     """What the user asked for; backends read the fields they understand and refuse bad values.
 
     ``extra`` carries backend-specific options (``--option key=value`` on the CLI), for example
-    ``{"scheme": "Q4_K_M"}`` or ``{"accuracy_level": 4}``.
+    ``{"scheme": "Q4_K_M"}`` or ``{"accuracy_level": 4}``. ``recipe`` names the core rule that
+    chooses quantized values (:mod:`phi_quant.quant.recipes`; None: round to nearest);
+    ``bits_per_weight`` asks for a size budget and ``policy`` for a named per-tensor policy
+    (:mod:`phi_quant.quant.budget`), both expressed in the backend's own mixed-precision means.
     """
 
     precision: str
@@ -154,6 +169,14 @@ class ExportOptions:
     target: str | None = None  # e.g. "cpu", "cuda", "dml", "npu"
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # None: "rtn", the vendors' round to nearest
+    bits_per_weight: float | None = None  # a size budget, in bits of tensor data per parameter
+    policy: str | None = None  # a named per-tensor policy, e.g. "q4_k_m"; None: the backend's default
+    #: Calibration (recipes awq, gptq and their combinations; .. versionadded:: contract 1.4): a text
+    #: file (None: phi_quant.texts.calibration_text()), how many of its tokens, and a statistics cache file.
+    calibration: str | None = None
+    calibration_tokens: int | None = None
+    calibration_cache: str | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.extra.get(key, default)
@@ -168,6 +191,9 @@ class ExportResult:
     details: dict[str, Any] = field(default_factory=dict)  # per-tensor choices, fallbacks, notes
     run_instructions: str = ""  # Markdown: how to run the output in the vendor runtime
     notes: list[str] = field(default_factory=list)  # things the user should know (fallbacks, caveats)
+    #: The per-tensor plan as written: recipe, bits per weight and one record per tensor (scheme,
+    #: bytes, bits per weight, sha256 of the bytes written), from ``TensorPlan.summary``.
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .config import PhiConfig
 from .roles import TensorRole
@@ -23,7 +25,11 @@ from .roles import TensorRole
 if TYPE_CHECKING:  # pragma: no cover
     from .oracle import ReferenceModel
 
-__all__ = ["Architecture", "TensorSpec", "Split"]
+__all__ = ["Architecture", "TensorSpec", "Split", "ScaleFold", "Observe"]
+
+#: ``observe(role, activations, expert=None)``: sees the float32 input [tokens, K] of the matmul of
+#: ``role`` (and ``expert`` in a mixture-of-experts layer) during a calibration forward pass.
+Observe = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,31 @@ class Split:
     role: TensorRole
     start: int
     stop: int
+
+
+@dataclass(frozen=True, eq=False)
+class ScaleFold:
+    """A per-channel scale ``s`` that moves between two tensors of a layer without changing its function.
+
+    Dividing the ``source`` tensor (a norm's gains when ``rows`` is None, else rows ``[start, stop)``
+    of a matrix whose output feeds the consumers linearly) by ``s`` and multiplying the input
+    columns of every consumer matmul by ``s[index]`` leaves the layer's outputs unchanged in exact
+    arithmetic. ``index`` maps each consumer column to its entry of ``s`` (None: the identity); under
+    grouped-query attention one v row feeds the o_proj columns of every query head of its group.
+    Activation-aware scaling (AWQ) chooses ``s`` from the consumers' input statistics.
+    """
+
+    name: str  # e.g. "attn_in", "v_o", "mlp_in", "up_down"
+    layer: int
+    source: TensorRole
+    rows: tuple[int, int] | None
+    consumers: tuple[tuple[TensorRole, int | None], ...]  # (role, expert) of each matmul whose columns scale
+    size: int
+    index: np.ndarray | None = None
+
+    def consumer_scale(self, s: np.ndarray) -> np.ndarray:
+        """The column scale of a consumer for the fold's scale ``s``."""
+        return s if self.index is None else s[self.index]
 
 
 class Architecture:
@@ -94,10 +125,11 @@ class Architecture:
                 f"(factor {c.partial_rotary_factor:g})"
             )
         if c.rope.is_longrope:
+            scale = (f"attention factor {c.rope.attention_factor:.4f}" if c.rope.short_mscale is None else
+                     f"mscale {c.rope.mscale(False):.4f} short / {c.rope.mscale(True):.4f} long")
             out.append(
                 f"LongRoPE: short/long factors ({len(c.rope.short_factor or ())} each), "
-                f"original context {c.rope.original_max_position}, max {c.max_position_embeddings}, "
-                f"attention factor {c.rope.attention_factor:.4f}"
+                f"original context {c.rope.original_max_position}, max {c.max_position_embeddings}, {scale}"
             )
         if c.tie_word_embeddings:
             out.append("tied embeddings: lm_head reuses embed_tokens")
@@ -137,10 +169,16 @@ class Architecture:
         """Parameters one token passes through (a mixture of experts uses only some experts)."""
         return self.parameter_count(config)
 
-    def weight_bytes(self, config: PhiConfig, bits_per_weight: float) -> int:
-        """Bytes of all weights with matmul weights at ``bits_per_weight`` and 1-D tensors in fp32."""
+    def weight_bytes(self, config: PhiConfig, bits_per_weight: float, *, active: bool = False) -> int:
+        """Bytes of all weights with matmul weights at ``bits_per_weight`` and 1-D tensors in fp32.
+
+        ``active``: only what one token reads (a mixture of experts skips the experts it is not
+        routed to; memory must still hold them all).
+        """
         matmul = vectors = 0
         for t in self.stream_plan(config):
+            if active and t.expert is not None and t.expert >= config.experts_per_token:
+                continue
             if t.role.is_matmul:
                 matmul += t.numel
             else:
@@ -155,3 +193,32 @@ class Architecture:
     def reference(self, config: PhiConfig, weights: Mapping[str, Any]) -> "ReferenceModel":
         """The float32 numpy forward pass over ``weights`` (Hugging Face names -> arrays)."""
         return self.reference_class(config, weights)
+
+    # -- calibration ---------------------------------------------------------------------------------
+    def layer_roles(self, config: PhiConfig, layer: int) -> list[TensorSpec]:
+        """The tensors of decoder layer ``layer``, in stream order."""
+        return [t for t in self.stream_plan(config) if t.layer == layer]
+
+    def calibration_layer(self, config: PhiConfig, layer: int, weight: Callable[..., np.ndarray], x: np.ndarray,
+                          cos: np.ndarray, sin: np.ndarray, observe: Observe) -> np.ndarray:
+        """Run decoder layer ``layer`` on one sequence's residual stream ``x`` [T, hidden] and return it.
+
+        ``weight(role, expert=None)`` gives the layer's float32 tensors (read one layer at a time);
+        ``observe`` must see the input of every matmul of the layer (a mixture-of-experts layer
+        calls it once per expert with the tokens routed to it). Calibration is refused for an
+        architecture that does not implement this.
+        """
+        raise NotImplementedError
+
+    def calibration_final(self, config: PhiConfig, weight: Callable[..., np.ndarray], x: np.ndarray,
+                          observe: Observe) -> None:
+        """The final norm on ``x``, observed as the input of the output projection (LM_HEAD, also
+        for a tied embedding)."""
+        from .oracle import rms_norm
+
+        observe(TensorRole.LM_HEAD, rms_norm(x, weight(TensorRole.FINAL_NORM), config.rms_norm_eps))
+
+    def scale_folds(self, config: PhiConfig, layer: int) -> list[ScaleFold]:
+        """The per-channel scales activation-aware scaling may fold in layer ``layer`` (none by default)."""
+        return []
+

@@ -17,14 +17,17 @@ import numpy as np
 
 from .config import PhiConfig
 
-__all__ = ["ReferenceModel", "rope_tables", "rms_norm", "rotate", "softmax", "silu", "causal_attention"]
+__all__ = ["ReferenceModel", "rope_tables", "rms_norm", "layer_norm", "rotate", "softmax", "silu", "causal_attention",
+           "sparsemixer"]
 
 
 def rope_tables(config: PhiConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin, float32 ``[seq_len, rotary_dim]``, for positions ``0..seq_len-1``.
 
     LongRoPE: one set of factors for the whole sequence, long iff ``seq_len`` exceeds the original
-    context (transformers' ``longrope_frequency_update`` uses ``max(position_ids) + 1``).
+    context (transformers' ``longrope_frequency_update`` uses ``max(position_ids) + 1``); cos/sin
+    are scaled by the attention factor, or by the mscale of the chosen set where the config has
+    one (:meth:`RopeSpec.mscale`).
     """
     rope = config.rope
     dim = rope.rotary_dim
@@ -35,7 +38,7 @@ def rope_tables(config: PhiConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray
         use_long = seq_len > (rope.original_max_position or config.max_position_embeddings)
         ext = np.asarray(rope.long_factor if use_long else rope.short_factor, dtype=np.float32)
         inv_freq = (np.float32(1.0) / (ext * base_pow)).astype(np.float32)
-        scale = np.float32(rope.attention_factor)
+        scale = np.float32(rope.mscale(use_long))
     else:
         inv_freq = (np.float32(1.0) / base_pow).astype(np.float32)
     pos = np.arange(seq_len, dtype=np.float32)
@@ -47,6 +50,14 @@ def rope_tables(config: PhiConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     var = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
     return weight * (x / np.sqrt(var + np.float32(eps))).astype(np.float32)
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis as torch computes it: biased variance, then scale and shift."""
+    mean = np.mean(x, axis=-1, keepdims=True, dtype=np.float32)
+    centred = (x - mean).astype(np.float32)
+    var = np.mean(centred * centred, axis=-1, keepdims=True, dtype=np.float32)
+    return (centred / np.sqrt(var + np.float32(eps))).astype(np.float32) * weight + bias
 
 
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -85,6 +96,36 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, sliding_window
     scores = np.where(allowed[None], scores, np.float32(-np.inf))
     out = softmax(scores.astype(np.float32)) @ v  # [heads, T, hd]
     return out.transpose(1, 0, 2).reshape(T, heads * hd)
+
+
+def sparsemixer(logits: np.ndarray, jitter_eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """PhiMoE's top-2 routing at inference time (transformers ``sparsemixer``, ``training=False``).
+
+    ``logits`` [T, experts] from the router. The first expert is the argmax; its weight is its
+    softmax probability among the experts whose logit lies within ``2 * jitter_eps`` (relative to
+    ``max(|logit|, best)``) of the best, the others masked out. The second expert is the argmax
+    of the rest, weighted the same way among the remaining experts close to it. Without near-ties
+    both weights are exactly 1: the two experts' outputs are summed, not averaged, which is
+    where this differs from a softmax-then-top-k router.
+
+    :returns: (expert indices int64 [T, 2], weights float32 [T, 2]).
+    """
+    scores = np.asarray(logits, dtype=np.float32)
+    rows = np.arange(scores.shape[0])
+    picks, weights = [], []
+    masked_scores = scores
+    for _ in range(2):
+        best = masked_scores.argmax(axis=-1)
+        threshold = masked_scores[rows, best][:, None]
+        factor = np.maximum(np.abs(scores), threshold)
+        with np.errstate(divide="ignore", invalid="ignore"):  # all-zero logits: 0/0 is "not far", as in torch
+            far = ((threshold - scores) / factor) > np.float32(2 * jitter_eps)
+        gates = softmax(np.where(far, np.float32(-np.inf), masked_scores).astype(np.float32))
+        picks.append(best)
+        weights.append(gates[rows, best])
+        masked_scores = masked_scores.copy()
+        masked_scores[rows, best] = np.float32(-np.inf)
+    return np.stack(picks, axis=-1).astype(np.int64), np.stack(weights, axis=-1).astype(np.float32)
 
 
 class ReferenceModel:

@@ -19,13 +19,13 @@ Stream order (what ``ModelSource.tensors()`` yields and backends may rely on)::
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .base import Architecture, Split, TensorSpec
-from .config import PhiConfig, eos_ids, need, parse_rope, rope_parameters
+from .base import Architecture, Observe, ScaleFold, Split, TensorSpec
+from .config import PhiConfig, decoder_fields
 from .config_fields import MAX_CONTEXT, Field, check_config, check_heads
 from .oracle import ReferenceModel, causal_attention, rms_norm, rope_tables, rotate, silu
 from .roles import TensorRole
@@ -97,50 +97,56 @@ def _guess_family(hidden: int, vocab: int, longrope: bool) -> str:
 def parse_config(raw: dict[str, Any], *, tokenizer_size: int | None = None, file: str = "config.json") -> PhiConfig:
     """A Phi3ForCausalLM ``config.json`` as a :class:`PhiConfig`, refusing what cannot be converted.
 
-    Every field is checked by type and range first (:data:`FIELDS`), so the arithmetic below only
-    sees sane values; ``file`` is how refusals name the config.
+    Every field is checked by type and range first (:data:`FIELDS`), so the arithmetic in
+    :func:`~phi_quant.arch.config.decoder_fields` only sees sane values; ``file`` is how refusals
+    name the config.
     """
     check_config(raw, FIELDS, file)
     check_heads(raw, file)
-    hidden = int(need(raw, "hidden_size"))
-    heads = int(need(raw, "num_attention_heads"))
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    if heads % kv_heads:
-        raise UnsupportedModelError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
-    params = rope_parameters(raw)
-    partial = float(raw.get("partial_rotary_factor", 1.0) or 1.0)
-    partial = float(params.get("partial_rotary_factor", partial) or partial)
-    rotary_dim = int(head_dim * partial)
-    theta = float(raw.get("rope_theta") or params.get("rope_theta") or 10000.0)
-    max_pos = int(need(raw, "max_position_embeddings"))
-    rope = parse_rope(raw, rotary_dim, theta, max_pos, file)
-    vocab = int(need(raw, "vocab_size"))
-    raw = dict(raw)
-    if tokenizer_size is not None:
-        raw["_tokenizer_size"] = tokenizer_size
-    return PhiConfig(
-        architecture="Phi3ForCausalLM",
-        hidden_size=hidden,
-        num_layers=int(need(raw, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=int(need(raw, "intermediate_size")),
-        vocab_size=vocab,
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        max_position_embeddings=max_pos,
-        rope=rope,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        sliding_window=raw.get("sliding_window"),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_ids=eos_ids(raw),
-        pad_token_id=raw.get("pad_token_id"),
-        torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
-        family=_guess_family(hidden, vocab, rope.is_longrope),
-        raw=raw,
-        arch_name="phi3",
-    )
+    fields = decoder_fields(raw, tokenizer_size=tokenizer_size, default_theta=10000.0, file=file)
+    family = _guess_family(fields["hidden_size"], fields["vocab_size"], fields["rope"].is_longrope)
+    return PhiConfig(architecture="Phi3ForCausalLM", family=family, arch_name="phi3", **fields)
+
+
+def attention(c: PhiConfig, w_qkv: np.ndarray, w_o: np.ndarray, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+              observe: Observe | None = None) -> np.ndarray:
+    """Self-attention of one sequence ``h`` [T, hidden] (the attention norm's output)."""
+    T, hd = h.shape[0], c.head_dim
+    qkv = h @ w_qkv.T
+    q = qkv[:, : c.q_size].reshape(T, c.num_heads, hd).transpose(1, 0, 2)
+    k = qkv[:, c.q_size : c.q_size + c.kv_size].reshape(T, c.num_kv_heads, hd).transpose(1, 0, 2)
+    v = qkv[:, c.q_size + c.kv_size :].reshape(T, c.num_kv_heads, hd).transpose(1, 0, 2)
+    out = causal_attention(rotate(q, cos, sin), rotate(k, cos, sin), v, c.sliding_window)
+    if observe is not None:
+        observe(TensorRole.O, out)
+    return out @ w_o.T
+
+
+def mlp(c: PhiConfig, w_gate_up: np.ndarray, w_down: np.ndarray, h: np.ndarray, observe: Observe | None = None) -> np.ndarray:
+    """``down(up * silu(gate))`` of ``h`` [T, hidden] (the MLP norm's output)."""
+    gu = h @ w_gate_up.T
+    gate, up = gu[:, : c.intermediate_size], gu[:, c.intermediate_size :]
+    act = (up * silu(gate)).astype(np.float32)
+    if observe is not None:
+        observe(TensorRole.DOWN, act)
+    return act @ w_down.T
+
+
+def decoder_layer(c: PhiConfig, weight: Callable[[TensorRole], np.ndarray], x: np.ndarray, cos: np.ndarray,
+                  sin: np.ndarray, observe: Observe | None = None) -> np.ndarray:
+    """One decoder layer on the residual stream ``x`` [T, hidden]; ``weight(role)`` gives its float32 tensors.
+
+    ``observe(role, activations)``, when given, sees the input of every matmul of the layer, named by
+    the matmul's role (QKV, O, GATE_UP, DOWN): what calibration collects statistics of.
+    """
+    h = rms_norm(x, weight(TensorRole.ATTN_NORM), c.rms_norm_eps)
+    if observe is not None:
+        observe(TensorRole.QKV, h)
+    x = x + attention(c, weight(TensorRole.QKV), weight(TensorRole.O), h, cos, sin, observe)
+    h = rms_norm(x, weight(TensorRole.FFN_NORM), c.rms_norm_eps)
+    if observe is not None:
+        observe(TensorRole.GATE_UP, h)
+    return x + mlp(c, weight(TensorRole.GATE_UP), weight(TensorRole.DOWN), h, observe)
 
 
 class Phi3Reference(ReferenceModel):
@@ -166,32 +172,13 @@ class Phi3Reference(ReferenceModel):
     def _weight(self, role: TensorRole, layer: int | None = None) -> np.ndarray:
         return self.w[ARCHITECTURE.hf_name(role, layer)]
 
-    def _attention(self, layer: int, h: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        c = self.config
-        T, hd = h.shape[0], c.head_dim
-        qkv = h @ self._weight(TensorRole.QKV, layer).T
-        q = qkv[:, : c.q_size].reshape(T, c.num_heads, hd).transpose(1, 0, 2)
-        k = qkv[:, c.q_size : c.q_size + c.kv_size].reshape(T, c.num_kv_heads, hd).transpose(1, 0, 2)
-        v = qkv[:, c.q_size + c.kv_size :].reshape(T, c.num_kv_heads, hd).transpose(1, 0, 2)
-        out = causal_attention(rotate(q, cos, sin), rotate(k, cos, sin), v, c.sliding_window)
-        return out @ self._weight(TensorRole.O, layer).T
-
-    def _mlp(self, layer: int, h: np.ndarray) -> np.ndarray:
-        gu = h @ self._weight(TensorRole.GATE_UP, layer).T
-        gate, up = gu[:, : self.config.intermediate_size], gu[:, self.config.intermediate_size :]
-        act = up * silu(gate)
-        return act.astype(np.float32) @ self._weight(TensorRole.DOWN, layer).T
-
     def hidden_states(self, ids: Sequence[int]) -> np.ndarray:
         c = self.config
         ids = self._ids(ids)
         x = self._weight(TensorRole.EMBED)[ids]
         cos, sin = rope_tables(c, len(ids))
         for n in range(c.num_layers):
-            h = rms_norm(x, self._weight(TensorRole.ATTN_NORM, n), c.rms_norm_eps)
-            x = x + self._attention(n, h, cos, sin)
-            h = rms_norm(x, self._weight(TensorRole.FFN_NORM, n), c.rms_norm_eps)
-            x = x + self._mlp(n, h)
+            x = decoder_layer(c, lambda role, n=n: self._weight(role, n), x, cos, sin)
         return rms_norm(x, self._weight(TensorRole.FINAL_NORM), c.rms_norm_eps)
 
     def lm_head(self, hidden: np.ndarray) -> np.ndarray:
@@ -258,6 +245,26 @@ class Phi3(Architecture):
                 "this checkpoint stores separate q/k/v (or gate/up) projections: it is not in the Phi3ForCausalLM "
                 "layout (fused qkv_proj and gate_up_proj)"
             )
+
+    def calibration_layer(self, config: PhiConfig, layer: int, weight: Callable[..., np.ndarray], x: np.ndarray,
+                          cos: np.ndarray, sin: np.ndarray, observe: Observe) -> np.ndarray:
+        return decoder_layer(config, weight, x, cos, sin, observe)
+
+    def scale_folds(self, config: PhiConfig, layer: int) -> list[ScaleFold]:
+        """attention norm -> qkv columns; v rows -> o columns (one scale per kv head channel, shared by
+        the query heads of its group); MLP norm -> gate_up columns; up rows -> down columns."""
+        c = config
+        q, kv, i, hd = c.q_size, c.kv_size, c.intermediate_size, c.head_dim
+        group = c.num_heads // c.num_kv_heads
+        cols = np.arange(q)
+        v_index = ((cols // hd) // group) * hd + cols % hd
+        return [
+            ScaleFold("attn_in", layer, TensorRole.ATTN_NORM, None, ((TensorRole.QKV, None),), c.hidden_size),
+            ScaleFold("v_o", layer, TensorRole.QKV, (q + kv, q + 2 * kv), ((TensorRole.O, None),), kv,
+                      None if group == 1 else v_index),
+            ScaleFold("mlp_in", layer, TensorRole.FFN_NORM, None, ((TensorRole.GATE_UP, None),), c.hidden_size),
+            ScaleFold("up_down", layer, TensorRole.GATE_UP, (i, 2 * i), ((TensorRole.DOWN, None),), i),
+        ]
 
 
 ARCHITECTURE = Phi3()

@@ -18,12 +18,11 @@ __all__ = ["REFUSED", "architecture_names", "architectures", "get_architecture",
            "normalize_config", "supported_hf_architectures"]
 
 #: Architecture modules of this package, in the order messages list them.
-_MODULES = ("phi3",)
+_MODULES = ("phi3", "phimoe")
 
 #: Architectures that look related but compute something else: refused with a reason.
 REFUSED = {
     "Phi3SmallForCausalLM": "Phi-3-small uses block-sparse attention, GeGELU and muP scaling",
-    "PhiMoEForCausalLM": "Phi-3.5-MoE is a mixture of experts with LayerNorm and biases",
     "PhiForCausalLM": "Phi-1/Phi-2 use LayerNorm, biases and a parallel attention/MLP block",
     "Phi3VForCausalLM": "Phi-3-vision carries an image encoder",
     "Phi4MMForCausalLM": "Phi-4-multimodal carries vision/speech encoders and LoRA adapters",

@@ -62,10 +62,10 @@ class BuiltinModel:
 
 
 def _tiny_models() -> list[BuiltinModel]:
-    from ..testing.factory import VARIANTS, cached_checkpoint
+    from ..testing.factory import ALL_VARIANTS, cached_checkpoint
 
     return [BuiltinModel(TINY_PREFIX + v, f"seeded random tiny checkpoint shaped like {v} (for plumbing; no download)",
-                         (lambda v=v: cached_checkpoint(v)), PLUMBING_EVAL) for v in VARIANTS]
+                         (lambda v=v: cached_checkpoint(v)), PLUMBING_EVAL) for v in ALL_VARIANTS]
 
 
 def _real_models() -> list[BuiltinModel]:

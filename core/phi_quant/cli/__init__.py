@@ -103,6 +103,10 @@ _register_commands()
 
 
 def _on_signal(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM unwinds (the conversion removes its partial output); later ones
+    are ignored so that cleanup can finish (a cell runner sends SIGTERM after the user's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
     _SIGNALS.append(what)
     raise KeyboardInterrupt(what)

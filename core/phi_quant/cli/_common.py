@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import click
@@ -11,9 +12,47 @@ import click
 from ..errors import BadInputError
 from ..manifest import _jsonable
 
-__all__ = ["json_option", "emit_json", "table", "parse_option_value", "parse_options", "fmt_bytes"]
+__all__ = ["json_option", "emit_json", "table", "parse_option_value", "parse_options", "fmt_bytes", "recipe_option",
+           "check_recipe_name", "calibration_options", "RECIPE_HELP"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+
+RECIPE_HELP = ("How quantized values are chosen: rtn (default: each vendor's round to nearest), clip, hqq (data-free), "
+               "awq, gptq (calibrated), combined with '+', e.g. awq+gptq (see docs/recipes.md).")
+
+
+def check_recipe_name(ctx: Any, param: Any, value: Any) -> Any:
+    """click callback: a recipe name (or several, for ``multiple=True``) that get_recipe accepts, lower-cased."""
+    from ..quant.recipes import get_recipe
+
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    for v in values:
+        try:
+            get_recipe(v)
+        except BadInputError as exc:
+            raise click.BadParameter(str(exc)) from None
+    out = [v.strip().lower() for v in values]
+    return out[0] if isinstance(value, str) else tuple(out)
+
+
+def recipe_option(*decls: str, **kw: Any) -> Any:
+    return click.option(*(decls or ("--recipe",)), callback=check_recipe_name, metavar="NAME",
+                        help=kw.pop("help", RECIPE_HELP), **kw)
+
+
+def calibration_options(f: Any) -> Any:
+    """``--calibration FILE``, ``--calibration-tokens N`` and ``--calibration-cache PATH``."""
+    f = click.option("--calibration-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+                     help="Keep the calibration statistics in PATH and reuse them when model, text and token count "
+                          "match (else they are computed into a temporary file).")(f)
+    f = click.option("--calibration-tokens", type=click.IntRange(min=16), metavar="N",
+                     help="Tokens of the calibration text to use (default 2048).")(f)
+    f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+                     help="Calibration text for awq/gptq (default: phi-quant's calibration text, never the evaluation "
+                          "text; see docs/calibration.md).")(f)
+    return f
 
 
 def emit_json(data: Any) -> None:

@@ -15,9 +15,14 @@ from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
 from ..progress import MatrixProgress
 from ..report import markdown_table, write_report
-from ._common import emit_json, json_option
+from ._common import calibration_options, emit_json, json_option, recipe_option
 
 __all__ = ["command"]
+
+
+def _label(cell: dict) -> str:
+    recipe = cell.get("recipe") or "rtn"
+    return f"{cell['backend']} {cell['precision']}" + ("" if recipe == "rtn" else f" {recipe}")
 
 
 @click.command("compare")
@@ -27,6 +32,11 @@ __all__ = ["command"]
 @click.option("--backend", "backends", multiple=True, help="Backend to include (repeatable; default: all installed).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]),
               help="Precision to include (repeatable; default: fp32 fp16 int8 int4).")
+@recipe_option("--recipe", "recipes", multiple=True,
+               help="Recipe for the int8/int4 cells (repeatable: one cell per recipe; default: rtn). Calibrated "
+                    "recipes (awq, gptq, awq+gptq, ...) share one calibration, kept in OUTPUT/calibration.safetensors "
+                    "unless --calibration-cache says where.")
+@calibration_options
 @click.option("--jobs", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Conversions run at once; evaluations always run one at a time so tokens/s compare fairly.")
 @click.option("--keep", is_flag=True, help="Keep each cell's exported model under OUTPUT/models/.")
@@ -38,8 +48,8 @@ __all__ = ["command"]
               help="With --ray: a directory every node mounts at the same path, for the exports (default: OUTPUT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-cell lines.")
 @json_option
-def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_address, shared_dir, quiet,
-            as_json) -> None:
+def command(model, report_dir, backends, precisions, recipes, calibration, calibration_tokens, calibration_cache, jobs,
+            keep, text_file, ray_address, shared_dir, quiet, as_json) -> None:
     """Convert MODEL with every installed backend at every precision, evaluate each against the
     fp32 oracle, and write a report with size, KL, top-1, perplexity and tokens/s side by side."""
     if shared_dir is not None and ray_address is None:
@@ -57,12 +67,13 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_
     if missing:
         for name in missing:
             mgr.get(name)  # raises BackendNotInstalledError with the package to install
-    cells = plan_cells(offered, backends or None, precisions or None)
+    calib_args = _calibration_args(recipes, calibration, calibration_tokens, calibration_cache, report_dir)
+    cells = plan_cells(offered, backends or None, precisions or None, list(recipes) or None, calib_args)
     if not cells:
         raise BadInputError("nothing to compare: no installed backend offers the selected precisions "
                             "(see `phi-quant plugins`)")
     total = len(cells)
-    progress = MatrixProgress({"converted": total, "evaluated": total}, quiet=quiet or as_json)
+    progress = MatrixProgress({"converted": total, "evaluated": total}, quiet=quiet or as_json, label=_label)
     t0 = time.perf_counter()
     ray_meta = None
     try:
@@ -92,6 +103,26 @@ def command(model, report_dir, backends, precisions, jobs, keep, text_file, ray_
     click.echo(markdown_table(results))
     click.echo("")
     click.echo("report: " + ", ".join(str(p) for p in written.values()))
+
+
+def _calibration_args(recipes, calibration, tokens, cache, report_dir: Path) -> tuple[str, ...]:
+    """``quantize`` arguments for the calibrated cells: one statistics file for all of them."""
+    from ..quant.recipes import get_recipe
+    from ..quant.recipes.calibrated import is_calibrated
+
+    if not any(is_calibrated(get_recipe(r)) for r in recipes):
+        if calibration or tokens or cache:
+            raise BadInputError("--calibration, --calibration-tokens and --calibration-cache need a calibrated "
+                                "--recipe (awq, gptq, awq+gptq, ...)")
+        return ()
+    cache = Path(cache) if cache else report_dir / "calibration.safetensors"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--calibration-cache", str(cache.absolute())]
+    if calibration:
+        args += ["--calibration", str(Path(calibration).absolute())]
+    if tokens:
+        args += ["--calibration-tokens", str(tokens)]
+    return tuple(args)
 
 
 def _run_here(model, cells, report_dir: Path, *, jobs: int, keep: bool, text, on_progress) -> list[dict]:

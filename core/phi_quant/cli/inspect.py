@@ -36,7 +36,7 @@ def describe_model(source: Any, model: str | None = None) -> dict[str, Any]:
     rope = cfg.rope
     sizes = [
         {"precision": p, "group_size": g, "bits_per_weight": round(bits_per_weight(p, g), 3),
-         "weights_bytes": weight_bytes(cfg, p, g)}
+         "weights_bytes": weight_bytes(cfg, p, g), "active_weights_bytes": weight_bytes(cfg, p, g, active=True)}
         for p, g in SIZE_ROWS
     ]
     support: dict[str, Any] = {}
@@ -67,6 +67,8 @@ def describe_model(source: Any, model: str | None = None) -> dict[str, Any]:
             "intermediate_size": cfg.intermediate_size,
             "vocab_size": cfg.vocab_size,
             "max_position_embeddings": cfg.max_position_embeddings,
+            "num_experts": cfg.num_experts,
+            "experts_per_token": cfg.experts_per_token,
         },
         "rope": {
             "theta": rope.theta,
@@ -112,17 +114,20 @@ def command(model: str, as_json: bool) -> None:
                + (f" ({active:,} active per token)" if active != data["parameters"] else ""))
     click.echo(f"Dims        hidden {d['hidden_size']}, layers {d['num_layers']}, heads {d['num_heads']}/{d['num_kv_heads']} "
                f"(head_dim {d['head_dim']}), ffn {d['intermediate_size']}, vocab {d['vocab_size']}, "
-               f"context {d['max_position_embeddings']}")
+               f"context {d['max_position_embeddings']}"
+               + (f", {d['num_experts']} experts ({d['experts_per_token']} per token)" if d["num_experts"] else ""))
     click.echo(f"RoPE        theta {r['theta']:g}, {r['rotary_dim']} rotary dims"
                + (f", {r['scaling']} (original context {r['original_max_position']})" if r["scaling"] else ""))
     click.echo("Quirks")
     for q in data["quirks"]:
         click.echo(f"  - {q}")
-    click.echo("\nEstimated weight size (fp16 scales included):")
+    moe = bool(d["num_experts"])
+    click.echo("\nEstimated weight size (fp16 scales included)"
+               + (": memory holds every expert; each token reads only the active ones" if moe else "") + ":")
     click.echo(table(
-        ["precision", "group", "bits/weight", "size"],
+        ["precision", "group", "bits/weight", "size"] + (["read per token"] if moe else []),
         [(s["precision"], s["group_size"] or "-", f"{s['bits_per_weight']:.3f}", fmt_bytes(s["weights_bytes"]))
-         for s in data["estimated_sizes"]],
+         + ((fmt_bytes(s["active_weights_bytes"]),) if moe else ()) for s in data["estimated_sizes"]],
     ))
     click.echo("\nInstalled backends:")
     if not data["backends"]:

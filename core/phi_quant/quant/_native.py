@@ -67,6 +67,9 @@ def _check(rc: int, bad, name: str, scale_dtype: str = "f16", fmt: str = "") -> 
         raise _checks.not_finite(name, int(bad[0]))
     if rc == lib.PQ_ERR_SCALE:
         raise _checks.scale_overflow(name, scale_dtype, fmt)
+    if rc == lib.PQ_ERR_CODES:
+        raise KernelError(f"tensor {name}: a quantization recipe produced a code outside the {fmt} range "
+                          f"(row {int(bad[0])}); this is a bug in the recipe")
     if rc == lib.PQ_ERR_NOMEM:
         raise MemoryError(f"tensor {name}: the quantization kernel could not allocate its row buffers")
     raise KernelError(f"tensor {name}: the quantization kernel rejected its arguments (code {rc}); this is a bug")
@@ -176,3 +179,89 @@ def pack_nibbles(values):
     if flat.size:
         lib.pq_pack_nibbles(ffi.cast("const uint8_t *", flat.ctypes.data), flat.size, _ptr(out))
     return out
+
+
+# --------------------------------------------------------------------------- packing given values
+
+
+def _codes(codes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(codes).view(np.uint8) if codes.dtype == np.int8 else np.ascontiguousarray(codes, np.uint8)
+
+
+def _f32(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def ggml_pack(codes, d, m, scheme, threads, name):
+    if lib is None:
+        _missing()
+        return None
+    n, k = codes.shape
+    code, nbytes = _GGML[scheme]
+    c, d, m = _codes(codes), _f32(d), _f32(m)
+    out = np.empty((n, k // 32 * nbytes), np.uint8)
+    bad = ffi.new("int64_t *")
+    rc = lib.pq_ggml_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", d.ctypes.data),
+                          ffi.NULL if m is None else ffi.cast("const float *", m.ctypes.data), n, k, code,
+                          _ptr(out), threads, bad)
+    _check(rc, bad, name, "f16", "ggml")
+    return out
+
+
+def matmulnbits_pack(codes, scales, zero_points, bits, block_size, scale_dtype, threads, name):
+    if lib is None:
+        _missing()
+        return None
+    n, k = codes.shape
+    kb = -(-k // block_size)
+    c, s = _codes(codes), _f32(scales)
+    z = None if zero_points is None else np.ascontiguousarray(zero_points, np.uint8)
+    B = np.empty((n, kb, block_size * bits // 8), np.uint8)
+    s_out = np.empty((n, kb), np.float32 if scale_dtype == "f32" else np.float16)
+    z_out = None if z is None else np.empty((n, (kb * bits + 7) // 8), np.uint8)
+    bad = ffi.new("int64_t *")
+    rc = lib.pq_matmulnbits_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
+                                 ffi.NULL if z is None else ffi.cast("const uint8_t *", z.ctypes.data), n, k, bits,
+                                 block_size, _DTYPE[scale_dtype], _ptr(B), _ptr(s_out), _ptr(z_out), threads, bad)
+    _check(rc, bad, name, scale_dtype, "MatMulNBits")
+    return B, s_out, z_out
+
+
+def mlx_pack(codes, scales, biases, bits, group_size, scale_dtype, threads, name):
+    if lib is None:
+        _missing()
+        return None
+    n, k = codes.shape
+    c, s, b = _codes(codes), _f32(scales), _f32(biases)
+    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
+    wq = np.empty((n, k * bits // 32), np.uint32)
+    s_out = np.empty((n, k // group_size), sdt)
+    b_out = np.empty((n, k // group_size), sdt)
+    bad = ffi.new("int64_t *")
+    rc = lib.pq_mlx_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
+                         ffi.cast("const float *", b.ctypes.data), n, k, bits, group_size, _DTYPE[scale_dtype],
+                         _ptr(wq), _ptr(s_out), _ptr(b_out), threads, bad)
+    _check(rc, bad, name, scale_dtype, "MLX")
+    return wq, s_out, b_out
+
+
+def nncf_pack(codes, scales, zero_points, bits, symmetric, group, scale_dtype, threads, name):
+    """Flat packed weight bytes, stored scales [n, k/group] and packed zero points (or None)."""
+    if lib is None:
+        _missing()
+        return None
+    n, k = codes.shape
+    g = k // group
+    c, s = _codes(codes), _f32(scales)
+    z = None if symmetric else np.ascontiguousarray(zero_points, np.uint8)
+    q_out = np.empty((n * k + 1) // 2 if bits == 4 else n * k, np.uint8)
+    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
+    s_out = np.empty((n, g), sdt)
+    z_out = None if symmetric else np.empty((n * g + 1) // 2 if bits == 4 else n * g, np.uint8)
+    bad = ffi.new("int64_t *")
+    rc = lib.pq_nncf_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
+                          ffi.NULL if z is None else ffi.cast("const uint8_t *", z.ctypes.data), n, k, bits,
+                          int(symmetric), group, _DTYPE[scale_dtype], _ptr(q_out), _ptr(s_out), _ptr(z_out),
+                          threads, bad)
+    _check(rc, bad, name, scale_dtype, "NNCF")
+    return q_out, s_out, z_out

@@ -107,8 +107,8 @@ def _blocks(w: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- ggml
 
 
-def ggml_q8_0(w: np.ndarray) -> np.ndarray:
-    """ggml ``quantize_row_q8_0_ref``: blocks of 32 as ``half d; int8 qs[32]`` -> uint8 [N, K/32*34]."""
+def ggml_q8_0_values(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
+    """``quantize_row_q8_0_ref``'s choice: int8 codes [N, K] and float32 d [N, K/32] (d = amax/127)."""
     x = _blocks(w, 32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
     d = amax / F32(127)
@@ -119,7 +119,7 @@ def ggml_q8_0(w: np.ndarray) -> np.ndarray:
     a = np.abs(v)
     r = roundf(np.where(a < F32(2**30), a, F32(0)))  # a non-finite product (1/d overflowed) gives 0
     q = np.where(v < 0, -r, r).astype(np.int8)
-    return np.concatenate([store_scale(d, "f16").view(np.uint8), q.view(np.uint8)], axis=-1).reshape(w.shape[0], -1)
+    return q.reshape(w.shape), d[..., 0], None
 
 
 def _split_half_nibbles(q: np.ndarray) -> np.ndarray:
@@ -133,8 +133,9 @@ def _trunc_to_nibble(v: np.ndarray) -> np.ndarray:
     return np.trunc(np.clip(v, F32(0), F32(15))).astype(np.uint8)
 
 
-def ggml_q4_0(w: np.ndarray) -> np.ndarray:
-    """ggml ``quantize_row_q4_0_ref``: ``half d; u8 qs[16]``, d = (signed value of max |x|, first wins)/-8."""
+def ggml_q4_0_values(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, None]:
+    """``quantize_row_q4_0_ref``'s choice: nibble codes [N, K] (value q-8) and d [N, K/32] =
+    (signed value of the largest |x|, first wins) / -8."""
     x = _blocks(w, 32)
     imax = np.abs(x).argmax(axis=-1)[..., None]
     mx = np.take_along_axis(x, imax, axis=-1)
@@ -144,11 +145,11 @@ def ggml_q4_0(w: np.ndarray) -> np.ndarray:
         inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(F32)
     with np.errstate(invalid="ignore"):
         q = _trunc_to_nibble(x * inv + F32(8.5))
-    return np.concatenate([store_scale(d, "f16").view(np.uint8), _split_half_nibbles(q)], axis=-1).reshape(w.shape[0], -1)
+    return q.reshape(w.shape), d[..., 0], None
 
 
-def ggml_q4_1(w: np.ndarray) -> np.ndarray:
-    """ggml ``quantize_row_q4_1_ref``: ``half d; half m; u8 qs[16]``, d = (max-min)/15, m = min."""
+def ggml_q4_1_values(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``quantize_row_q4_1_ref``'s choice: nibble codes [N, K], d = (max-min)/15 and m = min [N, K/32]."""
     x = _blocks(w, 32)
     mn = block_min(x)
     mx = block_max(x)
@@ -156,8 +157,39 @@ def ggml_q4_1(w: np.ndarray) -> np.ndarray:
         d = (mx - mn) / F32(15)
         inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(F32)
         q = _trunc_to_nibble((x - mn) * inv + F32(0.5))
-    head = np.concatenate([store_scale(d, "f16").view(np.uint8), store_scale(mn, "f16").view(np.uint8)], axis=-1)
-    return np.concatenate([head, _split_half_nibbles(q)], axis=-1).reshape(w.shape[0], -1)
+    return q.reshape(w.shape), d[..., 0], mn[..., 0]
+
+
+def ggml_values(w: np.ndarray, scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Round-to-nearest values of a ggml block type: (codes, d, m or None)."""
+    return {"Q8_0": ggml_q8_0_values, "Q4_0": ggml_q4_0_values, "Q4_1": ggml_q4_1_values}[scheme](w)
+
+
+def ggml_pack(codes: np.ndarray, d: np.ndarray, m: np.ndarray | None, scheme: str) -> np.ndarray:
+    """ggml blocks from values: per block the fp16 d (Q4_1: then the fp16 m), then the quants
+    (Q8_0: int8; 4-bit: split-half nibbles) -> uint8 [N, K/32*bytes]."""
+    n, k = codes.shape
+    head = store_scale(np.asarray(d, F32).reshape(n, k // 32, 1), "f16").view(np.uint8)
+    if scheme == "Q4_1":
+        head = np.concatenate([head, store_scale(np.asarray(m, F32).reshape(n, k // 32, 1), "f16").view(np.uint8)], axis=-1)
+    q = _blocks(np.ascontiguousarray(codes), 32)
+    body = q.view(np.uint8) if scheme == "Q8_0" else _split_half_nibbles(q.astype(np.uint8))
+    return np.concatenate([head, body], axis=-1).reshape(n, -1)
+
+
+def ggml_q8_0(w: np.ndarray) -> np.ndarray:
+    """ggml ``quantize_row_q8_0_ref``: blocks of 32 as ``half d; int8 qs[32]`` -> uint8 [N, K/32*34]."""
+    return ggml_pack(*ggml_q8_0_values(w), "Q8_0")
+
+
+def ggml_q4_0(w: np.ndarray) -> np.ndarray:
+    """ggml ``quantize_row_q4_0_ref``: ``half d; u8 qs[16]``, d = (signed value of max |x|, first wins)/-8."""
+    return ggml_pack(*ggml_q4_0_values(w), "Q4_0")
+
+
+def ggml_q4_1(w: np.ndarray) -> np.ndarray:
+    """ggml ``quantize_row_q4_1_ref``: ``half d; half m; u8 qs[16]``, d = (max-min)/15, m = min."""
+    return ggml_pack(*ggml_q4_1_values(w), "Q4_1")
 
 
 def ggml_dequantize(blocks: np.ndarray, scheme: str, k: int) -> np.ndarray:
@@ -179,15 +211,13 @@ def ggml_dequantize(blocks: np.ndarray, scheme: str, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- ONNX Runtime MatMulNBits
 
 
-def matmulnbits(
+def matmulnbits_values(
     w: np.ndarray, bits: int, block_size: int, symmetric: bool, scale_dtype: str = "f32"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MLAS ``BlockwiseQuantizer`` (what ``quantize_matmul_{4,8}bits`` produce), for row-major [N, K].
-
-    Returns B uint8 [N, k_blocks, block_size*bits/8], scales [N, k_blocks] in ``scale_dtype``
-    and zero points uint8 [N, ceil(k_blocks*bits/8)] (None when symmetric). K is padded to whole
-    blocks: padded elements are zero bytes and take no part in min/max; an unused zero-point nibble is 8.
-    """
+    """MLAS ``BlockwiseQuantizer``'s choice for row-major [N, K]: codes uint8 [N, K], float32
+    scales [N, k_blocks] (before rounding to ``scale_dtype``; the codes use the stored scale) and
+    int32 zero points [N, k_blocks] (None when symmetric). A partial last block takes its
+    min/max from the elements that exist."""
     n, k = w.shape
     kb = -(-k // block_size)
     qmax = (1 << bits) - 1
@@ -201,30 +231,57 @@ def matmulnbits(
         if symmetric:
             extreme = np.where(np.abs(mx) > np.abs(mn), mx, mn)
             scale_f = (extreme / F32(-mid)).astype(F32)
-            zp = np.full((n, kb), mid, dtype=np.int32)
+            zp = None
+            z = np.full((n, kb), mid, dtype=np.int32)
         else:
             mn0 = np.minimum(mn, F32(0))
             mx0 = np.maximum(mx, F32(0))
             scale_f = ((mx0 - mn0) / F32(qmax)).astype(F32)
             zfp = np.where(scale_f != 0, F32(0) - mn0 / np.where(scale_f != 0, scale_f, F32(1)), mn0).astype(F32)
-            zp = np.where(zfp < 0, 0, np.where(zfp > qmax, qmax, roundf(np.clip(zfp, 0, qmax)))).astype(np.int32)
-        scales = store_scale(scale_f, scale_dtype)
-        s = stored_to_f32(scales, scale_dtype)
+            zp = z = np.where(zfp < 0, 0, np.where(zfp > qmax, qmax, roundf(np.clip(zfp, 0, qmax)))).astype(np.int32)
+        s = stored_to_f32(store_scale(scale_f, scale_dtype), scale_dtype)
         inv = np.where(s != 0, F32(1) / np.where(s != 0, s, F32(1)), F32(0)).astype(F32)
-        v = x * inv[..., None] + zp[..., None].astype(F32)
+        v = x * inv[..., None] + z[..., None].astype(F32)
     q = np.clip(_nan_to_zero(roundf(v)), 0, qmax).astype(np.uint8)
-    q = np.where(valid, q, np.uint8(0))
+    return np.ascontiguousarray(q.reshape(n, -1)[:, :k]), scale_f, zp
+
+
+def matmulnbits_pack(
+    codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int, block_size: int,
+    scale_dtype: str = "f32",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """MatMulNBits inputs from values: B uint8 [N, k_blocks, block_size*bits/8] (zero bytes past K;
+    4-bit: first element in the low nibble), scales in ``scale_dtype``, zero points uint8
+    [N, ceil(k_blocks*bits/8)] (4-bit: even block in the low nibble, an unused nibble is 8)."""
+    n, k = codes.shape
+    kb = -(-k // block_size)
+    q = np.zeros((n, kb * block_size), np.uint8)
+    q[:, :k] = codes
+    q = q.reshape(n, kb, block_size)
     if bits == 4:
         q = (q[..., 0::2] | (q[..., 1::2] << np.uint8(4))).astype(np.uint8)
-    zero_points = None
-    if not symmetric:
-        z = zp.astype(np.uint8)
+    zero_points_out = None
+    if zero_points is not None:
+        z = np.asarray(zero_points).astype(np.uint8)
         if bits == 4:
             if kb % 2:
                 z = np.concatenate([z, np.full((n, 1), 8, np.uint8)], axis=1)
             z = (z[:, 0::2] | (z[:, 1::2] << np.uint8(4))).astype(np.uint8)
-        zero_points = z
-    return q, scales, zero_points
+        zero_points_out = z
+    return q, store_scale(scales, scale_dtype), zero_points_out
+
+
+def matmulnbits(
+    w: np.ndarray, bits: int, block_size: int, symmetric: bool, scale_dtype: str = "f32"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """MLAS ``BlockwiseQuantizer`` (what ``quantize_matmul_{4,8}bits`` produce), for row-major [N, K].
+
+    Returns B uint8 [N, k_blocks, block_size*bits/8], scales [N, k_blocks] in ``scale_dtype``
+    and zero points uint8 [N, ceil(k_blocks*bits/8)] (None when symmetric). K is padded to whole
+    blocks: padded elements are zero bytes and take no part in min/max; an unused zero-point nibble is 8.
+    """
+    codes, scales, zp = matmulnbits_values(w, bits, block_size, symmetric, scale_dtype)
+    return matmulnbits_pack(codes, scales, zp, bits, block_size, scale_dtype)
 
 
 def matmulnbits_dequantize(
@@ -250,13 +307,12 @@ def matmulnbits_dequantize(
 # --------------------------------------------------------------------------- MLX
 
 
-def mlx_affine(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``mx.quantize`` (affine mode): uint32 words, element j of a word at bit j*bits; scales, biases.
+def mlx_affine_values(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mx.quantize``'s choice (affine mode): codes uint8 [N, K], float32 scales and biases [N, K/group].
 
     scale = max((max-min)/(2^b-1), 1e-7), negated unless |min| > |max|; the edge (min or max)
     is snapped to the grid so zero is exact: q0 = rint(edge/scale), and if q0 != 0 then
-    scale = edge/q0, bias = edge. q = clamp(rint((w-bias)/scale)). Scales and biases are stored
-    in ``scale_dtype`` (mlx uses the input's dtype) but quantization uses the float32 values.
+    scale = edge/q0, bias = edge. q = clamp(rint((w-bias)/scale)).
     """
     n, k = w.shape
     x = _blocks(w, group_size)
@@ -272,12 +328,29 @@ def mlx_affine(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "f3
         nz = q0 != 0
         scale = np.where(nz, edge / np.where(nz, q0, F32(1)), scale).astype(F32)
         bias = np.where(nz, edge, F32(0)).astype(F32)
-        q = np.clip(_nan_to_zero(rint((x - bias) / scale)), F32(0), nbins).astype(np.uint32)
+        q = np.clip(_nan_to_zero(rint((x - bias) / scale)), F32(0), nbins).astype(np.uint8)
+    return q.reshape(n, k), scale[..., 0], bias[..., 0]
+
+
+def mlx_pack(codes: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int,
+             scale_dtype: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mlx-lm's arrays from values: uint32 words (element j of a word at bit j*bits), scales and
+    biases stored in ``scale_dtype``."""
+    n, k = codes.shape
     per_word = 32 // bits
-    q = q.reshape(n, k // per_word, per_word)
+    q = np.asarray(codes).astype(np.uint32).reshape(n, k // per_word, per_word)
     shifts = (np.arange(per_word, dtype=np.uint32) * np.uint32(bits))
     words = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint32)
-    return words, store_scale(scale[..., 0], scale_dtype), store_scale(bias[..., 0], scale_dtype)
+    return words, store_scale(scales, scale_dtype), store_scale(biases, scale_dtype)
+
+
+def mlx_affine(w: np.ndarray, bits: int, group_size: int, scale_dtype: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mx.quantize`` (affine mode): uint32 words, element j of a word at bit j*bits; scales, biases.
+
+    Scales and biases are stored in ``scale_dtype`` (mlx uses the input's dtype) but quantization
+    uses the float32 values (:func:`mlx_affine_values`).
+    """
+    return mlx_pack(*mlx_affine_values(w, bits, group_size), bits, scale_dtype)
 
 
 def mlx_dequantize(wq: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int, group_size: int,
@@ -336,6 +409,21 @@ def nncf_dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | N
     """float32 weights back, in q's shape: (q - zp) * scale (scale as stored, e.g. float16)."""
     v = q.astype(np.int32) - (zero_point.astype(np.int32) if zero_point is not None else 0)
     return (v.astype(F32) * np.asarray(scale).astype(F32)).astype(F32)
+
+
+def nncf_pack(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, bits: int,
+              scale_dtype: str = "f16") -> dict[str, np.ndarray]:
+    """The OpenVINO constants of an NNCF-compressed weight from values: ``weight`` (4-bit: u4/i4
+    nibbles, element 2i in the low nibble of byte i over the flat row-major order; 8-bit: the
+    int8/uint8 bytes in q's shape), ``scale`` in ``scale_dtype`` and ``zero_point`` (u4 nibbles or
+    uint8) when asymmetric."""
+    out = {
+        "weight": pack_u4(q) if bits == 4 else np.ascontiguousarray(q).view(np.uint8),
+        "scale": store_scale(scale, scale_dtype),
+    }
+    if zero_point is not None:
+        out["zero_point"] = pack_u4(zero_point) if bits == 4 else np.ascontiguousarray(zero_point, dtype=np.uint8)
+    return out
 
 
 def pack_u4(q: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Each variant keeps the quirks of the model it imitates (fused qkv/gate_up, GQA, LongRoPE with a
 small original context so short and long prompts take different factors, partial rotary, tied
-embeddings, a vocabulary padded beyond the tokenizer, real special tokens and chat templates)
-with dimensions small enough to convert and run in seconds. Every matmul input dimension is a
+embeddings, a vocabulary padded beyond the tokenizer, real special tokens and chat templates;
+for Phi-3.5-MoE experts with a router, LayerNorm with shifts, q/k/v/o and lm_head biases and
+LongRoPE mscales) with dimensions small enough to convert and run in seconds. Every matmul input dimension is a
 multiple of 256, so group sizes 16..256 all divide. Weights are random but scaled so that
 attention and the MLP matter and next-token distributions are far sharper than uniform.
 
@@ -31,6 +32,9 @@ from . import tiny_tokenizers as tt
 
 __all__ = [
     "VARIANTS",
+    "MOE_VARIANTS",
+    "ALL_VARIANTS",
+    "variants_of",
     "DTYPES",
     "FACTORY_VERSION",
     "VariantSpec",
@@ -43,6 +47,7 @@ __all__ = [
     "rewrite_header",
     "add_tensor",
     "make_large_checkpoint",
+    "make_large_moe_checkpoint",
     "make_shaped_checkpoint",
     "checkpoint_bytes",
     "FULL_SIZE",
@@ -50,7 +55,12 @@ __all__ = [
     "float32_to_bf16_bits",
 ]
 
+#: The dense (``phi3``) variants. Tests that exercise every layout use :data:`ALL_VARIANTS`.
 VARIANTS = ("phi3-mini", "phi3.5-longrope", "phi4", "phi4-mini")
+#: The mixture-of-experts (``phimoe``) variants.
+MOE_VARIANTS = ("phimoe",)
+#: Every tiny variant, of every architecture.
+ALL_VARIANTS = VARIANTS + MOE_VARIANTS
 DTYPES = ("bf16", "f16", "f32")
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
@@ -79,6 +89,10 @@ class VariantSpec:
     tied: bool = False
     sliding_window: int | None = None
     arch: str = "phi3"  # the phi_quant.arch module that reads it
+    experts: int = 0  # experts per layer (phimoe); 0: a dense MLP
+    attention_bias: bool = False
+    lm_head_bias: bool = False
+    mscale: tuple[float, float] | None = None  # LongRoPE (short, long) mscale (phimoe)
 
     @property
     def rotary_dim(self) -> int:
@@ -93,6 +107,10 @@ _SPECS = {
     "phi4": VariantSpec("phi4", 512, 2, 8, 2, 64, 1024, 640, 250000.0, "phi4", 16384, 16384),
     "phi4-mini": VariantSpec("phi4-mini", 256, 2, 4, 2, 64, 512, 640, 10000.0, "phi4-mini", 4096, 64,
                              longrope=True, partial_rotary=0.75, tied=True, sliding_window=262144),
+    # Phi-3.5-MoE: 4 experts instead of 16 (top-2 as the real one), GQA, the Phi-3 tokenizer, the real mscales.
+    "phimoe": VariantSpec("phimoe", 256, 2, 4, 2, 64, 512, 512, 10000.0, "spm", 4096, 64, longrope=True,
+                          sliding_window=4096, arch="phimoe", experts=4, attention_bias=True, lm_head_bias=True,
+                          mscale=(1.243163121016122, 1.243163121016122)),
 }
 
 _SPM_BASE = 480  # SentencePiece pieces (3 specials + 256 bytes + merges); 11 added tokens follow
@@ -101,8 +119,13 @@ _BPE_BASE = 600  # byte-level BPE: 256 bytes + merges
 
 def variant_spec(variant: str) -> VariantSpec:
     if variant not in _SPECS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(ALL_VARIANTS)}")
     return _SPECS[variant]
+
+
+def variants_of(arch: str) -> tuple[str, ...]:
+    """The tiny variants of architecture ``arch`` (``"phi3"``, ``"phimoe"``)."""
+    return tuple(v for v in ALL_VARIANTS if _SPECS[v].arch == arch)
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -187,9 +210,35 @@ def _config_dicts(spec: VariantSpec, tok: tt.TokenizerFiles, dtype: str) -> tupl
     if spec.longrope:
         short, long = _rope_factors(spec.rotary_dim // 2)
         config["rope_scaling"] = {"long_factor": long, "short_factor": short, "type": "longrope"}
+    if spec.arch == "phimoe":
+        config = _phimoe_config(config, spec)
     generation = {"_from_model_config": True, "bos_token_id": bos, "eos_token_id": gen_eos, "pad_token_id": pad,
                   "transformers_version": "4.49.0"}
     return config, generation
+
+
+def _phimoe_config(phi3: dict[str, Any], spec: VariantSpec) -> dict[str, Any]:
+    """The Phi-3.5-MoE config.json keys (the hub's, remote-code class name) on ``spec``'s sizes."""
+    drop = ("embd_pdrop", "resid_pdrop", "full_attn_mod", "interpolate_factor", "mlp_bias")
+    config = {k: v for k, v in phi3.items() if k not in drop}
+    config.update({
+        "architectures": ["PhiMoEForCausalLM"],
+        "model_type": "phimoe",
+        "attention_bias": spec.attention_bias,
+        "lm_head_bias": spec.lm_head_bias,
+        "hidden_dropout": 0.0,
+        "input_jitter_noise": 0.01,
+        "router_jitter_noise": 0.01,
+        "router_aux_loss_coef": 0.0,
+        "output_router_logits": False,
+        "num_local_experts": spec.experts,
+        "num_experts_per_tok": 2,
+        "transformers_version": "4.43.3",
+    })
+    if spec.mscale and config.get("rope_scaling"):
+        config["rope_scaling"] = {**config["rope_scaling"], "short_mscale": spec.mscale[0], "long_mscale": spec.mscale[1],
+                                  "original_max_position_embeddings": spec.original_max_position}
+    return dict(sorted(config.items()))
 
 
 # -- weights -------------------------------------------------------------------------------------
@@ -209,6 +258,8 @@ _O_SCALE = 1.0
 _GATE_SCALE = 1.5
 _DOWN_SCALE = 1.0
 _LOGIT_SCALE = 4.0
+_ROUTER_SCALE = 1.0  # router logits of about unit spread: near-ties (weights below 1) are rare, as in a trained router
+_BIAS_SCALE = 0.1  # biases and LayerNorm shifts: small, but a backend that drops one is caught
 
 
 def _init_tensor(rng: np.random.Generator, spec: VariantSpec, tensor: TensorSpec) -> np.ndarray:
@@ -227,10 +278,18 @@ def _init_tensor(rng: np.random.Generator, spec: VariantSpec, tensor: TensorSpec
         return std * scale
     if role is TensorRole.O:
         return std * (_O_SCALE / np.sqrt(shape[1]))
-    if role is TensorRole.GATE_UP:
+    if role is TensorRole.GATE_UP or role is TensorRole.GATE or role is TensorRole.UP:
         return std * (_GATE_SCALE / np.sqrt(h))
     if role is TensorRole.DOWN:
         return std * (_DOWN_SCALE / np.sqrt(shape[1]))
+    if role is TensorRole.Q or role is TensorRole.K:
+        return std * (_QK_SCALE / np.sqrt(h))
+    if role is TensorRole.V:
+        return std * (_V_SCALE / np.sqrt(h))
+    if role is TensorRole.ROUTER:
+        return std * (_ROUTER_SCALE / np.sqrt(h))
+    if role.is_bias:
+        return std * _BIAS_SCALE
     raise AssertionError(tensor.name)
 
 
@@ -398,7 +457,7 @@ def add_tensor(checkpoint: str | os.PathLike, name: str, dtype: str, shape: tupl
         index.write_text(json.dumps(content))
 
 
-# -- full-size shapes and large checkpoints for streaming tests and the scale bench -------------
+# -- full-size shapes for the scale bench ------------------------------------------------------
 
 #: Real models' shapes and config quirks (what conversion cost depends on), for
 #: :func:`make_shaped_checkpoint`: Phi-3.5-mini (3.82 B parameters, LongRoPE, 2 shards of bf16 as
@@ -415,27 +474,64 @@ FULL_SIZE_SHARD_BYTES = 5_000_000_000
 
 def checkpoint_bytes(spec: VariantSpec, dtype: str = "bf16") -> int:
     """Weight bytes of a checkpoint of ``spec`` (without writing it)."""
-    item = 4 if dtype == "f32" else 2
     config, _ = _config_dicts(spec, _tokenizer_files(spec), dtype)
-    return sum(t.numel for t in _tensor_plan(config)) * item
+    return sum(t.numel for t in _tensor_plan(config)) * (4 if dtype == "f32" else 2)
 
 
 def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dtype: str = "bf16", seed: int = 0,
                            shard_bytes: int = 500_000_000) -> Path:
-    """Write a checkpoint of ``spec``'s shapes and config with random weights, one 8 MiB chunk at a time.
+    """Write a checkpoint of ``spec``'s shapes, config and tokenizer with random weights, one 8 MiB chunk at a time.
 
-    Values are random bit patterns with a fixed exponent range (cheap to make, finite, small), so
-    a multi-gigabyte checkpoint is written at disk speed and memory use stays at one chunk.
+    Values are those of :func:`make_large_checkpoint` (cheap to make, finite, small), so a
+    multi-gigabyte checkpoint is written at disk speed and memory use stays at one chunk.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    return _write_generated(out_dir, spec, spec, dtype, seed, shard_bytes)
+
+
+# -- a large checkpoint for streaming/RSS tests --------------------------------------------------
+
+def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000_000, *, dtype: str = "bf16",
+                          seed: int = 0, shard_bytes: int = 500_000_000) -> Path:
+    """Write a Phi-3-shaped checkpoint of at least ``min_bytes`` of weights, one chunk at a time.
+
+    hidden 2048, 32 heads of 64, intermediate 8192, vocab 32064 (padded like Phi-3's) and as many
+    layers as ``min_bytes`` needs; the largest tensor is the 64 MiB (bf16) fused gate_up. Values are
+    random bit patterns with a fixed exponent range (cheap to make, finite, small). Memory use is
+    one 8 MiB chunk, never a whole tensor.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    item = 4 if dtype == "f32" else 2
+    base = variant_spec("phi3-mini")
+    h, inter, vocab = 2048, 8192, 32064
+    per_layer = (2 * h + 3 * h * h + h * h + 2 * inter * h + h * inter) * item
+    fixed = (2 * vocab * h + h) * item
+    layers = max(1, -(-(min_bytes - fixed) // per_layer))
+    spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
+                       sliding_window=2047)
+    return _write_generated(out_dir, spec, base, dtype, seed, shard_bytes)
+
+
+def _write_generated(out_dir: str | os.PathLike, spec: VariantSpec, base: VariantSpec, dtype: str, seed: int,
+                     shard_bytes: int) -> Path:
+    """A checkpoint of ``spec``'s shapes with ``base``'s tokenizer and random values, in shards."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer_files(spec)
+    tok = _tokenizer_files(base)
     config, generation = _config_dicts(spec, tok, dtype)
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", generation)
     _write_tokenizer(out, tok)
+    tensors = _tensor_plan(config)
+    total = sum(t.numel * (4 if dtype == "f32" else 2) for t in tensors)
+    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), _random_bits(dtype, seed))
+    return out
+
+
+def _random_bits(dtype: str, seed: int) -> Callable[[TensorSpec], Iterator[np.ndarray]]:
+    """Chunks of random, finite, small values for each tensor (1-D tensors: ones), 8 MiB at a time."""
     rng = np.random.default_rng(seed)
     chunk = 4 * 2**20
 
@@ -456,27 +552,20 @@ def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dty
                 mask, expo = (0x807F, 0x3B80) if dtype == "bf16" else (0x83FF, 0x1C00)
                 yield (bits & np.uint16(mask)) | np.uint16(expo)
 
-    tensors = _tensor_plan(config)
-    total = sum(t.numel for t in tensors) * (4 if dtype == "f32" else 2)
-    _write_shards(out, tensors, dtype, max(2, -(-total // shard_bytes)), produce)
-    return out
+    return produce
 
 
-def make_large_checkpoint(out_dir: str | os.PathLike, min_bytes: int = 1_100_000_000, *, dtype: str = "bf16",
-                          seed: int = 0, shard_bytes: int = 500_000_000) -> Path:
-    """Write a Phi-3-shaped checkpoint of at least ``min_bytes`` of weights, one chunk at a time.
+def make_large_moe_checkpoint(out_dir: str | os.PathLike, num_experts: int = 16, *, dtype: str = "bf16", seed: int = 0,
+                              shard_bytes: int = 500_000_000) -> Path:
+    """Write a Phi-3.5-MoE-shaped checkpoint whose size grows with ``num_experts``, one chunk at a time.
 
-    hidden 2048, 32 heads of 64, intermediate 8192, vocab 32064 (padded like Phi-3's) and as many
-    layers as ``min_bytes`` needs; the largest tensor is the 64 MiB (bf16) fused gate_up. Values are
-    those of :func:`make_shaped_checkpoint`.
+    hidden 2048, 32 query / 8 kv heads of 64, 2 layers, experts of intermediate 2048, vocab
+    32064: every tensor has the same shape whatever the expert count, and 16 experts make 1.11 GB
+    of bf16 weights (8 make 0.71 GB). The largest tensor is the 125 MiB embedding; one expert
+    matrix is 8 MiB. Memory use is one 8 MiB chunk, never a whole tensor.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
-    item = 4 if dtype == "f32" else 2
-    h, inter, vocab = 2048, 8192, 32064
-    per_layer = (2 * h + 3 * h * h + h * h + 2 * inter * h + h * inter) * item
-    fixed = (2 * vocab * h + h) * item
-    layers = max(1, -(-(min_bytes - fixed) // per_layer))
-    spec = VariantSpec("phi3-large", h, layers, 32, 32, 64, inter, vocab, 10000.0, "spm", 4096, 4096,
-                       sliding_window=2047)
-    return make_shaped_checkpoint(out_dir, spec, dtype=dtype, seed=seed, shard_bytes=shard_bytes)
+    spec = VariantSpec("phimoe-large", 2048, 2, 32, 8, 64, 2048, 32064, 10000.0, "spm", 4096, 4096,
+                       sliding_window=4096, arch="phimoe", experts=num_experts, attention_bias=True, lm_head_bias=True)
+    return _write_generated(out_dir, spec, variant_spec("phimoe"), dtype, seed, shard_bytes)

@@ -23,6 +23,11 @@ exactly which promise breaks where:
                                     thresholds the backend declares
 ``test_kl_order``                   KL(fp32) <= KL(fp16) <= KL(int8) <= KL(int4), small tolerance
 ``test_quantize``                   the ``quantize`` hook keeps the shape and dequantizes close
+``test_hook_matches_export``        for EVERY tensor, the ``quantize`` hook's bytes hash to the
+                                    sha256 the export recorded for what it wrote (contract >= 1.3)
+``test_recipe``                     int4 with each recipe (``clip``, ``hqq``, and ``awq+gptq``
+                                    where the backend has the 1.4 ``tensor_plan`` hook): export,
+                                    load, fidelity within the int4 bounds, hook == export bytes
 ``test_atomic_output``              a failure injected mid-stream leaves nothing anywhere
 ``test_rejects_nan_weights``        NaN weights -> ``BadWeightsError`` naming the tensor
 ``test_rejects_inf_weights``        Inf weights -> ``BadWeightsError`` naming the tensor
@@ -32,6 +37,8 @@ exactly which promise breaks where:
                                     :attr:`BackendConformance.rss_limit_mb` and does not grow
                                     from a 0.55 GB one with the same shapes (slow; marker
                                     ``phi_quant_streaming``, skip with ``--phi-quant-skip-streaming``)
+``test_streaming_moe``              the same for a backend that writes PhiMoE: 0.71 and 1.11 GB
+                                    checkpoints with 8 and 16 experts of the same shapes (slow)
 ==================================  ==============================================================
 
 Exports are cached per (variant, precision) for the whole class, so the checks that read an
@@ -70,6 +77,17 @@ DEFAULT_STREAMING_PRECISIONS = ("fp16", "int4")
 
 #: A precision no backend has, for the refusal check.
 NONSENSE_PRECISION = "int3"
+
+#: Recipes ``test_recipe`` exports with (round to nearest is what every other check exports).
+KIT_RECIPES = ("clip", "hqq", "awq+gptq")
+
+#: Calibration tokens of the calibrated kit recipes: enough for the statistics, seconds on a tiny model.
+KIT_CALIBRATION_TOKENS = 256
+
+
+def _contract_at_least(info: Any, minor: int) -> bool:
+    major, _, rest = str(info.hook_contract).partition(".")
+    return major == HOOK_CONTRACT_VERSION.split(".")[0] and int(rest or 0) >= minor
 
 
 @dataclass
@@ -122,13 +140,13 @@ def _plan(cls: type, config: Any, module: Any = None) -> KitPlan:
     plans = config.stash.setdefault(_PLANS, {})
     if cls in plans:
         return plans[cls]
-    from .factory import VARIANTS, variant_spec
+    from .factory import ALL_VARIANTS, variant_spec
 
     module_backend = getattr(module, "phi_quant_backend", None)
     backend = (cls.backend or (module_backend if isinstance(module_backend, str) else None)
                or _option(config, "phi_quant_backend") or _ini(config, "phi_quant_backend") or "")
     plan = KitPlan(backend=backend)
-    plan.variants = _split(_option(config, "phi_quant_variants")) or list(cls.variants or VARIANTS)
+    plan.variants = _split(_option(config, "phi_quant_variants")) or list(cls.variants or ALL_VARIANTS)
     if not backend:
         plan.error = ("no backend to check: set `backend = \"NAME\"` on the BackendConformance subclass, "
                       "`phi_quant_backend = NAME` in the pytest ini options, or pass --phi-quant-backend NAME")
@@ -152,6 +170,11 @@ def _plan(cls: type, config: Any, module: Any = None) -> KitPlan:
     return plan
 
 
+def _probe(source: Any) -> Any:
+    """The tensor the ``quantize`` checks use: layer 0's first matrix (phi3: the fused qkv)."""
+    return next(t for t in source.tensors() if t.layer == 0 and t.role.is_matmul)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -162,6 +185,27 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
         out.append(exc)
         exc = exc.__cause__ or exc.__context__
     return out
+
+
+def _check_hook_digests(kit: Any, variant: str, output: Path, options: ExportOptions) -> int:
+    """Assert the ``quantize`` hook reproduces, for every tensor, the bytes the export recorded."""
+    from ..model.source import open_model
+    from ..quant.digest import digest_arrays
+
+    manifest = json.loads((output / "phi-quant.json").read_text())
+    records = {r["name"]: r for r in ((manifest.get("quantization") or {}).get("tensors") or [])}
+    with open_model(kit.checkpoint(variant)) as src:
+        names = [i.name for i in src.tensor_infos()]
+        missing = [n for n in names if "sha256" not in records.get(n, {})]
+        assert not missing, (f"the manifest's quantization block has no sha256 for {len(missing)} tensor(s) (first: "
+                             f"{missing[0]}): export must record ExportResult.quantization with a digest per tensor")
+        bad = []
+        for tensor in src.tensors():
+            qt = kit.backend.quantize(tensor, options, src)
+            if digest_arrays(qt.arrays) != records[tensor.name]["sha256"]:
+                bad.append(f"{tensor.name} (export: {records[tensor.name].get('scheme')}, hook: {qt.scheme})")
+    assert not bad, f"the quantize hook disagrees with what export wrote for {len(bad)} tensor(s): {'; '.join(bad[:5])}"
+    return len(names)
 
 
 def _listing(path: Path) -> list[str]:
@@ -178,7 +222,7 @@ class BackendConformance:
     #: Backend name as the CLI knows it. ``None``: the module's ``phi_quant_backend`` global,
     #: ``--phi-quant-backend`` or the ``phi_quant_backend`` ini option.
     backend: str | None = None
-    #: Tiny checkpoint variants to check (``None``: those of ``phi_quant.testing.factory.VARIANTS``
+    #: Tiny checkpoint variants to check (``None``: those of ``phi_quant.testing.factory.ALL_VARIANTS``
     #: whose architecture the backend declares; ``--phi-quant-variants a,b`` overrides).
     variants: Sequence[str] | None = None
     #: Precisions to check (``None``: every precision the backend declares).
@@ -204,6 +248,18 @@ class BackendConformance:
         """Options for ``load_model`` (e.g. ``{"context_length": 4096}``)."""
         return {}
 
+    def recipe_options(self, variant: str, precision: str, recipe: str) -> ExportOptions:
+        """Options for ``test_recipe``: the export options with ``recipe``; ``hqq`` needs zero
+        points, so it asks for the asymmetric scheme (override where the backend names it otherwise)."""
+        import dataclasses
+
+        from ..calib import needs_calibration
+
+        options = dataclasses.replace(self.export_options(variant, precision), recipe=recipe)
+        if needs_calibration(options):
+            options = dataclasses.replace(options, calibration_tokens=KIT_CALIBRATION_TOKENS)
+        return dataclasses.replace(options, symmetric=False) if recipe == "hqq" else options
+
     # -- parametrisation and the shared session ----------------------------------------------------
     def pytest_generate_tests(self, metafunc: Any) -> None:
         plan = _plan(type(self), metafunc.config, metafunc.module)
@@ -221,11 +277,15 @@ class BackendConformance:
             metafunc.parametrize("variant", plan.variants, ids=[f"{b}-{v}" for v in plan.variants], scope="class")
         if "precision" in names:
             precisions = plan.precisions
-            if metafunc.function.__name__ == "test_streaming":
+            if metafunc.function.__name__ in ("test_streaming", "test_streaming_moe"):
                 wanted = DEFAULT_STREAMING_PRECISIONS if self.streaming_precisions is None else self.streaming_precisions
                 precisions = [p for p in plan.precisions if p in wanted] or (
                     plan.precisions[:1] if self.streaming_precisions is None else [])
             metafunc.parametrize("precision", precisions, ids=[f"{b}-{p}" for p in precisions], scope="class")
+        if "recipe" in names:
+            recipes = list(KIT_RECIPES) if "int4" in plan.precisions else []
+            metafunc.parametrize("recipe", recipes, ids=[f"{b}-{plan.first_variant}-int4-{r}" for r in recipes],
+                                 scope="class")
         if "undeclared" in names:
             metafunc.parametrize("undeclared", plan.undeclared, ids=[f"{b}-{p}" for p in plan.undeclared],
                                  scope="class")
@@ -319,11 +379,14 @@ class BackendConformance:
         record_property("result", f"same ids on {len(ids)} prompts ({sum(map(len, ids))} tokens)")
 
     def test_fidelity(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
+        from .factory import variant_spec
+
         variant, precision = case
         spec = kit.plan.spec(precision)
-        if spec is None or spec.thresholds is None:
-            pytest.fail(f"backend declares no FidelityThresholds for {precision}", pytrace=False)
-        thr = spec.thresholds
+        arch = variant_spec(variant).arch
+        thr = spec.thresholds_for(arch) if spec is not None else None
+        if thr is None:
+            pytest.fail(f"backend declares no FidelityThresholds for {precision} ({arch})", pytrace=False)
         result = kit.fidelity(variant, precision)
         record_property("result", result.describe())
         problems = []
@@ -348,11 +411,10 @@ class BackendConformance:
 
     def test_quantize(self, kit: KitSession, precision: str, record_property: Any) -> None:
         from ..model.source import open_model
-        from ..model.tensors import TensorRole
 
         variant = kit.plan.first_variant
         with open_model(kit.checkpoint(variant)) as src:
-            tensor = src.tensor(TensorRole.QKV, 0)
+            tensor = _probe(src)
             qt = kit.backend.quantize(tensor, kit.options_for(variant, precision))
             assert isinstance(qt, QuantizedTensor)
             assert tuple(qt.shape) == tuple(tensor.shape), f"quantize kept shape {qt.shape}, source {tensor.shape}"
@@ -368,6 +430,37 @@ class BackendConformance:
         bound = self.quantize_error_bounds.get(precision, 0.25)
         record_property("result", f"{qt.scheme}: relative RMS error {err:.3g}")
         assert err <= bound, f"{qt.scheme}: dequantized relative RMS error {err:.3g} > {bound}"
+
+    def test_hook_matches_export(self, kit: KitSession, case: tuple[str, str], record_property: Any) -> None:
+        variant, precision = case
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates per-tensor digests (1.3)")
+        record = kit.export(variant, precision)
+        kit.require_export(variant, precision)
+        checked = _check_hook_digests(kit, variant, record.path, kit.options_for(variant, precision))
+        record_property("result", f"{checked} tensors: hook bytes == export bytes")
+
+    def test_recipe(self, kit: KitSession, recipe: str, record_property: Any) -> None:
+        variant, precision = kit.plan.first_variant, "int4"
+        if not _contract_at_least(kit.backend.info, 3):
+            pytest.skip(f"hook contract {kit.backend.info.hook_contract} predates recipes (1.3)")
+        options = self.recipe_options(variant, precision, recipe)
+        from ..calib import needs_calibration
+
+        if needs_calibration(options) and not (_contract_at_least(kit.backend.info, 4)
+                                               and kit.backend.implements("tensor_plan")):
+            pytest.skip(f"calibrated recipes search against the backend's schemes: the tensor_plan hook "
+                        f"(contract 1.4; this backend declares {kit.backend.info.hook_contract})")
+        record = kit.export_with(f"recipe-{recipe}", variant, options)
+        if record.error is not None:
+            pytest.fail(f"convert {variant} int4 --recipe {recipe} failed: {_describe(record.error)}", pytrace=False)
+        thr = kit.plan.spec(precision).thresholds
+        result = kit.fidelity_of(record.path, variant, self.load_options(variant, precision))
+        checked = _check_hook_digests(kit, variant, record.path, options)
+        record_property("result", f"{result.describe()}; {checked} tensors: hook bytes == export bytes")
+        assert result.kl_mean <= thr.kl_max and result.top1 >= thr.top1_min, (
+            f"int4 --recipe {recipe}: {result.describe()} outside the declared int4 bounds (KL <= {thr.kl_max:.3g}, "
+            f"top-1 >= {thr.top1_min:.3g})")
 
     # -- atomic output and bad inputs ------------------------------------------------------------
     def test_atomic_output(self, kit: KitSession, precision: str, monkeypatch: Any, record_property: Any) -> None:
@@ -441,7 +534,6 @@ class BackendConformance:
 
     def test_refuses_undeclared_precision(self, kit: KitSession, undeclared: str) -> None:
         from ..model.source import open_model
-        from ..model.tensors import TensorRole
 
         variant = kit.plan.first_variant
         options = ExportOptions(precision=undeclared)
@@ -451,7 +543,7 @@ class BackendConformance:
         with open_model(kit.checkpoint(variant)) as src:
             calls = [("export", lambda: backend.export(src, out, options, NullProgress()))]
             if backend.implements("quantize"):
-                calls.append(("quantize", lambda: backend.quantize(src.tensor(TensorRole.QKV, 0), options)))
+                calls.append(("quantize", lambda: backend.quantize(_probe(src), options)))
             for hook, call in calls:
                 try:
                     call()
@@ -478,15 +570,32 @@ class BackendConformance:
     # -- streaming ----------------------------------------------------------------------------------
     @pytest.mark.phi_quant_streaming
     def test_streaming(self, kit: KitSession, precision: str, request: Any, record_property: Any) -> None:
-        from .kit_streaming import LARGE_BYTES, SMALL_BYTES, measure_conversion_rss
+        from .kit_streaming import LARGE_BYTES, SMALL_BYTES, large_checkpoint
+
+        self._streaming(kit, precision, request, record_property, "dense",
+                        [large_checkpoint(SMALL_BYTES), large_checkpoint(LARGE_BYTES)], "layers")
+
+    @pytest.mark.phi_quant_streaming
+    def test_streaming_moe(self, kit: KitSession, precision: str, request: Any, record_property: Any) -> None:
+        from .kit_streaming import MOE_EXPERTS, large_moe_checkpoint
+
+        if not kit.backend.info.writes("phimoe"):
+            pytest.skip(f"{kit.backend_name} does not write phimoe")
+        self._streaming(kit, precision, request, record_property, "moe",
+                        [large_moe_checkpoint(n) for n in MOE_EXPERTS], "experts")
+
+    def _streaming(self, kit: KitSession, precision: str, request: Any, record_property: Any, kind: str,
+                   checkpoints: list[Path], growing: str) -> None:
+        from .kit_streaming import measure_conversion_rss
 
         if _option(request.config, "phi_quant_skip_streaming") or not _ini(request.config, "phi_quant_streaming", True):
             pytest.skip("streaming check turned off (--phi-quant-skip-streaming)")
         options = kit.options_for(kit.plan.first_variant, precision)
         peaks, sizes = [], []
-        for min_bytes in (SMALL_BYTES, LARGE_BYTES):
+        for i, checkpoint in enumerate(checkpoints):
             peak, size, error = measure_conversion_rss(kit.backend_name, options,
-                                                       kit.workdir / f"streaming-{precision}-{min_bytes}", min_bytes)
+                                                       kit.workdir / f"streaming-{kind}-{precision}-{i}",
+                                                       checkpoint=checkpoint)
             if error:
                 pytest.fail(f"converting the generated {size:.0f} MiB checkpoint failed: {error}", pytrace=False)
             peaks.append(peak)
@@ -499,6 +608,6 @@ class BackendConformance:
             problems.append(f"peak RSS {peaks[1]:.0f} MiB > {self.rss_limit_mb:.0f} MiB converting {sizes[1]:.0f} MiB")
         if growth > allowed:
             problems.append(f"peak RSS grew by {growth:.0f} MiB (allowed {allowed:.0f}) from a {sizes[0]:.0f} to a "
-                            f"{sizes[1]:.0f} MiB checkpoint with the same tensor shapes")
+                            f"{sizes[1]:.0f} MiB checkpoint with the same tensor shapes and more {growing}")
         assert not problems, "; ".join(problems) + (
             ": export must read one tensor at a time and write it before reading the next, keeping nothing")

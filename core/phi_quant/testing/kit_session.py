@@ -120,18 +120,21 @@ class KitSession:
     # -- export ---------------------------------------------------------------------------------
     def export(self, variant: str, precision: str) -> ExportRecord:
         """Convert ``variant`` at ``precision`` through the core, once per session."""
-        key = (variant, precision)
+        return self.export_with(precision, variant, self.options_for(variant, precision))
+
+    def export_with(self, tag: str, variant: str, options: ExportOptions) -> ExportRecord:
+        """Convert ``variant`` with ``options`` through the core, once per (variant, tag)."""
+        key = (variant, tag)
         if key not in self._exports:
             from ..convert import convert
             from ..progress import RecordingProgress
 
-            out = self.fresh_dir(f"export-{variant}-{precision}")
+            out = self.fresh_dir(f"export-{variant}-{tag}")
             record = ExportRecord(path=out)
             progress = RecordingProgress()
             t0 = time.perf_counter()
             try:
-                result = convert(self.checkpoint(variant), self.backend_name, self.options_for(variant, precision),
-                                 out, progress=progress)
+                result = convert(self.checkpoint(variant), self.backend_name, options, out, progress=progress)
                 record.files = list(result.files)
             except Exception as exc:  # noqa: BLE001 - reported by test_export, pointed to by the others
                 record.error = exc
@@ -200,6 +203,15 @@ class KitSession:
         if isinstance(found, BaseException):
             pytest.fail(f"running {variant}/{precision} failed: {_describe(found)}", pytrace=False)
         return found
+
+    def fidelity_of(self, path: Path, variant: str, load_options: dict[str, Any]) -> FidelityResult:
+        """Fidelity of an export outside the (variant, precision) cache (opened, measured, closed)."""
+        self._close_model()
+        model = self.backend.load_model(path, load_options)
+        try:
+            return self._measure(variant, model)
+        finally:
+            model.close()
 
     def _measure(self, variant: str, model: LoadedModel) -> FidelityResult:
         from ..fidelity import compare_logits

@@ -3,8 +3,10 @@
 Two checkpoints with the same tensor shapes and different numbers of layers (about 0.55 and
 1.1 GB of bf16 weights) are converted. A streaming backend needs about its largest tensor plus
 its runtime's imports on both, so its peak stays put; one that keeps the model, or even just its
-quantized output, in memory grows with the layer count. The checkpoints are generated once per
-machine and cached next to the tiny checkpoints.
+quantized output, in memory grows with the layer count. For a backend that writes PhiMoE, two
+PhiMoE checkpoints with the same shapes and 8 and 16 experts (0.71 and 1.11 GB) are converted
+the same way: stacking experts must not gather them, so the peak must not grow with the expert
+count either. The checkpoints are generated once per machine and cached next to the tiny ones.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import types
 from pathlib import Path
 from ..types import ExportOptions
 
-__all__ = ["LARGE_BYTES", "SMALL_BYTES", "large_checkpoint", "measure_conversion_rss"]
+__all__ = ["LARGE_BYTES", "SMALL_BYTES", "MOE_EXPERTS", "large_checkpoint", "large_moe_checkpoint",
+           "measure_conversion_rss"]
 
 #: Weight bytes of the two generated checkpoints.
 LARGE_BYTES = 1_100_000_000
 SMALL_BYTES = 550_000_000
+#: Expert counts of the two generated PhiMoE checkpoints (small, large).
+MOE_EXPERTS = (8, 16)
 
 _CODE = """
 import importlib, json, sys
@@ -46,6 +51,13 @@ def large_checkpoint(min_bytes: int = LARGE_BYTES) -> Path:
     return cached_build(f"large-bf16-{min_bytes}", lambda tmp: make_large_checkpoint(tmp, min_bytes))
 
 
+def large_moe_checkpoint(num_experts: int = MOE_EXPERTS[1]) -> Path:
+    """A generated PhiMoE checkpoint with ``num_experts`` experts per layer, built on first use."""
+    from .factory import cached_build, make_large_moe_checkpoint
+
+    return cached_build(f"large-moe-bf16-{num_experts}", lambda tmp: make_large_moe_checkpoint(tmp, num_experts))
+
+
 def _plugin_module(backend: str) -> str:
     """The backend's plugin module name when it is a module (so the child can register it too)."""
     from ..plugins import get_manager
@@ -55,14 +67,14 @@ def _plugin_module(backend: str) -> str:
 
 
 def measure_conversion_rss(backend: str, options: ExportOptions, workdir: Path, min_bytes: int = LARGE_BYTES,
-                           timeout: float = 900) -> tuple[float, float, str]:
-    """Convert the generated checkpoint of ``min_bytes`` with ``backend`` in a subprocess.
+                           timeout: float = 900, checkpoint: Path | None = None) -> tuple[float, float, str]:
+    """Convert the generated checkpoint of ``min_bytes`` (or ``checkpoint``) with ``backend`` in a subprocess.
 
     :returns: (peak RSS in MiB, checkpoint weights in MiB, error text or "").
     """
     from .rss import run_with_peak_rss
 
-    checkpoint = large_checkpoint(min_bytes)
+    checkpoint = checkpoint or large_checkpoint(min_bytes)
     weights_mb = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**20
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "out"

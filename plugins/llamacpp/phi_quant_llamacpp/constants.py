@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
-    "GGUF_MAGIC", "GGUF_VERSION", "ALIGNMENT", "QUANTIZATION_VERSION", "ARCH",
+    "GGUF_MAGIC", "GGUF_VERSION", "ALIGNMENT", "QUANTIZATION_VERSION", "ARCH", "GGUF_ARCHES", "arch_key",
     "ValueType", "GGMLType", "FileType", "TokenType", "BLOCK_SIZES",
     "Key", "TensorName", "LLAMA_EOG_TEXTS", "PRE_TOKENIZERS", "GPT2_PATTERN",
     "KERNEL_TYPES", "LLAMA_QUANTIZER_SCHEMES", "SCHEME_FILE_TYPES", "PRECISION_SCHEMES",
@@ -20,6 +20,10 @@ GGUF_VERSION = 3
 ALIGNMENT = 32  # llama.cpp's default ``general.alignment``
 QUANTIZATION_VERSION = 2  # ``general.quantization_version`` written by llama.cpp since 2023
 ARCH = "phi3"
+#: ``general.architecture`` for each phi_quant architecture this backend writes (llama.cpp ``LLM_ARCH_*``).
+GGUF_ARCHES = {"phi3": "phi3", "phimoe": "phimoe"}
+#: The importance matrix a calibrated export writes next to its model (not a model: loaders skip it).
+IMATRIX_FILE = "imatrix.gguf"
 
 
 class ValueType(IntEnum):
@@ -101,11 +105,23 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
+def arch_key(key: str, gguf_arch: str) -> str:
+    """A model key of :class:`Key` (written for ``phi3``) under another architecture's prefix:
+    ``arch_key(Key.CONTEXT_LENGTH, "phimoe") == "phimoe.context_length"``; other keys unchanged."""
+    prefix = ARCH + "."
+    return gguf_arch + "." + key[len(prefix):] if key.startswith(prefix) else key
+
+
 class Key:
-    """Metadata keys. ``{arch}`` keys are formatted with :data:`ARCH`."""
+    """Metadata keys. Model keys carry the :data:`ARCH` prefix; :func:`arch_key` moves them to another."""
 
     ARCHITECTURE = "general.architecture"
     NAME = "general.name"
+    GENERAL_TYPE = "general.type"  # "imatrix" in an importance-matrix file
+    # llama.cpp importance-matrix files (common/imatrix-loader.h)
+    IMATRIX_DATASETS = "imatrix.datasets"
+    IMATRIX_CHUNK_COUNT = "imatrix.chunk_count"
+    IMATRIX_CHUNK_SIZE = "imatrix.chunk_size"
     FILE_TYPE = "general.file_type"
     QUANTIZATION_VERSION = "general.quantization_version"
     ALIGNMENT = "general.alignment"
@@ -124,6 +140,8 @@ class Key:
     ROPE_FREQ_BASE = f"{ARCH}.rope.freq_base"
     ROPE_ORIG_CONTEXT = f"{ARCH}.rope.scaling.original_context_length"
     ROPE_ATTN_FACTOR = f"{ARCH}.rope.scaling.attn_factor"
+    EXPERT_COUNT = f"{ARCH}.expert_count"
+    EXPERT_USED_COUNT = f"{ARCH}.expert_used_count"
 
     TOKENIZER_MODEL = "tokenizer.ggml.model"
     TOKENIZER_PRE = "tokenizer.ggml.pre"
@@ -150,19 +168,39 @@ LLAMA_EOG_TEXTS = ("<|endoftext|>", "<|end|>", "</s>", "<|im_end|>", "<|eot_id|>
 
 
 class TensorName:
-    """GGUF tensor names for the ``phi3`` architecture (llama.cpp ``LLM_TENSOR_*``)."""
+    """GGUF tensor names of the ``phi3`` and ``phimoe`` architectures (llama.cpp ``LLM_TENSOR_*``).
+
+    ``phi3`` keeps qkv and gate_up fused; ``phimoe`` has separate q/k/v with biases, norms with
+    biases, a router and each layer's experts stacked into one tensor per matrix (``*_exps``,
+    numpy shape [experts, rows, cols], i.e. ggml ``{cols, rows, experts}``).
+    """
 
     TOKEN_EMBD = "token_embd.weight"
     OUTPUT_NORM = "output_norm.weight"
+    OUTPUT_NORM_BIAS = "output_norm.bias"
     OUTPUT = "output.weight"
+    OUTPUT_BIAS = "output.bias"
     ROPE_FACTORS_LONG = "rope_factors_long.weight"
     ROPE_FACTORS_SHORT = "rope_factors_short.weight"
     ATTN_NORM = "blk.{layer}.attn_norm.weight"
+    ATTN_NORM_BIAS = "blk.{layer}.attn_norm.bias"
     ATTN_QKV = "blk.{layer}.attn_qkv.weight"
+    ATTN_Q = "blk.{layer}.attn_q.weight"
+    ATTN_Q_BIAS = "blk.{layer}.attn_q.bias"
+    ATTN_K = "blk.{layer}.attn_k.weight"
+    ATTN_K_BIAS = "blk.{layer}.attn_k.bias"
+    ATTN_V = "blk.{layer}.attn_v.weight"
+    ATTN_V_BIAS = "blk.{layer}.attn_v.bias"
     ATTN_OUTPUT = "blk.{layer}.attn_output.weight"
+    ATTN_OUTPUT_BIAS = "blk.{layer}.attn_output.bias"
     FFN_NORM = "blk.{layer}.ffn_norm.weight"
+    FFN_NORM_BIAS = "blk.{layer}.ffn_norm.bias"
     FFN_UP = "blk.{layer}.ffn_up.weight"  # the fused gate_up: rows [gate | up]
     FFN_DOWN = "blk.{layer}.ffn_down.weight"
+    FFN_GATE_INP = "blk.{layer}.ffn_gate_inp.weight"  # the router [experts, hidden]
+    FFN_GATE_EXPS = "blk.{layer}.ffn_gate_exps.weight"  # every expert's w1, stacked
+    FFN_UP_EXPS = "blk.{layer}.ffn_up_exps.weight"  # w3
+    FFN_DOWN_EXPS = "blk.{layer}.ffn_down_exps.weight"  # w2
 
 
 #: The byte-level BPE split pattern GPT-2 (and a ``ByteLevel(use_regex=true)`` pre-tokenizer) uses.

@@ -1,13 +1,16 @@
-"""Checkpoint -> GGUF in one streaming pass (our kernel's schemes) or via llama.cpp's quantizer.
+"""Checkpoint -> GGUF in one streaming pass (our writer) or via llama.cpp's quantizer.
 
-Header and tensor index are written first from ``source.tensor_infos()``; then each tensor is
-read from the memory-mapped checkpoint, encoded in row chunks and appended, before the next one
-is read. K-quant mixes go through a lossless temporary GGUF in ``output_dir`` that is always
-removed, then ``llama_model_quantize``.
+The per-tensor plan (:mod:`.plan`) comes first. Header and tensor index are written from it;
+then each tensor is read from the memory-mapped checkpoint, encoded in row chunks (the core's
+recipe and kernel for our types, ggml's quantizer for the others) and appended, before the next
+one is read. The named K-quant mixes go through a lossless temporary GGUF in ``output_dir`` that
+is always removed, then ``llama_model_quantize``. Either way the finished file is read back
+(memory-mapped) to record a sha256 of every tensor's bytes in the manifest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,39 +20,40 @@ from typing import Any
 
 import numpy as np
 
-from phi_quant.errors import UnsupportedModelError, UnsupportedPrecisionError
+from phi_quant.errors import UnsupportedModelError
 from phi_quant.pipeline import ahead
+from phi_quant.quant.digest import digest_arrays
+from phi_quant.quant.plan import recipe_context
+from phi_quant.quant.recipes import get_recipe
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
-from .constants import KERNEL_TYPES, LLAMA_QUANTIZER_SCHEMES, PRECISION_SCHEMES, TensorName
+from . import phimoe
+from .constants import GGMLType, TensorName
 from .encode import encode_tensor_chunks
 from .gguf_file import GGUFStreamWriter, TensorSlot
+from .imatrix import IMATRIX_FILE, write_imatrix
 from .kquant import llama_quantize_file
-from .layout import PlannedTensor, parse_tensor_types, plan_tensors, rope_factor_slots
+from .layout import PlannedTensor, rope_factor_slots, slots_by_source
 from .metadata import model_metadata, model_name
+from .phimoe import Rewrite
+from .plan import LOSSLESS_TYPES, GGUFPlan, plan_for, resolve_scheme
 from .vocab import build_vocab
 
 __all__ = ["resolve_scheme", "export_gguf", "gguf_filename", "LOSSLESS_TYPES"]
 
-#: Lossless GGUF type for each stored dtype (the temporary input of llama.cpp's quantizer).
-LOSSLESS_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
-
-
-def resolve_scheme(options: ExportOptions) -> str:
-    """The native scheme for ``options`` (``--scheme`` or ``extra["scheme"]`` over the precision default)."""
-    if options.precision not in PRECISION_SCHEMES:
-        raise UnsupportedPrecisionError(
-            f"llamacpp has no precision {options.precision!r}; choose one of {', '.join(PRECISION_SCHEMES)}"
-        )
-    default, others = PRECISION_SCHEMES[options.precision]
-    scheme = (options.scheme or options.get("scheme") or default).upper()
-    if scheme not in (default, *others):
-        owner = [p for p, (d, o) in PRECISION_SCHEMES.items() if scheme in (d, *o)]
-        hint = f"; {scheme} belongs to --precision {owner[0]}" if owner else ""
-        raise UnsupportedPrecisionError(
-            f"scheme {scheme} is not offered for {options.precision} (choose {', '.join((default, *others))}){hint}"
-        )
-    return scheme
+_PHIMOE_NOTES = {
+    "faithful": (
+        "PhiMoE weights rewritten so llama.cpp's phimoe graph (RMSNorm, softmax-renormalised top-2 routing) "
+        "computes the model's LayerNorm and sparsemixer routing: residual writers centred, experts' w2 x2, router "
+        "x2^-12; tokens whose router logits nearly tie still differ (phimoe_weights=as-is writes the checkpoint's "
+        "values, which llama.cpp runs as a different function)"
+    ),
+    "as-is": (
+        "PhiMoE weights written as in the checkpoint (like convert_hf_to_gguf.py): llama.cpp's phimoe graph runs them "
+        "with RMSNorm and softmax-renormalised routing, not the model's LayerNorm and sparsemixer, so its outputs "
+        "differ from transformers'; the default phimoe_weights=faithful corrects that"
+    ),
+}
 
 
 def _stop_ids(source) -> tuple[int, ...]:
@@ -84,9 +88,33 @@ def _has_phi3_rstrip(tokenizer_files: dict[str, Path]) -> bool:
     return any(a.get("rstrip") and a.get("special") for a in tj.get("added_tokens", []))
 
 
-def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor], rope: list[TensorSlot], progress: Progress) -> None:
+def phimoe_mode(source, options: ExportOptions) -> str | None:
+    """``phimoe_weights`` for a PhiMoE checkpoint (checked), None for other architectures."""
+    if source.config.arch_name != "phimoe":
+        return None
+    phimoe.check_supported(source.config)
+    return phimoe.weights_mode(options)
+
+
+def _rewrites(source, mode: str | None) -> dict[str, Rewrite]:
+    """Source tensor name -> its PhiMoE weight rewrite (none for other architectures or ``as-is``)."""
+    if mode is None:
+        return {}
+    return {i.name: r for i in source.tensor_infos() if (r := phimoe.rewrite_for(i, mode)) is not None}
+
+
+def _widen(plan: list[PlannedTensor], rewrites: dict[str, Rewrite]) -> list[PlannedTensor]:
+    """Rewritten tensors at F32 in the lossless file llama.cpp's quantizer reads (their values are
+    no longer the checkpoint's, so its dtype would round them)."""
+    return [dataclasses.replace(p, slot=dataclasses.replace(p.slot, type=GGMLType.F32), reason="rewritten: F32")
+            if p.info.name in rewrites else p for p in plan]
+
+
+def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor], rope: list[TensorSlot],
+                  progress: Progress, rewrites: dict[str, Rewrite], recipe: str | None = None) -> None:
     slots = rope + [p.slot for p in plan]
-    by_name = {p.info.name: p for p in plan}
+    by_name = slots_by_source(plan)  # a stacked expert tensor receives each expert's rows in turn
+    r = get_recipe(recipe)
     with open(path, "wb") as fh:
         writer = GGUFStreamWriter(fh, metadata, slots)
         cfg = source.config
@@ -96,7 +124,8 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
         def encoded():  # (slot name, bytes) per chunk, then (None, tensor) when a tensor is done
             for tensor in source.tensors():
                 planned = by_name[tensor.name]
-                for chunk in encode_tensor_chunks(tensor, planned.slot.type):
+                context = recipe_context(r, tensor.info(), source)
+                for chunk in encode_tensor_chunks(tensor, planned.slot.type, r, context, rewrites.get(tensor.name)):
                     yield planned.slot.name, chunk
                 yield None, tensor
 
@@ -108,22 +137,32 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
         writer.finish()
 
 
-def _read_types(path: Path) -> dict[str, str]:
-    """Tensor name -> ggml type name of a finished GGUF (header only, memory-mapped)."""
+def _read_back(path: Path, plan: GGUFPlan) -> tuple[dict[str, str], dict[str, str]]:
+    """(GGUF name -> ggml type name, source tensor name -> sha256 of its bytes) of the finished file;
+    an expert's bytes are its slice of the stacked tensor."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
-    return {t.name: t.tensor_type.name for t in reader.tensors}
+    stored = {t.name: t for t in reader.tensors}
+    types = {name: t.tensor_type.name for name, t in stored.items()}
+    digests = {}
+    for p in plan.entries:
+        t = stored.get(p.slot.name)
+        if t is None:
+            continue
+        data = np.ascontiguousarray(t.data).view(np.uint8).reshape(len(p.infos), -1)
+        for i, info in enumerate(p.infos):
+            digests[info.name] = digest_arrays({"blocks": data[i]})
+    del stored, reader
+    return types, digests
 
 
 def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
     """Write ``source`` as one GGUF file in ``output_dir``; see the module docstring."""
-    scheme = resolve_scheme(options)
-    overrides = parse_tensor_types(options.get("tensor_types"))
     cfg = source.config
     if cfg.num_heads * cfg.head_dim != cfg.hidden_size:
         raise UnsupportedModelError(
-            f"llama.cpp's phi3 graph needs heads x head_dim == hidden size ({cfg.num_heads} x {cfg.head_dim} != "
+            f"llama.cpp's {cfg.arch_name} graph needs heads x head_dim == hidden size ({cfg.num_heads} x {cfg.head_dim} != "
             f"{cfg.hidden_size}); use another backend for this model"
         )
     vocab = build_vocab(
@@ -136,36 +175,48 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         chat_template=source.chat_template,
         stop_ids=_stop_ids(source),
     )
-    infos = source.tensor_infos()
+    mode = phimoe_mode(source, options)
+    rewrites = _rewrites(source, mode)
     name = model_name(cfg, _has_phi3_rstrip(source.tokenizer_files))
-    out_name = gguf_filename(source.path, scheme)
+    plan = plan_for(source, options)
+    scheme = plan.scheme
+    label = _label(plan, options)
+    out_name = gguf_filename(source.path, label)
     out_path = Path(output_dir) / out_name
     rope = rope_factor_slots(cfg)
-    notes = list(vocab.notes)
+    notes = list(vocab.notes) + list(plan.tensor_plan.notes)
 
-    if scheme in KERNEL_TYPES:
-        plan = plan_tensors(infos, scheme, overrides, kernel_only=True)
-        metadata = {**model_metadata(cfg, scheme, name), **vocab.metadata}
-        _write_stream(source, out_path, metadata, plan, rope, progress)
-        types = {p.slot.name: p.slot.type.name for p in plan}
-        notes += [f"{p.slot.name}: {p.reason}" for p in plan if "fallback" in p.reason]
+    if plan.route == "stream":
+        metadata = {**model_metadata(cfg, "Q4_K_M" if label == "q4_k_m" else scheme, name), **vocab.metadata}
+        _write_stream(source, out_path, metadata, plan.entries, rope, progress, rewrites, options.recipe)
+        notes += [f"{p.slot.name}: {p.reason}" for p in plan.entries if "fallback" in p.reason]
     else:
-        assert scheme in LLAMA_QUANTIZER_SCHEMES
-        stored = {i.dtype for i in infos if not i.role.is_norm}
-        lossless = LOSSLESS_TYPES[stored.pop()] if len(stored) == 1 else "F32"  # mixed dtypes: widen
-        plan = plan_tensors(infos, lossless, {}, kernel_only=True)
-        plan_tensors(infos, "Q8_0", overrides, kernel_only=False)  # refuse overrides that match no tensor
+        lossless = plan.lossless
+        lossless_plan = _widen([dataclasses.replace(p, slot=dataclasses.replace(
+            p.slot, type=GGMLType[lossless] if p.info.role.is_matmul and p.slot.type != GGMLType.F32 else GGMLType.F32))
+            for p in plan.entries], rewrites)
         metadata = {**model_metadata(cfg, lossless, name), **vocab.metadata}
         tmp = Path(output_dir) / ".llamacpp-lossless"
         tmp.mkdir()
         try:
             lossless_path = tmp / f"lossless-{lossless}.gguf"
-            _write_stream(source, lossless_path, metadata, plan, rope, progress)
-            llama_quantize_file(lossless_path, out_path, scheme, overrides, options.threads, _truthy(options.get("verbose")))
+            _write_stream(source, lossless_path, metadata, lossless_plan, rope, progress, rewrites)
+            llama_quantize_file(lossless_path, out_path, scheme, plan.overrides, options.threads, _truthy(options.get("verbose")),
+                                _quantizer_importance(source, plan))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        types = _read_types(out_path)
         notes.append(f"{scheme} made by llama.cpp's llama_model_quantize from a lossless {lossless} GGUF (removed)")
+
+    types, digests = _read_back(out_path, plan)
+    overrides = plan.overrides
+    files = [out_name]
+    view = getattr(source, "calibration", None)
+    if view is not None:
+        write_imatrix(Path(output_dir) / IMATRIX_FILE, view.stats, bool(cfg.tie_word_embeddings),
+                      [f["path"] for f in (view.stats.meta.get("text") or {}).get("files", [])])
+        files.append(IMATRIX_FILE)
+        notes.append(f"{IMATRIX_FILE}: the calibration statistics as llama.cpp's importance matrix (of the original "
+                     "weights), for llama-quantize --imatrix")
 
     counts = Counter(types.values())
     if cfg.sliding_window and cfg.sliding_window < cfg.max_position_embeddings:
@@ -179,6 +230,8 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
             f"{cfg.rope.original_max_position} tokens (-c/n_ctx), the short ones otherwise; transformers switches "
             f"per sequence length. Load with n_ctx <= {cfg.rope.original_max_position} unless you need long prompts."
         )
+    if mode is not None:
+        notes.append(_PHIMOE_NOTES[mode])
     details = {
         "file": out_name,
         "tensor_types": dict(sorted(counts.items())),
@@ -186,11 +239,12 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         "overrides": overrides,
         "tokenizer": {"model": vocab.model, "pre": vocab.pre, "rows": vocab.size},
         "general.name": name,
+        "phimoe_weights": mode,
         "rope": {
             "dimension_count": cfg.rope.rotary_dim,
             "longrope": cfg.rope.is_longrope,
             "original_context_length": cfg.rope.original_max_position,
-            "attn_factor": cfg.rope.attention_factor if cfg.rope.is_longrope else None,
+            "attn_factor": cfg.rope.mscale(long=False) if cfg.rope.is_longrope else None,
         },
     }
     n_ctx = min(cfg.rope.original_max_position or 4096, 4096) if cfg.rope.is_longrope else min(cfg.max_position_embeddings, 4096)
@@ -199,4 +253,27 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         f"```python\nfrom llama_cpp import Llama\nllm = Llama(model_path=\"{out_name}\", n_ctx={n_ctx})\n"
         "print(llm.create_chat_completion(messages=[{\"role\": \"user\", \"content\": \"Hello\"}]))\n```\n"
     )
-    return ExportResult(files=[out_name], scheme=scheme, details=details, run_instructions=run, notes=notes)
+    return ExportResult(files=files, scheme=label, details=details, run_instructions=run, notes=notes,
+                        quantization=plan.tensor_plan.summary(digests))
+
+
+def _quantizer_importance(source, plan: GGUFPlan) -> dict[str, np.ndarray] | None:
+    """{GGUF name: calibrated mean x² of the scaled weight's input} for llama.cpp's quantizer, or None."""
+    view = getattr(source, "calibration", None)
+    if view is None:
+        return None
+    out = {}
+    for p in plan.entries:
+        st = view.for_tensor(p.info) if p.info.role.is_matmul else None
+        if st is not None and st.count:
+            out[p.slot.name] = st.mean_sq
+    return out
+
+
+def _label(plan: GGUFPlan, options: ExportOptions) -> str:
+    """The scheme named in the file name and the manifest: the scheme, or the policy / budget that mixed it."""
+    if plan.route == "stream" and options.bits_per_weight is not None:
+        return f"{options.bits_per_weight:g}bpw"
+    if plan.route == "stream" and (options.policy or "default") not in ("default", "uniform"):
+        return options.policy
+    return plan.scheme

@@ -55,14 +55,24 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def ggml_quantize(w: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """Quantize a float32 [rows, K] matrix with ggml's reference path -> uint8 [rows, row_bytes]."""
+def ggml_quantize(w: np.ndarray, ggml_type: GGMLType, importance: np.ndarray | None = None) -> np.ndarray:
+    """Quantize a float32 [rows, K] matrix with ggml's reference path -> uint8 [rows, row_bytes].
+
+    ``importance`` (float32 [K], e.g. the calibrated mean x² of each input channel) is ggml's
+    importance matrix: the quantizer minimises the error weighted by it (llama-quantize --imatrix).
+    """
     w = np.ascontiguousarray(w, dtype=np.float32)
     rows, k = w.reshape(-1, w.shape[-1]).shape
     block, size = BLOCK_SIZES[GGMLType(ggml_type)]
     out = np.empty((rows, k // block * size), dtype=np.uint8)
+    imatrix = None
+    if importance is not None:
+        importance = np.ascontiguousarray(importance, dtype=np.float32)
+        if importance.shape != (k,):
+            raise ValueError(f"importance has shape {importance.shape}, expected ({k},)")
+        imatrix = importance.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     n = _lib().ggml_quantize_chunk(
-        int(ggml_type), w.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.ctypes.data, 0, rows, k, None
+        int(ggml_type), w.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.ctypes.data, 0, rows, k, imatrix
     )
     assert n == out.nbytes, (n, out.nbytes)
     return out

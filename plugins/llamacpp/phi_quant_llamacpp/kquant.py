@@ -13,6 +13,8 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
+
 from phi_quant.errors import ExportFailedError
 
 from .constants import SCHEME_FILE_TYPES, GGMLType
@@ -35,8 +37,12 @@ def override_patterns(overrides: dict[str, str]) -> list[tuple[str, int]]:
 
 
 def llama_quantize_file(src: Path, dst: Path, scheme: str, overrides: dict[str, str], threads: int | None = None,
-                        verbose: bool = False) -> None:
-    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's mix for ``scheme`` (its log only if ``verbose``)."""
+                        verbose: bool = False, imatrix: dict[str, np.ndarray] | None = None) -> None:
+    """Quantize GGUF ``src`` into ``dst`` with llama.cpp's mix for ``scheme`` (its log only if ``verbose``).
+
+    ``imatrix`` ({GGUF weight name: mean x² per input channel}) is handed to llama.cpp as its
+    importance matrix, as ``llama-quantize --imatrix`` does after reading the file.
+    """
     import llama_cpp
     from llama_cpp._logger import logger
 
@@ -56,6 +62,11 @@ def llama_quantize_file(src: Path, dst: Path, scheme: str, overrides: dict[str, 
         arr[len(pairs)].pattern = None
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep.append(arr)
+    if imatrix:
+        from .imatrix import quantizer_imatrix
+
+        params.imatrix, held = quantizer_imatrix(imatrix)
+        keep.append(held)
     level = logger.level
     logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from phi_quant.errors import RuntimeLoadError
 
-from .constants import GGMLType, Key
+from .constants import IMATRIX_FILE, GGMLType, Key, arch_key
 
 __all__ = ["LlamaCppModel", "find_gguf", "CTX_ALIGN"]
 
@@ -35,7 +35,7 @@ def find_gguf(path: Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    files = sorted(p for p in path.glob("*.gguf") if not p.name.startswith("."))
+    files = sorted(p for p in path.glob("*.gguf") if not p.name.startswith(".") and p.name != IMATRIX_FILE)
     if len(files) != 1:
         raise RuntimeLoadError(
             f"{path} holds {len(files)} .gguf files; expected exactly one (a directory written by phi-quant quantize --backend llamacpp)"
@@ -68,8 +68,9 @@ class LlamaCppModel:
         def scalar(key: str, default: Any = None) -> Any:
             return f[key].contents() if key in f else default
 
-        self.n_ctx_train = int(scalar(Key.CONTEXT_LENGTH, 4096))
-        self.orig_ctx = int(scalar(Key.ROPE_ORIG_CONTEXT, self.n_ctx_train))
+        self.arch = str(scalar(Key.ARCHITECTURE, "phi3"))
+        self.n_ctx_train = int(scalar(arch_key(Key.CONTEXT_LENGTH, self.arch), 4096))
+        self.orig_ctx = int(scalar(arch_key(Key.ROPE_ORIG_CONTEXT, self.arch), self.n_ctx_train))
         self.longrope = any(t.name == "rope_factors_long.weight" for t in reader.tensors)
         self.vocab_size = len(f[Key.TOKENS].data)
         self.chat_template = scalar(Key.CHAT_TEMPLATE)
@@ -119,7 +120,7 @@ class LlamaCppModel:
         if self.threads:
             kwargs["n_threads"] = kwargs["n_threads_batch"] = int(self.threads)
         if override:
-            kwargs["kv_overrides"] = {Key.ROPE_ORIG_CONTEXT: int(override)}
+            kwargs["kv_overrides"] = {arch_key(Key.ROPE_ORIG_CONTEXT, self.arch): int(override)}
         try:
             self._llm = Llama(**kwargs)
         except Exception as e:  # llama-cpp-python raises ValueError with no detail

@@ -4,6 +4,8 @@ The kit's streaming check converts its generated ~1.1 GB checkpoint to Q4_0 (int
 subprocess and requires peak RSS below 600 MiB.
 """
 
+import dataclasses
+
 from phi_quant.testing.kit import BackendConformance
 
 
@@ -11,3 +13,7 @@ class TestLlamaCppConformance(BackendConformance):
     backend = "llamacpp"
     rss_limit_mb = 600.0
     streaming_precisions = ("int4",)
+
+    def recipe_options(self, variant, precision, recipe):
+        options = super().recipe_options(variant, precision, recipe)
+        return dataclasses.replace(options, scheme="Q4_1") if recipe == "hqq" else options  # Q4_0 has no zero

@@ -1,8 +1,9 @@
 """One source tensor -> the bytes mlx-lm reads, in row chunks so memory stays near one chunk.
 
 Groups run along a row (the input dimension), so quantizing a block of whole rows gives exactly
-the rows ``mx.quantize`` would produce for the whole matrix. Packing and float casts are done by
-phi-quant's kernel (``phi_quant.quant``), never by mlx: conversion does not import mlx.
+the rows ``mx.quantize`` would produce for the whole matrix. Values come from the core's recipe
+(default: ``mx.quantize``'s round to nearest), packing and float casts from phi-quant's kernel
+(:func:`phi_quant.quant.encode.encode`), never from mlx: conversion does not import mlx.
 """
 
 from __future__ import annotations
@@ -74,13 +75,16 @@ def _rows_per_chunk(row_bytes: int) -> int:
     return max(1, CHUNK_BYTES // max(1, row_bytes))
 
 
-def encode_chunks(planned: PlannedTensor, raw: np.ndarray | SourceTensor) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
+def encode_chunks(planned: PlannedTensor, raw: np.ndarray | SourceTensor, recipe=None,
+                  context=None) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
     """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks.
 
     ``raw`` is the stored array or the source tensor itself, whose rows are then mapped one block
     at a time (:meth:`~phi_quant.model.tensors.SourceTensor.row_blocks`).
     """
-    from phi_quant import quant as q
+    from phi_quant.quant.encode import encode
+
+    from .plan import core_scheme
 
     info = planned.info
     src = info.dtype
@@ -94,21 +98,15 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray | SourceTensor) -> Ite
     offsets: dict[str, int] = {}
     for _, block in blocks:
         chunk = stored_view(block, src)
-        if planned.quant is None:  # (the quantizing kernel refuses NaN/Inf itself)
+        if planned.quant is None:  # (encode refuses NaN/Inf itself, naming the tensor)
             check_finite(chunk, src, info.name)  # per chunk: a whole-tensor mask would cost a tensor of memory
             arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
         else:
             qsrc, qchunk = src, chunk
             if planned.dtype != _STORED[src]:  # the ``dtype`` option: quantize from the cast weights, as mlx-lm does
                 qsrc, qchunk = _PHI[planned.dtype], _cast(chunk, src, planned.dtype, info.name)
-            wq, scales, biases = q.mlx_quantize(
-                qchunk, bits=planned.quant.bits, group_size=planned.quant.group_size, src_dtype=qsrc, name=info.name
-            )
-            arrays = {
-                f"{planned.module}.weight": wq,
-                f"{planned.module}.scales": scales,
-                f"{planned.module}.biases": biases,
-            }
+            coded = encode(qchunk, qsrc, core_scheme(planned), recipe, context=context, name=info.name)
+            arrays = {f"{planned.module}.{key}": coded[key] for key in ("weight", "scales", "biases")}
         out = {}
         for name, arr in arrays.items():
             start = offsets.get(name, 0)
@@ -117,10 +115,10 @@ def encode_chunks(planned: PlannedTensor, raw: np.ndarray | SourceTensor) -> Ite
         yield out
 
 
-def encode_whole(planned: PlannedTensor, raw: np.ndarray) -> dict[str, np.ndarray]:
+def encode_whole(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=None) -> dict[str, np.ndarray]:
     """All output arrays of one tensor at once (the ``quantize`` hook; tests)."""
     parts: dict[str, list[np.ndarray]] = {}
-    for chunk in encode_chunks(planned, raw):
+    for chunk in encode_chunks(planned, raw, recipe, context):
         for name, (_, arr) in chunk.items():
             parts.setdefault(name, []).append(arr)
     return {name: (arrs[0] if len(arrs) == 1 else np.concatenate(arrs, axis=0)) for name, arrs in parts.items()}

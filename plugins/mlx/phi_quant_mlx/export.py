@@ -30,7 +30,7 @@ from .constants import (
     SKIPPED_TOKENIZER_FILES,
 )
 from .encode import encode_chunks
-from .layout import PlannedTensor, QuantParams, parse_overrides, plan_tensors, resolve_float_dtype, resolve_group_size
+from .layout import PlannedTensor, QuantParams, resolve_float_dtype, resolve_group_size
 from .safetensors_stream import ShardedWriter, plan_shards
 
 __all__ = ["export_mlx", "plan_for", "scheme_name", "parse_size", "context_length_of"]
@@ -75,7 +75,7 @@ def context_length_of(options: ExportOptions) -> int | None:
     return n
 
 
-def _check_options(options: ExportOptions) -> None:
+def check_options(options: ExportOptions) -> None:
     if options.precision not in PRECISION_DTYPE:
         raise UnsupportedPrecisionError(
             f"mlx has no precision {options.precision!r}; choose one of {', '.join(PRECISION_DTYPE)}"
@@ -90,12 +90,11 @@ def _check_options(options: ExportOptions) -> None:
 
 
 def plan_for(source, options: ExportOptions) -> list[PlannedTensor]:
-    """The output plan for ``source`` under ``options`` (shapes only; no tensor data read)."""
-    _check_options(options)
-    gs = resolve_group_size(options.group_size)
-    overrides = parse_overrides(options.get("overrides"), gs)
-    return plan_tensors(source.tensor_infos(), options.precision, gs, overrides, options.get("dtype"),
-                        tied=source.config.tie_word_embeddings)
+    """The output plan for ``source`` under ``options`` (:mod:`.plan`; a budget reads the weights once)."""
+    from .plan import plan_for as whole_plan
+
+    check_options(options)
+    return whole_plan(source, options)
 
 
 def _float_dtype(source, options: ExportOptions) -> str:
@@ -143,23 +142,36 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     shards = plan_shards((spec for p in plan for spec in p.specs), shard_bytes)
     by_name = {p.info.name: p for p in plan}
 
+    from phi_quant.quant.digest import TensorDigest
+    from phi_quant.quant.plan import recipe_context
+    from phi_quant.quant.recipes import get_recipe
+
+    from .plan import tensor_plan
+
+    recipe = get_recipe(options.recipe)
+    digests: dict[str, str] = {}
     writer = ShardedWriter(output_dir, shards)
     try:
-        def encoded():  # each chunk's arrays, then (None, tensor) when a tensor is done
+        def encoded():  # (module, arrays) per chunk, then (None, tensor) when a tensor is done
             for tensor in source.tensors():
                 planned = by_name.get(tensor.name)
                 if planned is None:
                     raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
-                for chunk in encode_chunks(planned, tensor):
-                    yield chunk, None
+                context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
+                for chunk in encode_chunks(planned, tensor, recipe, context):
+                    yield planned.module, chunk
                 yield None, tensor
 
-        for chunk, done in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
-            if done is not None:
-                progress.advance(done.nbytes, done.name)
+        digest = TensorDigest()
+        for module, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if module is None:
+                digests[item.name] = digest.hexdigest()
+                digest = TensorDigest()
+                progress.advance(item.nbytes, item.name)
                 continue
-            for name, (start, arr) in chunk.items():
+            for name, (start, arr) in item.items():
                 writer.write(name, arr, start)
+                digest.update(name[len(module) + 1:], arr)
         writer.close()
     except BaseException:
         writer.abort()
@@ -177,7 +189,9 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     files.append(CONFIG_FILE)
     files += _copy_tokenizer(source, output_dir)
 
-    return _result(cfg, plan, options, files, shards.total_bytes, float_dtype, context_length)
+    result = _result(cfg, plan, options, files, shards.total_bytes, float_dtype, context_length)
+    result.quantization = tensor_plan(plan, options.recipe).summary(digests)
+    return result
 
 
 def _result(cfg, plan, options, files, total_bytes, float_dtype, context_length) -> ExportResult:

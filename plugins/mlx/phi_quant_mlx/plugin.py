@@ -15,6 +15,7 @@ import numpy as np
 
 from phi_quant.hookspecs import hookimpl
 from phi_quant.model.tensors import SourceTensor
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -28,11 +29,12 @@ from phi_quant.types import (
 )
 
 from . import __version__
-from .constants import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_MODE, module_path
+from .constants import DEFAULT_GROUP_SIZE, GROUP_SIZES, QUANT_MODE
 from .encode import encode_whole
-from .export import export_mlx, scheme_name
+from .export import check_options, export_mlx, plan_for, scheme_name
 from .hardware import detect
-from .layout import FLOAT_DTYPES, PlannedTensor, parse_overrides, plan_tensors, resolve_group_size
+from .layout import FLOAT_DTYPES, PlannedTensor
+from .plan import plan_model
 from .runtime import MLXModel
 
 __all__ = ["THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
@@ -111,22 +113,28 @@ def supported_precisions() -> list[PrecisionSpec]:
     ]
 
 
-def _planned(tensor: SourceTensor, options: ExportOptions) -> PlannedTensor:
-    """The export's decision for this one tensor (overrides that name other modules are ignored)."""
-    gs = resolve_group_size(options.group_size)
-    module = module_path(tensor.role, tensor.layer)
-    overrides = [o for o in parse_overrides(options.get("overrides"), gs) if o.matches(module) and tensor.role.is_matmul]
-    return plan_tensors([tensor.info()], options.precision, gs, overrides, options.get("dtype"))[0]
+def _planned(tensor: SourceTensor, options: ExportOptions, source=None) -> PlannedTensor:
+    """The export's decision for this tensor: from the whole model's plan when ``source`` is given,
+    else the tensor planned alone (overrides that name other modules are ignored)."""
+    if source is not None:
+        return next(p for p in plan_for(source, options) if p.info.name == tensor.name)
+    check_options(options)
+    return plan_model(None, [tensor.info()], options, strict=False)[0]
 
 
 _PHI_DTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 
 @hookimpl
-def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
+def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
     """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``."""
-    planned = _planned(tensor, options)
-    arrays = encode_whole(planned, tensor.raw())
+    from phi_quant.quant.plan import recipe_context
+    from phi_quant.quant.recipes import get_recipe
+
+    planned = _planned(tensor, options, source)
+    recipe = get_recipe(options.recipe)
+    context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
+    arrays = encode_whole(planned, tensor.raw(), recipe, context)
     arrays = {name[len(planned.module) + 1:]: arr for name, arr in arrays.items()}
     shape = tuple(tensor.shape)
     quant = planned.quant
@@ -150,6 +158,14 @@ def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
         dequantize=dequantize,
         meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every module's quantization as the core sees it (the plan export and quantize follow)."""
+    from .plan import tensor_plan as core_plan
+
+    return core_plan(plan_for(source, options), options.recipe)
 
 
 @hookimpl

@@ -48,6 +48,7 @@ from . import constants as C
 from .dtypes import ONNX_FLOAT_TYPES, convert
 from .external_data import ExternalDataWriter
 from .graph import GraphBuilder
+from .plan import OnnxPlan, Storage
 from .rope import rope_caches
 from .settings import OnnxSettings
 from .weights import NBitsTensors, write_float, write_float_transposed, write_nbits
@@ -109,10 +110,18 @@ class _State:
 class Phi3OnnxDecoder:
     """Builds the graph; feed it every tensor with :meth:`consume`, then call :meth:`finish`."""
 
-    def __init__(self, config: PhiConfig, settings: OnnxSettings, writer: ExternalDataWriter):
+    def __init__(self, config: PhiConfig, settings: OnnxSettings, writer: ExternalDataWriter, plan: OnnxPlan,
+                 source=None):
+        from phi_quant.quant.recipes import get_recipe
+
         self.config = config
         self.settings = settings
         self.writer = writer
+        self.tensor_plan = plan
+        self.source = source
+        self.recipe = get_recipe(plan.tensor_plan.recipe)
+        #: source tensor name -> {array key: initializer written}, for the manifest's byte digests
+        self.written: dict[str, dict[str, TensorProto]] = {}
         self.g = GraphBuilder()
         self.plan = attention_plan(config, settings.target, settings.rotary)
         self.io_kind = settings.io_dtype
@@ -190,21 +199,26 @@ class Phi3OnnxDecoder:
         return bool(self.positions)
 
     # -- weights -> nodes ---------------------------------------------------------------------
-    def _store(self, tensor: SourceTensor, kind: str, prefix: str, transposed: bool) -> _Stored:
+    def _store(self, tensor: SourceTensor, storage: Storage, prefix: str, key_prefix: str = "") -> _Stored:
+        from phi_quant.quant.plan import recipe_context
+
         s = self.settings
-        if kind in ("int4", "int8"):
+        record = self.written.setdefault(tensor.name, {})
+        if storage.quantized:
             nb = write_nbits(
-                self.writer, prefix, tensor, bits=s.bits(kind), block_size=s.block_size,
-                symmetric=s.symmetric, scale_kind=self.io_kind, threads=s.threads,
+                self.writer, prefix, tensor, storage.scheme, scale_kind=self.io_kind, threads=s.threads,
+                recipe=self.recipe, context=recipe_context(self.recipe, tensor.info(), self.source),
             )
-            for t in (nb.B, nb.scales, nb.zero_points):
+            for key, t in (("B", nb.B), ("scales", nb.scales), ("zero_points", nb.zero_points)):
                 if t is not None:
                     self.g.add_initializer(t)
-            return _Stored(kind, nbits=nb)
-        writer = write_float_transposed if transposed else write_float
-        proto = writer(self.writer, f"{prefix}.weight", tensor, kind)
+                    record[key_prefix + key] = t
+            return _Stored(storage.kind, nbits=nb)
+        writer = write_float_transposed if storage.transposed else write_float
+        proto = writer(self.writer, f"{prefix}.weight", tensor, storage.kind)
         self.g.add_initializer(proto)
-        return _Stored(kind, float_tensor=proto)
+        record[key_prefix + "weight"] = proto
+        return _Stored(storage.kind, float_tensor=proto)
 
     def _to_io(self, name: str, kind: str, node_name: str) -> str:
         if kind == self.io_kind:
@@ -225,7 +239,9 @@ class Phi3OnnxDecoder:
         return g.node("MatMul", [x, w], f"{base}/MatMul", outputs=outputs)[0]
 
     def _norm_weight(self, tensor: SourceTensor, name: str) -> str:
-        return self.g.add_initializer(write_float(self.writer, name, tensor, self.io_kind))
+        proto = write_float(self.writer, name, tensor, self.io_kind)
+        self.written.setdefault(tensor.name, {})["weight"] = proto
+        return self.g.add_initializer(proto)
 
     def consume(self, tensor: SourceTensor) -> None:
         """Write one streamed tensor and emit the nodes that use it."""
@@ -246,9 +262,10 @@ class Phi3OnnxDecoder:
         handler(tensor)
 
     def _embedding(self, t: SourceTensor) -> None:
-        g, s, cfg = self.g, self.settings, self.config
-        kind = s.embeddings
-        stored = self._store(t, kind, "model.embed_tokens", transposed=False)
+        g, cfg = self.g, self.config
+        storage = self.tensor_plan.storage(t.name)
+        kind = storage.kind
+        stored = self._store(t, storage, "model.embed_tokens")
         self._embed_stored = stored
         base = "/model/embed_tokens"
         if stored.nbits is not None:
@@ -267,12 +284,13 @@ class Phi3OnnxDecoder:
         self.state.pending = out
         self.choices["embeddings"] = kind
         if cfg.tie_word_embeddings:
-            if s.lm_head == kind:
+            head = self.tensor_plan.tied_head
+            if head is None:
                 self._tied_lm_head = stored
                 self.choices["lm_head"] = f"{kind} (shares the embedding table)"
             else:
-                self._tied_lm_head = self._store(t, s.lm_head, "lm_head", transposed=s.lm_head not in ("int4", "int8"))
-                self.choices["lm_head"] = f"{s.lm_head} (tied embeddings stored a second time)"
+                self._tied_lm_head = self._store(t, head, "lm_head", key_prefix="lm_head.")
+                self.choices["lm_head"] = f"{head.kind} (tied embeddings stored a second time)"
 
     def _skip_norm(self, weight: str, base: str, last: bool = False) -> None:
         """RMSNorm of (pending + residual); the sum becomes the new residual."""
@@ -308,7 +326,7 @@ class Phi3OnnxDecoder:
     def _attention(self, t: SourceTensor) -> None:
         g, cfg, i = self.g, self.config, t.layer
         base = f"/model/layers.{i}/attn"
-        stored = self._store(t, self.settings.body, f"{C.layer_prefix(i)}.self_attn.qkv_proj", transposed=True)
+        stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.self_attn.qkv_proj")
         qkv = self._matmul(self.state.hidden, stored, f"{base}/qkv_proj")
         common = dict(
             num_heads=cfg.num_heads,
@@ -339,13 +357,13 @@ class Phi3OnnxDecoder:
 
     def _o_proj(self, t: SourceTensor) -> None:
         i = t.layer
-        stored = self._store(t, self.settings.body, f"{C.layer_prefix(i)}.self_attn.o_proj", transposed=True)
+        stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.self_attn.o_proj")
         self.state.pending = self._matmul(self._attn_out, stored, f"/model/layers.{i}/attn/o_proj")
 
     def _mlp_up(self, t: SourceTensor) -> None:
         g, i = self.g, t.layer
         base = f"/model/layers.{i}/mlp"
-        stored = self._store(t, self.settings.body, f"{C.layer_prefix(i)}.mlp.gate_up_proj", transposed=True)
+        stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.mlp.gate_up_proj")
         gate_up = self._matmul(self.state.hidden, stored, f"{base}/gate_up_proj")
         inter = self.config.intermediate_size
         gate, up = g.node("Split", [gate_up, g.const([inter, inter])], f"{base}/Split", outputs=2, axis=-1)
@@ -354,14 +372,14 @@ class Phi3OnnxDecoder:
 
     def _mlp_down(self, t: SourceTensor) -> None:
         i = t.layer
-        stored = self._store(t, self.settings.body, f"{C.layer_prefix(i)}.mlp.down_proj", transposed=True)
+        stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.mlp.down_proj")
         self.state.pending = self._matmul(self._mlp_act, stored, f"/model/layers.{i}/mlp/down_proj")
         self.state.layers_done.add(i)
 
     def _lm_head(self, t: SourceTensor) -> None:
-        kind = self.settings.lm_head
-        stored = self._store(t, kind, "lm_head", transposed=kind not in ("int4", "int8"))
-        self.choices["lm_head"] = kind
+        storage = self.tensor_plan.storage(t.name)
+        stored = self._store(t, storage, "lm_head")
+        self.choices["lm_head"] = storage.kind
         self._emit_lm_head(stored)
 
     def _emit_lm_head(self, stored: _Stored) -> None:

@@ -1,8 +1,10 @@
 """Export a streamed Phi checkpoint as an onnxruntime-genai model folder.
 
-Reads each tensor once from the memory-mapped checkpoint, writes it (converted or quantized) to
+Plans every tensor's storage first (:mod:`.plan`), then reads each tensor once from the
+memory-mapped checkpoint, writes it (converted, or quantized with the core's recipe) to
 ``model.onnx.data`` and emits its nodes; then saves the small ``model.onnx`` proto,
-``genai_config.json`` and the tokenizer files. Never imports torch or transformers.
+``genai_config.json`` and the tokenizer files, and reads the data file back to record a sha256
+of every tensor's bytes in the manifest. Never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from . import constants as C
 from .decoder import Phi3OnnxDecoder
 from .external_data import ExternalDataWriter
 from .genai_config import build_genai_config
-from .settings import OnnxSettings, settings_from_options
+from .plan import plan_for
+from .settings import OnnxSettings
 from .tokenizer_files import copy_tokenizer_files
 
 __all__ = ["export_model", "run_instructions"]
@@ -28,13 +31,15 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
     progress = progress or NullProgress()
     output_dir = Path(output_dir)
     config = source.config
-    settings = settings_from_options(options, config)
+    plan = plan_for(source, options)
+    settings = plan.settings
     with ExternalDataWriter(output_dir, C.DATA_FILE) as writer:
-        decoder = Phi3OnnxDecoder(config, settings, writer)
+        decoder = Phi3OnnxDecoder(config, settings, writer, plan, source)
         for tensor in source.tensors():
             decoder.consume(tensor)
             progress.advance(tensor.nbytes, tensor.name)
         model = decoder.finish()
+    digests = _read_back(output_dir / C.DATA_FILE, decoder.written)
     (output_dir / C.MODEL_FILE).write_bytes(model.SerializeToString())
     genai = build_genai_config(
         config,
@@ -60,7 +65,7 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
         "context_length": decoder.context_length,
         **decoder.choices,
     }
-    notes = list(settings.notes)
+    notes = list(settings.notes) + list(plan.tensor_plan.notes)
     if config.rope.is_longrope:
         notes.append(
             "LongRoPE: the long factors are used when the whole sequence (prompt + generated) is longer "
@@ -74,7 +79,28 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
         details=details,
         run_instructions=run_instructions(settings),
         notes=notes,
+        quantization=plan.tensor_plan.summary(digests),
     )
+
+
+def _read_back(data_file: Path, written: dict) -> dict[str, str]:
+    """sha256 per source tensor of the initializer bytes in the finished data file."""
+    from phi_quant.quant.digest import TensorDigest
+
+    out = {}
+    with open(data_file, "rb") as f:
+        for name, arrays in written.items():
+            d = TensorDigest()
+            for key, proto in arrays.items():
+                where = {e.key: e.value for e in proto.external_data}
+                f.seek(int(where["offset"]))
+                left = int(where["length"])
+                while left:
+                    block = f.read(min(left, 16 << 20))
+                    d.update(key, block)
+                    left -= len(block)
+            out[name] = d.hexdigest()
+    return out
 
 
 def run_instructions(settings: OnnxSettings) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 from phi_quant.hookspecs import hookimpl
 from phi_quant.quant import matmulnbits_dequantize
 from phi_quant.model.tensors import SourceTensor, TensorRole
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -29,8 +30,9 @@ from .constants import TARGETS
 from .dtypes import convert, to_float32
 from .export import export_model
 from .hardware import detect
+from .plan import Storage, plan_for, plan_model
 from .runtime import OnnxGenaiModel
-from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS, settings_from_options
+from .settings import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, OPTIONS
 from .weights import check_finite, pack_nbits
 
 __all__ = ["THRESHOLDS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
@@ -99,63 +101,70 @@ def supported_precisions() -> list[PrecisionSpec]:
     return specs
 
 
-def _storage_for(role: TensorRole, settings) -> str:
-    if role.is_norm:
-        return settings.io_dtype
-    if role == TensorRole.EMBED:
-        return settings.embeddings
-    if role == TensorRole.LM_HEAD:
-        return settings.lm_head
-    return settings.body
+def _arrays(tensor: SourceTensor, storage: Storage, settings, recipe, context) -> tuple[dict[str, np.ndarray], dict]:
+    """The initializers ``export`` writes for ``tensor`` under ``storage`` and their description."""
+    shape = tuple(tensor.shape)
+    if storage.quantized:
+        B, scales, zp = pack_nbits(tensor.raw(), tensor.dtype, storage.scheme, tensor.name, settings.threads, recipe, context)
+        arrays = {"B": B, "scales": scales} | ({} if zp is None else {"zero_points": zp})
+        s = storage.scheme
+        return arrays, {"bits": s.bits, "block_size": s.group, "symmetric": s.symmetric, "K": shape[1], "N": shape[0]}
+    w = tensor.to_float32()
+    check_finite(w, tensor)
+    stored = convert(np.ascontiguousarray(w.T) if storage.transposed else w, "f32", storage.kind)
+    return {"weight": stored}, {"transposed": storage.transposed, "dtype": storage.kind}
 
 
 @hookimpl
-def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    """One tensor as the export stores it.
+def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
+    """One tensor as the export stores it, from the export's own plan (``source`` given: the whole
+    model's, so a tied table is stored as its lm_head; otherwise this tensor planned alone).
 
-    MatMulNBits weights: ``arrays`` = ``B`` uint8 [N, k_blocks, blob], ``scales`` float32
-    [N, k_blocks] and, when asymmetric, ``zero_points`` uint8. Float MatMul weights: ``weight``
-    transposed to [K, N] (bf16 as uint16 bits); embeddings and norms keep their shape.
+    MatMulNBits weights: ``arrays`` = ``B`` uint8 [N, k_blocks, blob], ``scales`` [N, k_blocks]
+    and, when asymmetric, ``zero_points`` uint8. Float MatMul weights: ``weight`` transposed to
+    [K, N] (bf16 as uint16 bits); embeddings and norms keep their shape. A tied table stored a
+    second time for the lm_head adds the same keys prefixed ``lm_head.``.
     """
-    settings = settings_from_options(options)
-    role = TensorRole(tensor.role)
-    kind = _storage_for(role, settings)
-    shape = tuple(tensor.shape)
-    if kind in ("int4", "int8"):
-        bits = settings.bits(kind)
-        B, scales, zp = pack_nbits(
-            tensor.raw(), tensor.dtype, bits, settings.block_size, settings.symmetric, settings.io_dtype, tensor.name,
-            settings.threads,
-        )
-        arrays = {"B": B, "scales": scales}
-        if zp is not None:
-            arrays["zero_points"] = zp
-        k = shape[1]
-        return QuantizedTensor(
-            name=tensor.name,
-            scheme=settings.nbits_scheme(kind),
-            shape=shape,
-            arrays=arrays,
-            dequantize=lambda: matmulnbits_dequantize(B, scales, zp, bits=bits, block_size=settings.block_size, k=k),
-            meta={"bits": bits, "block_size": settings.block_size, "symmetric": settings.symmetric, "K": k, "N": shape[0]},
-        )
-    w = tensor.to_float32()
-    check_finite(w, tensor)
-    transposed = role.is_matmul and role != TensorRole.EMBED
-    stored = convert(np.ascontiguousarray(w.T) if transposed else w, "f32", kind)
+    from phi_quant.quant.plan import recipe_context
+    from phi_quant.quant.recipes import get_recipe
 
-    def dequantize() -> np.ndarray:
-        f32 = to_float32(stored, "bf16" if kind == "bf16" else "f32")
-        return np.ascontiguousarray(f32.T if transposed else f32).reshape(shape)
+    plan = plan_for(source, options) if source is not None else plan_model(None, [tensor.info()], options)
+    settings = plan.settings
+    storage = plan.storage(tensor.name)
+    recipe = get_recipe(options.recipe)
+    context = recipe_context(recipe, tensor.info(), source)
+    arrays, meta = _arrays(tensor, storage, settings, recipe, context)
+    if plan.tied_head is not None and TensorRole(tensor.role) == TensorRole.EMBED:
+        head, _ = _arrays(tensor, plan.tied_head, settings, recipe, context)
+        arrays.update({f"lm_head.{k}": v for k, v in head.items()})
+    shape = tuple(tensor.shape)
+    if storage.quantized:
+        bits, block, k = storage.scheme.bits, storage.scheme.group, shape[1]
+        B, scales, zp = arrays["B"], arrays["scales"], arrays.get("zero_points")
+
+        def dequantize() -> np.ndarray:
+            return matmulnbits_dequantize(B, scales, zp, bits=bits, block_size=block, k=k)
+    else:
+        stored, transposed, kind = arrays["weight"], storage.transposed, storage.kind
+
+        def dequantize() -> np.ndarray:
+            f32 = to_float32(stored, "bf16" if kind == "bf16" else "f32")
+            return np.ascontiguousarray(f32.T if transposed else f32).reshape(shape)
 
     return QuantizedTensor(
         name=tensor.name,
-        scheme={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[kind],
+        scheme=storage.scheme.name if storage.quantized else {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[storage.kind],
         shape=shape,
-        arrays={"weight": stored},
+        arrays=arrays,
         dequantize=dequantize,
-        meta={"transposed": transposed, "dtype": kind},
+        meta=meta,
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every initializer's storage as the core sees it (the plan export and quantize follow)."""
+    return plan_for(source, options).tensor_plan
 
 
 @hookimpl

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from phi_quant.errors import BadWeightsError, KernelError
+from phi_quant.errors import BadWeightsError
 from phi_quant.model.tensors import SourceTensor
 from phi_quant.pipeline import ahead
 
@@ -105,53 +105,44 @@ class NBitsTensors:
 
 
 def pack_nbits(
-    rows: np.ndarray, src_dtype: str, bits: int, block_size: int, symmetric: bool, scale_kind: str = "fp32",
-    name: str = "tensor", threads: int | None = None,
+    rows: np.ndarray, src_dtype: str, scheme, name: str = "tensor", threads: int | None = None, recipe=None, context=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MatMulNBits B/scales/zero_points of raw rows ``[n, K]`` through phi-quant's kernel.
+    """MatMulNBits B/scales/zero_points of raw rows ``[n, K]`` under the core ``scheme``.
 
-    Returns ``B`` uint8 ``[n, k_blocks, blob]``, ``scales`` ``[n, k_blocks]`` in the activation
-    type (float32, or float16 for fp16 targets: the kernel quantizes with the scale as stored, as
-    onnxruntime's own quantizer does) and packed ``zero_points`` uint8 (None when symmetric: the
-    runtime then uses 2^(bits-1)). The kernel raises BadWeightsError on NaN/Inf.
+    Values come from the core's ``recipe`` (default: round to nearest, bit-identical to
+    onnxruntime's own quantizer), bytes from phi-quant's kernel. Returns ``B`` uint8
+    ``[n, k_blocks, blob]``, ``scales`` ``[n, k_blocks]`` in the activation type (float32, or
+    float16 for fp16 targets: the kernel quantizes with the scale as stored, as onnxruntime's own
+    quantizer does) and packed ``zero_points`` uint8 (None when symmetric: the runtime then uses
+    2^(bits-1)). NaN/Inf raise BadWeightsError.
     """
-    try:
-        from phi_quant.quant import matmulnbits_quantize
-    except ImportError as exc:  # pragma: no cover - the core always ships the kernel
-        raise KernelError(f"phi_quant.quant.matmulnbits_quantize is unavailable: {exc}") from exc
-    scale_dtype = {"fp32": "f32", "fp16": "f16"}[scale_kind]
-    B, scales, zp = matmulnbits_quantize(
-        rows, bits=bits, block_size=block_size, symmetric=symmetric, src_dtype=src_dtype, scale_dtype=scale_dtype, name=name,
-        threads=threads,
-    )
-    n, k = rows.shape
-    k_blocks = -(-k // block_size)
-    B = np.asarray(B, dtype=np.uint8).reshape(n, k_blocks, block_size * bits // 8)
-    scales = np.asarray(scales).reshape(n, k_blocks)
-    zp = None if symmetric or zp is None else np.asarray(zp, dtype=np.uint8).reshape(n, -1)
-    return B, scales, zp
+    from phi_quant.quant.encode import encode
+
+    arrays = encode(rows, src_dtype, scheme, recipe, context=context, threads=threads, name=name)
+    return arrays["B"], arrays["scales"], arrays.get("zero_points")
 
 
 def write_nbits(
     writer: ExternalDataWriter,
     prefix: str,
     tensor: SourceTensor,
+    scheme,
     *,
-    bits: int,
-    block_size: int,
-    symmetric: bool,
     scale_kind: str = "fp32",
     threads: int | None = None,
+    recipe=None,
+    context=None,
 ) -> NBitsTensors:
-    """Quantize ``tensor`` ([N, K]) to MatMulNBits blocks, streaming B; scales/zero points follow."""
+    """Quantize ``tensor`` ([N, K]) to MatMulNBits blocks under ``scheme``, streaming B; scales/zero points follow."""
     n, k = tensor.shape
+    bits, block_size = scheme.bits, scheme.group
     k_blocks = -(-k // block_size)
     blob = block_size * bits // 8
     step = max(1, CHUNK_ELEMENTS // max(1, k))
     writer.begin(f"{prefix}.B", TensorProto.UINT8, (n, k_blocks, blob), n * k_blocks * blob)
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
-    blocks = (pack_nbits(rows, tensor.dtype, bits, block_size, symmetric, scale_kind, tensor.name, threads)
+    blocks = (pack_nbits(rows, tensor.dtype, scheme, tensor.name, threads, recipe, context)
               for _, rows in tensor.row_blocks(step))  # each block its own mapping: memory stays at one block
     for B, scales, zp in ahead(blocks):  # packing runs one block ahead of writing, in a worker thread
         writer.write(B)
@@ -168,4 +159,3 @@ def write_nbits(
     del gather.dims[:]
     gather.dims.extend([n, k_blocks * blob])
     return NBitsTensors(b_proto, scales_proto, zp_proto, gather, n, k, bits, block_size)
-

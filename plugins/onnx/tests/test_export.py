@@ -75,6 +75,7 @@ class _PoisonedSource:
     def __init__(self, src, role: str):
         self._src, self._role = src, role
         self.config, self.generation_config, self.tokenizer_files = src.config, src.generation_config, src.tokenizer_files
+        self.tensor_infos, self.tensor = src.tensor_infos, src.tensor
 
     def tensors(self):
         for t in self._src.tensors():

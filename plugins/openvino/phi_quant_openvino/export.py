@@ -1,10 +1,11 @@
 """Export a checkpoint to an OpenVINO GenAI model directory, streaming one tensor at a time.
 
-1. plan each tensor's scheme from the options (shapes only; a ratio below 1 first streams the
-   weights once to score them as NNCF does);
+1. plan each tensor's scheme from the options (:mod:`.plan`: shapes only; a ratio below 1 or a
+   size budget first streams the weights once to score them);
 2. build the stateful decoder graph with placeholder weights and save its XML (the .bin offsets
    laid out by the serializer's rule, the file sparse until the weights arrive);
-3. stream the checkpoint: pack each tensor and write its bytes at its constants' offsets;
+3. stream the checkpoint: pack each tensor (values from the core's recipe) and write its bytes at
+   its constants' offsets, recording a sha256 of every tensor's bytes for the manifest;
 4. write the tokenizer/detokenizer IRs, generation_config.json, config.json and tokenizer files.
 """
 
@@ -15,8 +16,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from phi_quant.errors import ExportFailedError
 from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
@@ -24,34 +23,13 @@ from phi_quant.types import ExportOptions, ExportResult, Progress
 from . import constants as C
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
-from .packing import chunk_rows, dequantize, pack, row_chunks
-from .schemes import TensorScheme, WeightPlan, plan_weights, resolve_options
+from .packing import chunk_rows, pack
+from .plan import plan_for, tensor_plan
+from .schemes import TensorScheme, WeightPlan, resolve_options
 from .tokenizer_ir import write_tokenizer_irs
 from .weights import array_layout, packed_nbytes
 
 __all__ = ["export_model", "run_instructions"]
-
-
-def _sensitivity(source, candidates: set[str]) -> dict[str, float]:
-    """NNCF's data-free score per tensor: 1 / (int8_asym max-mean squared error + eps)."""
-    scores: dict[str, float] = {}
-    backup = TensorScheme(C.INT8_ASYM)
-    for t in source.tensors():
-        if t.name not in candidates:
-            continue
-        worst = 0.0
-        for r0, r1 in row_chunks(t):
-            w = _rows_f32(t, r0, r1)
-            err = (dequantize(pack(t, backup, (r0, r1)), backup, (r1 - r0, t.shape[1])) - w) ** 2
-            worst = max(worst, float(err.mean(axis=1).max()))
-        scores[t.name] = 1.0 / (worst + float(np.finfo(np.float32).eps))
-    return scores
-
-
-def _rows_f32(t, r0: int, r1: int) -> np.ndarray:
-    from phi_quant import quant as q
-
-    return q.to_float32(t.raw()[r0:r1], t.dtype)
 
 
 def _generation_config(source) -> dict:
@@ -80,14 +58,9 @@ def run_instructions(path_hint: str = "<output dir>") -> str:
 def export_model(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
     opts = resolve_options(options)
     infos = list(source.tensor_infos())
-    sensitivity = None
-    if opts.ratio < 1.0:
-        edge = ("embed", "lm_head")
-        candidates = {i.name for i in infos if i.role.is_matmul and (opts.all_layers or i.role.value not in edge)}
-        sensitivity = _sensitivity(source, candidates)
-    plan = plan_weights(infos, opts, sensitivity)
+    plan = plan_for(source, options)
     files = _write_side_files(source, output_dir, opts)  # tokenizer conversion first: it fails fast
-    _write_model(source, output_dir, plan, progress)
+    digests = _write_model(source, output_dir, plan, progress, options.recipe)
     files = [C.MODEL_XML, C.MODEL_BIN] + files
 
     notes = list(plan.notes)
@@ -109,11 +82,19 @@ def export_model(source, output_dir: Path, options: ExportOptions, progress: Pro
         },
         run_instructions=run_instructions(),
         notes=notes,
+        quantization=tensor_plan(plan, infos, options.recipe).summary(digests),
     )
 
 
-def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress) -> None:
-    """Save the graph with placeholder weights, then stream every tensor into the .bin."""
+def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress, recipe: str | None = None) -> dict[str, str]:
+    """Save the graph with placeholder weights, then stream every tensor into the .bin; returns
+    the sha256 of each tensor's bytes as written."""
+    from phi_quant.quant.digest import TensorDigest
+    from phi_quant.quant.plan import recipe_context
+    from phi_quant.quant.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    digests: dict[str, str] = {}
     opts = plan.options
     graph = build_decoder(source.config, list(source.tensor_infos()), plan)
     graph.model.set_rt_info("phi-quant", ["phi_quant", "exporter"])
@@ -133,26 +114,32 @@ def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress)
                 raise ExportFailedError(f"internal error: tensor {t.name} has no constant in the IR")
             scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
             layout = array_layout(scheme, t.shape) if t.role.is_matmul else {"weight": ("f32", t.shape)}
+            context = recipe_context(r, t.info(), source) if scheme.is_int else None
             per_row = {k: (layout[k][0], math.prod(layout[k][1]) // t.shape[0] if len(t.shape) > 1 else 0) for k in keys}
             for r0, block in t.row_blocks(chunk_rows(t)):  # one block mapped at a time, the next one read ahead
-                arrays = pack(t, scheme, block=block)
+                arrays = pack(t, scheme, recipe=r, context=context, block=block)
                 del block
                 yield t, [(k, arrays[k], packed_nbytes(ov_type, (r0 * n,))) for k, (ov_type, n) in per_row.items()]
             yield t, None
 
     try:
+        digest = TensorDigest()
         for t, parts in ahead(packed()):  # packing runs one step ahead of writing, in a worker thread
             if parts is None:
+                digests[t.name] = digest.hexdigest()
+                digest = TensorDigest()
                 progress.advance(t.nbytes, t.name)
                 continue
             for key, array, at in parts:
                 writer.write(t.name, key, array, at=at)
+                digest.update(key, array)
             del parts
         missing = writer.missing()
         if missing:
             raise ExportFailedError(f"the tensor stream ended before these constants were written: {missing[:5]}")
     finally:
         writer.close()
+    return digests
 
 
 def _write_side_files(source, output_dir: Path, opts) -> list[str]:

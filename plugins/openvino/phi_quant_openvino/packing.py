@@ -1,9 +1,9 @@
 """One checkpoint tensor -> the arrays its IR constants hold, byte for byte.
 
-The math is the core kernel's (``phi_quant.quant``: ``nncf_compress`` follows NNCF's rules,
-``pack_4bit`` OpenVINO's u4/i4 layout with element 0 in the low nibble, ``to_float16`` rounds to
-nearest even); this module picks the call per scheme and names the arrays as
-:func:`.weights.array_layout` does.
+The math is the core's (:func:`phi_quant.quant.encode.encode`: values from the recipe, by default
+NNCF's round to nearest; the kernel packs OpenVINO's u4/i4 layout with element 0 in the low
+nibble; ``to_float16`` rounds to nearest even); this module picks the call per scheme and names
+the arrays as :func:`.weights.array_layout` does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from phi_quant.model.checks import check_finite
 from phi_quant.model.tensors import SourceTensor
 
 from . import constants as C
-from .schemes import TensorScheme
+from .schemes import TensorScheme, core_scheme
 
 __all__ = ["pack", "dequantize", "row_chunks", "chunk_rows", "CHUNK_ELEMENTS"]
 
@@ -41,9 +41,10 @@ def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
     return [(r, min(n, r + rows)) for r in range(0, n, rows)]
 
 
-def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None,
-         block: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`.
+def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None, recipe=None,
+         context=None, block: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`;
+    integer values chosen by the core's ``recipe`` (default: NNCF's round to nearest).
 
     ``block`` is those rows already read (from :meth:`SourceTensor.row_blocks`).
     """
@@ -51,7 +52,7 @@ def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | Non
     if block is None and rows is not None and len(tensor.shape) > 1:
         raw = raw[rows[0] : rows[1]]
     if tensor.role.is_norm or scheme.mode in (C.FP32, C.FP16):
-        check_finite(raw, tensor.name, dtype=tensor.dtype)  # the integer kernels detect NaN/Inf themselves
+        check_finite(raw, tensor.name, dtype=tensor.dtype)  # integer encoding refuses NaN/Inf itself
     if tensor.role.is_norm or scheme.mode == C.FP32:
         return {"weight": q.to_float32(raw, tensor.dtype, name=tensor.name)}
     if scheme.mode == C.FP16:
@@ -61,16 +62,9 @@ def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | Non
                 f"tensor {tensor.name} has values beyond float16's range (±65504); export it at fp32 or int8"
             )
         return {"weight": half}
-    four_bit = C.BITS[scheme.mode] == 4
-    c = q.nncf_compress(raw, mode=scheme.mode, group_size=scheme.group_size, src_dtype=tensor.dtype, name=tensor.name,
-                        packed=four_bit)  # 4-bit: the kernel writes the u4/i4 bytes itself
-    out = {
-        "weight": c.weight if four_bit else np.ascontiguousarray(c.weight).view(np.uint8),
-        "scale": np.ascontiguousarray(c.scale, dtype=np.float16),
-    }
-    if c.zero_point is not None:
-        out["zero_point"] = q.pack_4bit(c.zero_point) if four_bit else np.ascontiguousarray(c.zero_point, dtype=np.uint8)
-    return out
+    from phi_quant.quant.encode import encode
+
+    return encode(raw, tensor.dtype, core_scheme(scheme), recipe, context=context, name=tensor.name)
 
 
 def dequantize(arrays: dict[str, np.ndarray], scheme: TensorScheme, shape: tuple[int, int]) -> np.ndarray:

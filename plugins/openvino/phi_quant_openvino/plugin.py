@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from phi_quant.hookspecs import hookimpl
+from phi_quant.quant.plan import TensorPlan
 from phi_quant.types import (
     BackendInfo,
     ExportOptions,
@@ -94,18 +95,23 @@ def supported_precisions() -> list[PrecisionSpec]:
 
 
 @hookimpl
-def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
-    from .packing import dequantize, pack
-    from .schemes import TensorScheme, fit_group, resolve_options
+def quantize(tensor, options: ExportOptions, source=None) -> QuantizedTensor:
+    """One tensor's IR constants exactly as ``export`` writes them, from the export's own plan
+    (``source`` given: the whole model's, ratio and budgets included; otherwise this tensor alone)."""
+    from phi_quant.quant.plan import recipe_context
+    from phi_quant.quant.recipes import get_recipe
 
-    opts = resolve_options(options)
-    if tensor.role.is_norm:
-        scheme = TensorScheme(C.FP32)
-    elif tensor.role.value in ("embed", "lm_head") and not opts.all_layers:
-        scheme = opts.backup
+    from .packing import dequantize, pack
+    from .plan import plan_for, single_tensor_scheme
+    from .schemes import TensorScheme
+
+    if source is not None:
+        scheme = plan_for(source, options).schemes.get(tensor.name, TensorScheme(C.FP32))
     else:
-        scheme = fit_group(tensor.info(), opts.primary, opts.backup, [])
-    arrays = pack(tensor, scheme)
+        scheme = single_tensor_scheme(tensor.info(), options)
+    recipe = get_recipe(options.recipe)
+    context = recipe_context(recipe, tensor.info(), source) if scheme.is_int else None
+    arrays = pack(tensor, scheme, None, recipe, context)
     shape = tuple(tensor.shape)
     return QuantizedTensor(
         name=tensor.name,
@@ -113,8 +119,17 @@ def quantize(tensor, options: ExportOptions) -> QuantizedTensor:
         shape=shape,
         arrays=arrays,
         dequantize=(lambda: dequantize(arrays, scheme, shape)) if len(shape) == 2 else (lambda: arrays["weight"]),
-        meta={"mode": scheme.mode, "group_size": scheme.group_size},
+        meta={"mode": scheme.mode, "group_size": scheme.group_size, "recipe": recipe.name},
     )
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every constant's NNCF scheme as the core sees it (the plan export and quantize follow)."""
+    from .plan import plan_for
+    from .plan import tensor_plan as core_plan
+
+    return core_plan(plan_for(source, options), source.tensor_infos(), options.recipe)
 
 
 @hookimpl

@@ -16,11 +16,13 @@ from typing import Iterable
 
 from phi_quant.errors import UnsupportedPrecisionError
 from phi_quant.model.tensors import TensorInfo, TensorRole
+from phi_quant.quant.scheme import Scheme
 from phi_quant.types import ExportOptions
 
 from . import constants as C
 
-__all__ = ["TensorScheme", "WeightPlan", "PRESETS", "resolve_options", "plan_weights", "fit_group", "ResolvedOptions"]
+__all__ = ["TensorScheme", "WeightPlan", "PRESETS", "resolve_options", "plan_weights", "fit_group", "ResolvedOptions",
+           "core_scheme"]
 
 #: Named presets: (mode, group size or None for per-channel). NPUs want symmetric int4.
 PRESETS = {
@@ -52,6 +54,13 @@ class TensorScheme:
         return f"{self.mode}_g{self.group_size}" if self.group_size else f"{self.mode}_cw"
 
 
+def core_scheme(scheme: TensorScheme) -> Scheme:
+    """The core's description: a float copy, or the kernel's NNCF layout with f16 scales."""
+    if not scheme.is_int:
+        return Scheme.keep_float("f16" if scheme.mode == C.FP16 else "f32", scheme.mode)
+    return Scheme.nncf(C.BITS[scheme.mode], scheme.mode.endswith("_sym"), scheme.group_size, "f16")
+
+
 @dataclass(frozen=True)
 class ResolvedOptions:
     """The export options after defaults and presets: what the user gets."""
@@ -81,6 +90,7 @@ class WeightPlan:
     schemes: dict[str, TensorScheme]
     options: ResolvedOptions
     notes: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # why a tensor left the rule (policy, budget)
 
     def scheme(self, name: str) -> TensorScheme:
         return self.schemes[name]

@@ -30,11 +30,15 @@ from phi_quant.types import (
 
 from . import __version__
 from .runtime import INDEX_NAME, ReferenceModelRunner
-from .weights import DEFAULT_SCHEMES, encode, resolve_scheme
+from phi_quant.quant.digest import digest_arrays
+from phi_quant.quant.encode import check_recipe
+from phi_quant.quant.plan import PlannedTensor, TensorPlan
+
+from .weights import DEFAULT_SCHEMES, encode, resolve_scheme, tensor_scheme
 
 NAME = "reference"
 #: The hook contract this module implements (phi_quant.types.HOOK_CONTRACT_VERSION when written).
-HOOK_CONTRACT = "1.1"
+HOOK_CONTRACT = "1.4"
 #: The architectures (phi_quant.arch names) it writes. Tensors are stored by name and run by the
 #: core's oracle, so any architecture the core reads would work; each is listed once the kit passes on it.
 ARCHITECTURES = ("phi3",)
@@ -93,20 +97,39 @@ def supported_precisions() -> list[PrecisionSpec]:
     return specs
 
 
+def plan(infos, options: ExportOptions) -> TensorPlan:
+    """Every tensor's core scheme; refuses a recipe that cannot fill one of them."""
+    scheme = resolve_scheme(options)
+    entries = [PlannedTensor(i, i.name, tensor_scheme(i, scheme)) for i in infos]
+    for p in entries:
+        check_recipe(options.recipe, p.scheme, p.name)
+    return TensorPlan(entries, (options.recipe or "rtn"))
+
+
 @hookimpl
-def quantize(tensor: SourceTensor, options: ExportOptions) -> QuantizedTensor:
-    return encode(tensor, resolve_scheme(options))
+def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
+    plan([tensor.info()], options)  # refuse bad options as export would
+    return encode(tensor, resolve_scheme(options), options.recipe, source)
+
+
+@hookimpl
+def tensor_plan(source, options: ExportOptions) -> TensorPlan:
+    """Every tensor's scheme (one per precision for every matrix, norms in float32)."""
+    return plan(source.tensor_infos(), options)
 
 
 @hookimpl
 def export(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
     scheme = resolve_scheme(options)  # refuse bad options before writing anything
+    tensor_plan = plan(source.tensor_infos(), options)
     (output_dir / "weights").mkdir()
     index: dict = {"format": "phi-quant-reference", "version": 1, "scheme": scheme.name, "tensors": {}}
+    digests = {}
     for tensor in source.tensors():  # one tensor in memory at a time
-        qt = encode(tensor, scheme)
+        qt = encode(tensor, scheme, options.recipe, source)
         file = f"weights/{tensor.name}.safetensors"
         save_file(qt.arrays, str(output_dir / file))
+        digests[tensor.name] = digest_arrays(qt.arrays)
         index["tensors"][tensor.name] = {"file": file, "scheme": qt.scheme, "shape": list(qt.shape)}
         progress.advance(tensor.nbytes, tensor.name)
 
@@ -125,6 +148,7 @@ def export(source, output_dir: Path, options: ExportOptions, progress: Progress)
         details={"tensors": len(index["tensors"]), "group_size": scheme.group_size, "symmetric": scheme.symmetric},
         run_instructions="```sh\nphi-quant run <this directory> --prompt \"Hello\"\n```",
         notes=["RMSNorm weights are stored as float32 in every scheme"],
+        quantization=tensor_plan.summary(digests),
     )
 
 

@@ -1,6 +1,9 @@
-"""How one tensor is stored: the scheme names, encoding through the core kernel, and decoding.
+"""How one tensor is stored: the scheme names, encoding through the core, and decoding.
 
-Each tensor becomes one small safetensors file of named arrays:
+The backend's part is the per-tensor scheme (:func:`tensor_scheme`, a core
+:class:`~phi_quant.quant.scheme.Scheme`); the values come from the core's recipe and the bytes
+from its kernel (:func:`phi_quant.quant.encode.encode`). Each tensor becomes one small
+safetensors file of named arrays:
 
 - floats (``fp32``, ``fp16``, ``bf16``): ``{"weight": ...}``; bf16 is kept as its uint16 bit
   pattern, since numpy has no bfloat16.
@@ -21,10 +24,14 @@ import numpy as np
 from phi_quant import quant
 from phi_quant.errors import BadWeightsError, UnsupportedPrecisionError
 from phi_quant.model.checks import check_finite
-from phi_quant.model.tensors import SourceTensor
+from phi_quant.model.tensors import SourceTensor, TensorInfo
+from phi_quant.quant import scheme as core
+from phi_quant.quant.encode import encode as core_encode
+from phi_quant.quant.plan import recipe_context
+from phi_quant.quant.recipes import get_recipe
 from phi_quant.types import ExportOptions, QuantizedTensor
 
-__all__ = ["Scheme", "DEFAULT_SCHEMES", "resolve_scheme", "encode", "decode"]
+__all__ = ["Scheme", "DEFAULT_SCHEMES", "resolve_scheme", "tensor_scheme", "encode", "decode"]
 
 _INT_SCHEME = re.compile(r"^int(?P<bits>[48])_(?P<kind>sym|asym)_g(?P<group>\d+)$")
 
@@ -76,28 +83,28 @@ def resolve_scheme(options: ExportOptions) -> Scheme:
     return Scheme(base.precision, base.bits, group, symmetric)
 
 
-def encode(tensor: SourceTensor, scheme: Scheme) -> QuantizedTensor:
+def tensor_scheme(info: TensorInfo, scheme: Scheme) -> core.Scheme:
+    """The core scheme of one tensor: norms float32, matrices the precision's scheme."""
+    if len(info.shape) == 1 or scheme.bits is None:
+        if len(info.shape) == 1:
+            return core.Scheme.keep_float("f32", "fp32")
+        return core.Scheme.keep_float({"fp16": "f16", "bf16": "bf16"}.get(scheme.precision, "f32"), scheme.name)
+    return core.Scheme.matmulnbits(scheme.bits, scheme.group_size, scheme.symmetric, "f32")
+
+
+def encode(tensor: SourceTensor, scheme: Scheme, recipe: str | None = None, source=None) -> QuantizedTensor:
     """Quantize one source tensor; refuses NaN/Inf with an error naming the tensor."""
     check_finite(tensor)  # on the stored bytes, without a float copy
-    raw, src = tensor.raw(), tensor.dtype
-    stored = "fp32" if len(tensor.shape) == 1 else scheme.name
-    if stored == "fp32":
-        arrays = {"weight": quant.to_float32(raw, src)}
-    elif stored == "fp16":
-        arrays = {"weight": quant.to_float16(raw, src)}
-        if not np.isfinite(arrays["weight"]).all():
-            raise BadWeightsError(f"tensor {tensor.name} has values beyond the fp16 range; export bf16 or fp32")
-    elif stored == "bf16":
-        arrays = {"weight": quant.to_bfloat16(raw, src)}
-    else:
-        blocks, scales, zero_points = quant.matmulnbits_quantize(
-            raw, bits=scheme.bits, block_size=scheme.group_size, symmetric=scheme.symmetric,
-            src_dtype=src, name=tensor.name)
-        arrays = {"blocks": blocks, "scales": scales}
-        if zero_points is not None:
-            arrays["zero_points"] = zero_points
-    shape = tuple(tensor.shape)
-    return QuantizedTensor(tensor.name, stored, shape, arrays, dequantize=lambda: decode(arrays, stored, shape))
+    cs = tensor_scheme(tensor.info(), scheme)
+    r = get_recipe(recipe)
+    arrays = core_encode(tensor.raw(), tensor.dtype, cs, r, context=recipe_context(r, tensor.info(), source), name=tensor.name)
+    if cs.is_float and cs.scale_dtype == "f16" and not np.isfinite(arrays["weight"]).all():
+        raise BadWeightsError(f"tensor {tensor.name} has values beyond the fp16 range; export bf16 or fp32")
+    if "B" in arrays:
+        arrays = {"blocks": arrays.pop("B"), **arrays}
+    stored, shape = "fp32" if len(tensor.shape) == 1 else scheme.name, tuple(tensor.shape)
+    return QuantizedTensor(tensor.name, stored, shape, arrays, dequantize=lambda: decode(arrays, stored, shape),
+                           meta={"recipe": r.name})
 
 
 def decode(arrays: dict[str, np.ndarray], scheme: str, shape: tuple[int, ...]) -> np.ndarray:
