@@ -33,6 +33,7 @@ __all__ = [
     "write_nbits",
     "pack_nbits",
     "check_finite",
+    "rows_of",
     "CHUNK_ELEMENTS",
 ]
 
@@ -62,6 +63,13 @@ def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kin
         writer.write(convert(chunk, tensor.dtype, kind))
         del chunk
     return writer.end()
+
+
+def rows_of(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) as a fresh mapping: dropping it unmaps the pages, so resident memory stays
+    at one chunk rather than growing to the whole tensor as the chunks are read."""
+    raw = tensor.raw()
+    return raw.reshape(raw.shape[0], -1)[r0:r1] if raw.ndim > 1 else raw.reshape(1, -1)
 
 
 def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kind: str) -> TensorProto:

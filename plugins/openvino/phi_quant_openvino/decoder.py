@@ -53,17 +53,20 @@ class _Builder:
         self.cfg = config
         self.plan = plan
         self.bank = WeightBank()
-        self.by_role: dict[tuple[TensorRole, int | None], TensorInfo] = {(i.role, i.layer): i for i in infos}
+        self.by_role: dict[tuple[TensorRole, int | None, int | None], TensorInfo] = {
+            (i.role, i.layer, i.expert): i for i in infos
+        }
         self.decompression: set[str] = set()
 
-    def info(self, role: TensorRole, layer: int | None = None) -> TensorInfo:
+    def info(self, role: TensorRole, layer: int | None = None, expert: int | None = None) -> TensorInfo:
         try:
-            return self.by_role[(role, layer)]
+            return self.by_role[(role, layer, expert)]
         except KeyError:
-            raise ValueError(f"checkpoint has no {role.value} tensor for layer {layer}") from None
+            where = f"layer {layer}" + ("" if expert is None else f", expert {expert}")
+            raise ValueError(f"checkpoint has no {role.value} tensor for {where}") from None
 
-    def matrix(self, role: TensorRole, layer: int | None = None) -> ov.Output:
-        info = self.info(role, layer)
+    def matrix(self, role: TensorRole, layer: int | None = None, expert: int | None = None) -> ov.Output:
+        info = self.info(role, layer, expert)
         scheme = self.plan.scheme(info.name)
         if scheme.mode == C.FP16:
             self.decompression.add(f"{info.name}/convert")
@@ -71,6 +74,10 @@ class _Builder:
 
     def linear(self, x: ov.Output, role: TensorRole, layer: int | None) -> ov.Output:
         return ops.matmul(x, self.matrix(role, layer), transpose_a=False, transpose_b=True)
+
+    def norm(self, x: ov.Output, role: TensorRole, layer: int | None) -> ov.Output:
+        """The decoder's norm (Phi-3: RMSNorm); an architecture with another norm overrides it."""
+        return self.rms_norm(x, role, layer)
 
     def rms_norm(self, x: ov.Output, role: TensorRole, layer: int | None) -> ov.Output:
         info = self.info(role, layer)
@@ -98,15 +105,18 @@ class _Builder:
             x, layer_sinks = self.layer(x, layer, cos, sin, mask, beam_idx, batch)
             sinks.extend(layer_sinks)
 
-        x = self.rms_norm(x, TensorRole.FINAL_NORM, None)
-        head = embed if cfg.tie_word_embeddings else self.matrix(TensorRole.LM_HEAD)
-        logits = ops.matmul(x, head, transpose_a=False, transpose_b=True)
+        x = self.norm(x, TensorRole.FINAL_NORM, None)
+        logits = self.lm_head(x, embed)
         result = ops.result(logits)
         result.output(0).get_tensor().set_names({C.LOGITS})
         logits.output(0).get_tensor().set_names({C.LOGITS})
         result.set_friendly_name(C.LOGITS)
-        model = ov.Model([result], sinks, [input_ids, attention_mask, position_ids, beam_idx], "phi3")
+        model = ov.Model([result], sinks, [input_ids, attention_mask, position_ids, beam_idx], cfg.arch_name)
         return DecoderGraph(model, self.bank, self.decompression)
+
+    def lm_head(self, x: ov.Output, embed: ov.Output) -> ov.Output:
+        head = embed if self.cfg.tie_word_embeddings else self.matrix(TensorRole.LM_HEAD)
+        return ops.matmul(x, head, transpose_a=False, transpose_b=True)
 
     def attention_mask(self, input_ids: ov.Output, attention_mask: ov.Output) -> ov.Output:
         """Additive mask [B, 1, T, S]: causal (and sliding-window) over past + new tokens, and padding.
@@ -152,9 +162,25 @@ class _Builder:
 
     def layer(self, x, layer, cos, sin, mask, beam_idx, batch):
         cfg = self.cfg
-        h = self.rms_norm(x, TensorRole.ATTN_NORM, layer)
+        h = self.norm(x, TensorRole.ATTN_NORM, layer)
         qkv = self.linear(h, TensorRole.QKV, layer)
         q, k, v = ops.variadic_split(qkv, _i64(-1), _i64([cfg.q_size, cfg.kv_size, cfg.kv_size])).outputs()
+        attn, sinks = self.attention(q, k, v, layer, cos, sin, mask, beam_idx, batch)
+        x = ops.add(x, self.linear(attn, TensorRole.O, layer))
+
+        h = self.norm(x, TensorRole.FFN_NORM, layer)
+        x = ops.add(x, self.mlp(h, layer), name=f"model.layers.{layer}")
+        return x, sinks
+
+    def mlp(self, h: ov.Output, layer: int) -> ov.Output:
+        cfg = self.cfg
+        gate_up = self.linear(h, TensorRole.GATE_UP, layer)
+        gate, up = ops.variadic_split(gate_up, _i64(-1), _i64([cfg.intermediate_size, cfg.intermediate_size])).outputs()
+        return self.linear(ops.multiply(up, ops.swish(gate)), TensorRole.DOWN, layer)
+
+    def attention(self, q, k, v, layer, cos, sin, mask, beam_idx, batch):
+        """Rotary, the KV-cache states and SDPA for projected q/k/v [B, T, heads*hd]: (out [B, T, q], sinks)."""
+        cfg = self.cfg
 
         def heads(t, n):
             t = ops.reshape(t, _i64([0, 0, n, cfg.head_dim]), special_zero=True)
@@ -170,16 +196,14 @@ class _Builder:
             q, self.expand_kv(k_all, batch), self.expand_kv(v_all, batch), mask, scale, causal=False
         )
         attn = ops.reshape(ops.transpose(attn, _i64([0, 2, 1, 3])), _i64([0, 0, cfg.q_size]), special_zero=True)
-        x = ops.add(x, self.linear(attn, TensorRole.O, layer))
-
-        h = self.rms_norm(x, TensorRole.FFN_NORM, layer)
-        gate_up = self.linear(h, TensorRole.GATE_UP, layer)
-        gate, up = ops.variadic_split(gate_up, _i64(-1), _i64([cfg.intermediate_size, cfg.intermediate_size])).outputs()
-        h = ops.multiply(up, ops.swish(gate))
-        x = ops.add(x, self.linear(h, TensorRole.DOWN, layer), name=f"model.layers.{layer}")
-        return x, [k_assign, v_assign]
+        return attn, [k_assign, v_assign]
 
 
 def build_decoder(config: PhiConfig, infos: list[TensorInfo], plan: WeightPlan) -> DecoderGraph:
-    """Build the stateful decoder with placeholder weights for every tensor in ``infos``."""
+    """Build the stateful decoder of ``config``'s architecture with placeholder weights for every
+    tensor in ``infos``."""
+    if config.arch_name == "phimoe":
+        from .phimoe import PhiMoEBuilder
+
+        return PhiMoEBuilder(config, infos, plan).build()
     return _Builder(config, infos, plan).build()

@@ -57,7 +57,16 @@ def _policy(options: ExportOptions) -> str:
 
 
 def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=None) -> WeightPlan:
-    """Every 2-D tensor's scheme under ``options``; refuses what this backend cannot write."""
+    """Every 2-D tensor's scheme under ``options``; refuses what this backend cannot write.
+
+    A mixture of experts' routers (:func:`.phimoe.float_kept`) stay out of every integer rule
+    (ratio scores, policy, budget) and keep the precision's float type.
+    """
+    from .phimoe import float_kept, keep_router_float
+
+    infos = list(infos)
+    routers = [i for i in infos if float_kept(i)]
+    infos = [i for i in infos if not float_kept(i)]
     opts = resolve_options(options)
     policy = _policy(options)
     int4 = opts.primary.mode in (C.INT4_ASYM, C.INT4_SYM)
@@ -84,6 +93,7 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
                 if plan.schemes[info.name] != opts.backup:
                     plan.schemes[info.name] = opts.backup
                     plan.reasons[info.name] = f"policy q4_k_m: kept at {opts.backup.label}"
+    keep_router_float(plan, routers)
     recipe = options.recipe or "rtn"
     for name, scheme in plan.schemes.items():
         if scheme.is_int:

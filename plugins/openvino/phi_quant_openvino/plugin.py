@@ -1,5 +1,7 @@
 """phi-quant backend ``openvino``: stateful OpenVINO IR for OpenVINO GenAI (CPU, GPU, NPU).
 
+Architectures: ``phi3`` and ``phimoe`` (Phi-3.5-MoE: :mod:`.phimoe`, routers kept in float).
+
 Precisions: fp32, fp16 (f16 constants decompressed to f32), int8 (NNCF INT8_ASYM per channel, or
 INT8_SYM) and int4 (NNCF INT4_ASYM/INT4_SYM, group 128 by default, embeddings and lm_head at the
 int8 backup). Options: ``--group-size``, ``--symmetric``, ``--option ratio=0.8``,
@@ -28,7 +30,8 @@ from . import __version__
 from . import constants as C
 from .schemes import PRESETS
 
-__all__ = ["OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["THRESHOLDS", "PHIMOE_THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions",
+           "quantize", "export", "load_model"]
 
 #: Bounds from docs/fidelity.md (## OpenVINO): the worst value measured on the tiny variants (CPU,
 #: f32 inference, f32 KV cache, no dynamic quantization) with headroom. fp16 is lossless on these
@@ -38,6 +41,14 @@ THRESHOLDS = {
     "fp16": FidelityThresholds(kl_max=1e-4, top1_min=0.99, max_abs_logit=0.05),  # measured as fp32
     "int8": FidelityThresholds(kl_max=0.03, top1_min=0.85),  # measured KL <= 0.0116, top-1 >= 0.92
     "int4": FidelityThresholds(kl_max=2.0, top1_min=0.3),  # measured KL <= 1.33, top-1 >= 0.40 (random tiny weights)
+}
+
+#: Bounds for the tiny PhiMoE (docs/fidelity.md, ## OpenVINO: PhiMoE; bench/openvino_phimoe_fidelity.py):
+#: the graph is exact (fp32 KL 8.8e-12), but integer weights flip which experts some tokens are
+#: routed to, a discrete change that costs more than on the dense variants. fp32/fp16 keep THRESHOLDS.
+PHIMOE_THRESHOLDS = {
+    "int8": FidelityThresholds(kl_max=0.45, top1_min=0.8),  # measured KL 0.212 (sym 0.184), top-1 >= 0.894
+    "int4": FidelityThresholds(kl_max=3.5, top1_min=0.3),  # measured KL <= 1.82, top-1 >= 0.413 (all int4 options)
 }
 
 
@@ -66,7 +77,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="stateful OpenVINO IR with NNCF-style compressed weights, for Intel CPU/GPU/NPU",
         install_hint="pip install phi-quant-openvino",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=("phi3", "phimoe"),  # the phi_quant.arch layouts this backend writes
     )
 
 
@@ -85,11 +96,13 @@ def supported_precisions() -> list[PrecisionSpec]:
         PrecisionSpec("fp16", "fp16", "f16 constants decompressed to f32 (OpenVINO's compress_to_fp16 form)",
                       thresholds=THRESHOLDS["fp16"], group_sizes=(), symmetric=()),
         PrecisionSpec("int8", "int8_asym_cw", "NNCF INT8_ASYM per output channel (--symmetric: INT8_SYM)",
-                      schemes=("int8_sym_cw",), thresholds=THRESHOLDS["int8"], group_sizes=(), symmetric=both),
+                      schemes=("int8_sym_cw",), thresholds=THRESHOLDS["int8"], group_sizes=(), symmetric=both,
+                      arch_thresholds={"phimoe": PHIMOE_THRESHOLDS["int8"]}),
         PrecisionSpec("int4", "int4_asym_g128+int8_asym_cw-emb",
                       "NNCF INT4_ASYM group 128; embeddings and lm_head INT8_ASYM (--symmetric: INT4_SYM; "
                       "--option preset=npu: INT4_SYM per channel)",
                       schemes=("int4_sym_g128", "int4_sym_cw"), thresholds=THRESHOLDS["int4"],
+                      arch_thresholds={"phimoe": PHIMOE_THRESHOLDS["int4"]},
                       default_group_size=C.DEFAULT_INT4_GROUP, group_sizes=_GROUPS, symmetric=both),
     ]
 

@@ -2,7 +2,8 @@
 
 transformers picks the LongRoPE factors per forward call: the long factors when the largest
 position in the call is at or past ``original_max_position_embeddings`` (seq_len = max(pos) + 1 >
-original), the short ones otherwise; cos and sin are scaled by the attention factor. The graph
+original), the short ones otherwise; cos and sin are scaled by the attention factor, or by the
+mscale of the chosen set where the config has one (Phi-3.5-MoE, :meth:`RopeSpec.mscale`). The graph
 does the same with a Select on ``max(position_ids)``, so a prompt past the original context, and
 a generation that crosses it, follow transformers step for step.
 """
@@ -46,8 +47,13 @@ def cos_sin(rope: RopeSpec, position_ids: ov.Output) -> tuple[ov.Output, ov.Outp
     freqs = ops.multiply(pos, inv_freq)  # [B, T, rd/2]
     emb = ops.concat([freqs, freqs], axis=-1)  # [B, T, rd]
     cos, sin = ops.cos(emb), ops.sin(emb)
-    if rope.attention_factor != 1.0:
-        factor = ops.constant(np.float32(rope.attention_factor))
+    if rope.is_longrope and rope.mscale(True) != rope.mscale(False):
+        # Phi-3.5-MoE: each factor set has its own mscale, chosen with it
+        factor = ops.select(use_long, ops.constant(np.float32(rope.mscale(True))),
+                            ops.constant(np.float32(rope.mscale(False))), name="rope.mscale")
+        cos, sin = ops.multiply(cos, factor), ops.multiply(sin, factor)
+    elif rope.mscale(False) != 1.0:
+        factor = ops.constant(np.float32(rope.mscale(False)))
         cos, sin = ops.multiply(cos, factor), ops.multiply(sin, factor)
     axis = _i64([1])
     return ops.unsqueeze(cos, axis, name="rope.cos"), ops.unsqueeze(sin, axis, name="rope.sin")

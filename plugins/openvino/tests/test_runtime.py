@@ -17,9 +17,8 @@ import pytest
 
 from phi_quant.model.source import open_model
 from phi_quant.reference import ReferenceModel
-from phi_quant.testing.factory import VARIANTS, cached_checkpoint, copy_checkpoint, variant_spec
+from phi_quant.testing.factory import MOE_VARIANTS, VARIANTS, copy_checkpoint, variant_spec
 from phi_quant.testing.prompts import test_prompts
-from phi_quant_openvino.packing import dequantize, pack
 from phi_quant_openvino.runtime import OpenVINOModel
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -29,41 +28,12 @@ def _ids(model: OpenVINOModel, variant: str) -> list[list[int]]:
     return [model.tokenize(p) for p in test_prompts(variant)]
 
 
-_ORACLES: dict = {}
-
-
-def _oracle_on_stored_weights(variant: str, result) -> ReferenceModel:
-    """The numpy oracle fed the weights exactly as the IR computes them (cached per plan)."""
-    schemes = result.details["per_tensor"]
-    key = (variant, tuple(sorted(schemes.items())))
-    if key not in _ORACLES:
-        _ORACLES[key] = _build_oracle(variant, schemes)
-    return _ORACLES[key]
-
-
-def _build_oracle(variant: str, schemes: dict) -> ReferenceModel:
-    from phi_quant_openvino.schemes import TensorScheme
-
-    weights = {}
-    with open_model(cached_checkpoint(variant)) as src:
-        for t in src.tensors():
-            if t.role.is_norm:
-                weights[t.name] = t.to_float32()
-                continue
-            label = schemes[t.name]
-            mode, _, rest = label.rpartition("_")
-            group = None if rest in ("cw", "fp32", "fp16") else int(rest[1:])
-            scheme = TensorScheme(label if label in ("fp32", "fp16") else mode, group)
-            weights[t.name] = dequantize(pack(t, scheme), scheme, t.shape)
-        return ReferenceModel(src.config, weights)
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_logits_match_oracle_on_stored_weights(export_tiny, variant, precision):
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
+def test_logits_match_oracle_on_stored_weights(export_tiny, stored_oracle, variant, precision):
     out, result = export_tiny(variant, precision)
     model = OpenVINOModel(out, {})
-    oracle = _oracle_on_stored_weights(variant, result)
+    oracle = stored_oracle(variant, result)
     worst = 0.0
     for ids in _ids(model, variant):
         got, want = model.logits(ids), oracle.logits(ids)
@@ -76,7 +46,7 @@ def test_logits_match_oracle_on_stored_weights(export_tiny, variant, precision):
     model.close()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
 def test_stateful_cache_steps_equal_the_full_sequence(export_tiny, variant):
     out, _ = export_tiny(variant, "int4")
     model = OpenVINOModel(out, {})
@@ -88,12 +58,12 @@ def test_stateful_cache_steps_equal_the_full_sequence(export_tiny, variant):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, variant, precision):
+@pytest.mark.parametrize("variant", VARIANTS + MOE_VARIANTS)
+def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, stored_oracle, variant, precision):
     out, result = export_tiny(variant, precision)
     model = OpenVINOModel(out, {})
     prompt = model.tokenize(test_prompts(variant)[0])
-    want = _oracle_on_stored_weights(variant, result).generate(prompt, 8)
+    want = stored_oracle(variant, result).generate(prompt, 8)
     got = model.generate_ids(prompt, 8)
     n = min(len(got), len(want))
     assert n >= 1 and got[:n] == want[:n], f"{variant}/{precision}: LLMPipeline {got} vs oracle {want}"
@@ -102,10 +72,11 @@ def test_llm_pipeline_generates_the_oracles_greedy_tokens(export_tiny, variant, 
     model.close()
 
 
-@pytest.mark.parametrize("variant", ["phi4-mini", "phi3-mini"])
+@pytest.mark.parametrize("variant", ["phi4-mini", "phi3-mini", "phimoe"])
 def test_paged_attention_conversion_agrees_with_sdpa(export_tiny, variant):
     """GenAI turns the IR into a paged-attention model (a scheduler config forces that path, with
-    no silent fallback); it must generate what the stateful SDPA model generates."""
+    no silent fallback); it must generate what the stateful SDPA model generates (for PhiMoE too:
+    the routing and the experts survive the conversion)."""
     import openvino_genai as og
 
     from phi_quant_openvino.runtime import compile_properties
