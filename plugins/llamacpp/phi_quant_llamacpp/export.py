@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from phi_quant.errors import UnsupportedModelError
+from phi_quant.pipeline import ahead
 from phi_quant.quant.digest import digest_arrays
 from phi_quant.quant.plan import recipe_context
 from phi_quant.quant.recipes import get_recipe
@@ -120,12 +121,19 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
         if rope:
             writer.write(TensorName.ROPE_FACTORS_LONG, np.asarray(cfg.rope.long_factor, dtype=np.float32))
             writer.write(TensorName.ROPE_FACTORS_SHORT, np.asarray(cfg.rope.short_factor, dtype=np.float32))
-        for tensor in source.tensors():
-            planned = by_name[tensor.name]
-            context = recipe_context(r, tensor.info(), source)
-            for chunk in encode_tensor_chunks(tensor, planned.slot.type, r, context, rewrites.get(tensor.name)):
-                writer.write(planned.slot.name, chunk)
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # (slot name, bytes) per chunk, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name[tensor.name]
+                context = recipe_context(r, tensor.info(), source)
+                for chunk in encode_tensor_chunks(tensor, planned.slot.type, r, context, rewrites.get(tensor.name)):
+                    yield planned.slot.name, chunk
+                yield None, tensor
+
+        for name, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if name is None:
+                progress.advance(item.nbytes, item.name)
+            else:
+                writer.write(name, item)
         writer.finish()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from . import config_json, phimoe
@@ -160,18 +161,26 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     digests: dict[str, str] = {}
     writer = ShardedWriter(output_dir, shards)
     try:
-        for tensor in source.tensors():
-            planned = by_name.get(tensor.name)
-            if planned is None:
-                raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
-            context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
-            digest = TensorDigest()
-            for chunk in encode_chunks(planned, tensor.raw(), recipe, context):
-                for name, (start, arr) in chunk.items():
-                    writer.write(name, arr, start)
-                    digest.update(name[len(planned.module) + 1:], arr)
-            digests[tensor.name] = digest.hexdigest()
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # (module, arrays) per chunk, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name.get(tensor.name)
+                if planned is None:
+                    raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
+                context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
+                for chunk in encode_chunks(planned, tensor, recipe, context):
+                    yield planned.module, chunk
+                yield None, tensor
+
+        digest = TensorDigest()
+        for module, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if module is None:
+                digests[item.name] = digest.hexdigest()
+                digest = TensorDigest()
+                progress.advance(item.nbytes, item.name)
+                continue
+            for name, (start, arr) in item.items():
+                writer.write(name, arr, start)
+                digest.update(name[len(module) + 1:], arr)
         writer.close()
     except BaseException:
         writer.abort()

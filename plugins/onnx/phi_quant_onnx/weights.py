@@ -21,6 +21,7 @@ from onnx import TensorProto
 
 from phi_quant.errors import BadWeightsError
 from phi_quant.model.tensors import SourceTensor
+from phi_quant.pipeline import ahead
 
 from .dtypes import ONNX_FLOAT_TYPES, convert, to_float32
 from .external_data import ExternalDataWriter
@@ -56,8 +57,8 @@ def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kin
     step = max(1, CHUNK_ELEMENTS // max(1, tensor.numel // rows))
     itemsize = 4 if kind == "fp32" else 2
     writer.begin(name, onnx_type, tensor.shape, tensor.numel * itemsize)
-    for r0 in range(0, rows, step):
-        chunk = rows_of(tensor, r0, r0 + step)
+    for _, chunk in tensor.row_blocks(step):
+        chunk = chunk.reshape(1, -1) if chunk.ndim == 1 else chunk
         check_finite(to_float32(chunk, tensor.dtype), tensor)
         writer.write(convert(chunk, tensor.dtype, kind))
         del chunk
@@ -82,8 +83,9 @@ def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: Source
     itemsize = 4 if kind == "fp32" else 2
     step = max(1, CHUNK_ELEMENTS // max(1, k))
     region = writer.reserve(name, onnx_type, (k, n))
-    for r0 in range(0, n, step):
-        block = to_float32(rows_of(tensor, r0, r0 + step), tensor.dtype)  # [rows, K] float32 copy
+    for r0, rows in tensor.row_blocks(step):  # each block its own mapping: memory stays at one block
+        block = to_float32(rows, tensor.dtype)  # [rows, K] float32 copy
+        del rows
         check_finite(block, tensor)
         t = convert(np.ascontiguousarray(block.T), "f32", kind)  # [K, rows]
         del block
@@ -148,8 +150,9 @@ def write_nbits(
     writer.begin(f"{prefix}.B", TensorProto.UINT8, (n, k_blocks, blob), n * k_blocks * blob)
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
-    for r0 in range(0, n, step):
-        B, scales, zp = pack_nbits(rows_of(tensor, r0, r0 + step), tensor.dtype, scheme, tensor.name, threads, recipe, context)
+    blocks = (pack_nbits(rows, tensor.dtype, scheme, tensor.name, threads, recipe, context)
+              for _, rows in tensor.row_blocks(step))  # each block its own mapping: memory stays at one block
+    for B, scales, zp in ahead(blocks):  # packing runs one block ahead of writing, in a worker thread
         writer.write(B)
         scales_parts.append(scales)
         if zp is not None:
