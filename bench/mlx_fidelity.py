@@ -4,6 +4,8 @@
     python bench/mlx_fidelity.py --longrope  # plain mlx-lm vs the oracle on short/long prompts
     python bench/mlx_fidelity.py --large [--speed]  # ~1.1 GB checkpoint: time, peak RSS (+ mlx-lm speed)
     python bench/mlx_fidelity.py --vs-mlx-lm --precisions int4,int8   # same, against mlx_lm.convert
+    python bench/mlx_fidelity.py --variants phimoe                     # the tiny PhiMoE's table
+    python bench/mlx_fidelity.py --moe --vs-mlx-lm --precisions int4   # 1.1 GB PhiMoE (16 experts) vs mlx_lm.convert
 
 Fidelity: the export runs in mlx-lm (``mlx_lm.load``, one full-sequence model call) on the
 shared test prompts (HF token ids); KL(oracle || mlx), top-1 and max |dlogit| over every
@@ -64,12 +66,10 @@ def _row(*cells):
     print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
-def fidelity(extra_options: dict) -> None:
-    from phi_quant.testing.factory import VARIANTS
-
+def fidelity(extra_options: dict, variants) -> None:
     _row("variant", "precision", "KL mean", "KL max", "top-1", "max abs dlogit", "weights KiB")
     _row(*["---"] * 7)
-    for variant in VARIANTS:
+    for variant in variants:
         src, ids, refs = _setup(variant)
         for precision in PRECISIONS:
             opts = dict(extra_options) if precision in ("int8", "int4") else {}
@@ -183,15 +183,20 @@ def _same_tensors(ours: Path, theirs: Path) -> str:
     return f"all {len(a)} tensors identical"
 
 
-def vs_mlx_lm(precisions) -> None:
+def _make_large(directory: Path, moe: bool) -> Path:
+    """The ~1.1 GB dense checkpoint, or (``moe``) the 1.11 GB PhiMoE one with 16 experts."""
+    from phi_quant.testing.factory import make_large_checkpoint, make_large_moe_checkpoint
+
+    return make_large_moe_checkpoint(directory, 16) if moe else make_large_checkpoint(directory)
+
+
+def vs_mlx_lm(precisions, moe: bool = False) -> None:
     """Our export vs ``mlx_lm.convert`` on the large checkpoint: cost, and tensors bit for bit."""
     import shutil
 
-    from phi_quant.testing.factory import make_large_checkpoint
-
     work = Path(tempfile.mkdtemp(prefix="mlx-vs-"))
     try:
-        ckpt = make_large_checkpoint(work / "ckpt")
+        ckpt = _make_large(work / "ckpt", moe)
         _row("precision", "tool", "convert s", "peak RSS MiB", "output MiB", "tensors vs mlx_lm.convert")
         _row(*["---"] * 6)
         for precision in precisions:
@@ -209,14 +214,12 @@ def vs_mlx_lm(precisions) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def large(precisions, speed: bool) -> None:
+def large(precisions, speed: bool, moe: bool = False) -> None:
     import shutil
-
-    from phi_quant.testing.factory import make_large_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="mlx-large-"))
     try:
-        ckpt = make_large_checkpoint(work / "ckpt")
+        ckpt = _make_large(work / "ckpt", moe)
         size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
         print(f"checkpoint: {size:.0f} MiB of safetensors", flush=True)
         _row("precision", "convert s", "peak RSS MiB", "output MiB", "prompt tok/s", "gen tok/s", "mlx peak GB")
@@ -244,15 +247,20 @@ def main() -> None:
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--speed", action="store_true", help="with --large: also time mlx-lm (64-token prompt, 16 new)")
     ap.add_argument("--dtype", help="dtype option for int exports (float16, float32, bfloat16)")
+    ap.add_argument("--variants", help="tiny variants of the fidelity table (default: the dense ones; phimoe)")
+    ap.add_argument("--moe", action="store_true", help="with --large/--vs-mlx-lm: the 16-expert PhiMoE checkpoint")
     args = ap.parse_args()
     if args.longrope:
         longrope()
     elif args.vs_mlx_lm:
-        vs_mlx_lm(args.precisions.split(","))
+        vs_mlx_lm(args.precisions.split(","), args.moe)
     elif args.large:
-        large(args.precisions.split(","), args.speed)
+        large(args.precisions.split(","), args.speed, args.moe)
     else:
-        fidelity({"dtype": args.dtype} if args.dtype else {})
+        from phi_quant.testing.factory import VARIANTS
+
+        variants = args.variants.split(",") if args.variants else VARIANTS
+        fidelity({"dtype": args.dtype} if args.dtype else {}, variants)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
     python bench/onnx_fidelity.py              # default options, every precision
     python bench/onnx_fidelity.py --options    # int4/int8 option sweep (symmetry, block, accuracy_level, lm_head)
     python bench/onnx_fidelity.py --crossing   # LongRoPE: generation crossing the original context
+    python bench/onnx_fidelity.py --moe        # the tiny PhiMoE (MoE / QMoE), every precision
+    python bench/onnx_fidelity.py --moe --options   # the int4/int8 option sweep on it
+    python bench/onnx_fidelity.py --moe --large     # conversion time / peak RSS, 8- and 16-expert checkpoints
 
 Each export runs in onnxruntime-genai on CPU on the shared test prompts (Hugging Face token ids);
 logits at every position come from one genai step over the whole prompt. KL(oracle || onnx),
@@ -58,17 +61,17 @@ def _measure(src, ref, prompts, precision: str, extra: dict, work: Path) -> tupl
     return kl_sum / n, kl_max, top1 / n, worst, size
 
 
-def fidelity(sweep: bool) -> None:
+def fidelity(sweep: bool, moe: bool = False) -> None:
     from phi_quant.model.source import open_model
     from phi_quant.reference import ReferenceModel
-    from phi_quant.testing.factory import VARIANTS, cached_checkpoint
+    from phi_quant.testing.factory import MOE_VARIANTS, VARIANTS, cached_checkpoint
     from phi_quant.testing.prompts import test_prompts
 
     cases = SWEEP if sweep else [(p, {}) for p in ("fp32", "fp16", "bf16", "int8", "int4")]
     print("| variant | precision | options | KL mean | KL max | top-1 | max abs dlogit | size KiB |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
+        for variant in MOE_VARIANTS if moe else VARIANTS:
             with open_model(cached_checkpoint(variant)) as src:
                 ref = ReferenceModel.from_source(src)
                 tok = src.hf_tokenizer()
@@ -114,15 +117,38 @@ def crossing() -> None:
                     print(f"| {variant} | {i} | {len(seq)} | {d:.3g} | {int(inc[i].argmax()) == int(want.argmax())} |")
 
 
+def large_moe() -> None:
+    """Convert the kit's generated PhiMoE checkpoints (same shapes, 8 or 16 experts) in fresh processes."""
+    import time
+
+    from phi_quant.testing.kit_streaming import MOE_EXPERTS, large_moe_checkpoint, measure_conversion_rss
+    from phi_quant.types import ExportOptions
+
+    print("| experts | checkpoint MiB | precision | seconds | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("int4", "int8", "fp16"):
+            for n in MOE_EXPERTS:
+                start = time.perf_counter()
+                peak, size, error = measure_conversion_rss("onnx", ExportOptions(precision=precision),
+                                                           Path(tmp) / f"{precision}-{n}", checkpoint=large_moe_checkpoint(n))
+                seconds = time.perf_counter() - start
+                print(f"| {n} | {size:.0f} | {precision} | {seconds:.1f} | {peak:.0f} |" + (f" {error}" if error else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--options", action="store_true", help="int4/int8 option sweep instead of the precision table")
     ap.add_argument("--crossing", action="store_true", help="LongRoPE generation crossing the original context")
+    ap.add_argument("--moe", action="store_true", help="the tiny PhiMoE instead of the dense variants")
+    ap.add_argument("--large", action="store_true", help="with --moe: conversion of the generated >= 1 GB PhiMoE")
     args = ap.parse_args()
-    if args.crossing:
+    if args.moe and args.large:
+        large_moe()
+    elif args.crossing:
         crossing()
     else:
-        fidelity(args.options)
+        fidelity(args.options, args.moe)
 
 
 if __name__ == "__main__":

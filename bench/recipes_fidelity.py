@@ -3,6 +3,7 @@
     python bench/recipes_fidelity.py real:smollm2 --cell "llamacpp|rtn" --cell "llamacpp|clip" ...
     python bench/recipes_fidelity.py real:smollm2 --grid          # the docs/fidelity.md table
     python bench/recipes_fidelity.py real:smollm2 --budgets       # --bits-per-weight sweep
+    python bench/recipes_fidelity.py large --cell "llamacpp|clip"  # conversion time of the 1 GB checkpoint
 
 A cell is ``backend|recipe|key=value,...`` (keys: precision, scheme, group_size, symmetric,
 bits_per_weight, policy, or a backend --option). Per cell: conversion time (convert(), this
@@ -188,12 +189,50 @@ def _print(row: dict) -> None:
     sys.stdout.flush()
 
 
+#: Every backend's default int4 scheme with each recipe that can store it, another int4 scheme of
+#: about the same size where the format has one, and the best recipe inside a size budget at the
+#: default's bits per weight (mixing schemes within the same size; round to nearest there is in
+#: :data:`BUDGETS`).
 GRID = [
-    "llamacpp|rtn", "llamacpp|clip", "llamacpp|rtn|scheme=Q4_1", "llamacpp|clip|scheme=Q4_1", "llamacpp|hqq|scheme=Q4_1",
-    "onnx|rtn", "onnx|clip", "onnx|rtn|symmetric=false", "onnx|clip|symmetric=false", "onnx|hqq|symmetric=false",
-    "openvino|rtn", "openvino|clip", "openvino|hqq",
-    "mlx|rtn", "mlx|clip", "mlx|hqq",
+    "llamacpp|rtn", "llamacpp|clip", "llamacpp|clip|bits_per_weight=4.5",
+    "onnx|rtn", "onnx|clip", "onnx|hqq|symmetric=false,group_size=64", "onnx|clip|bits_per_weight=5",
+    "openvino|rtn", "openvino|clip", "openvino|hqq", "openvino|clip|bits_per_weight=5",
+    "mlx|rtn", "mlx|clip", "mlx|hqq", "mlx|clip|bits_per_weight=4.5",
 ]
+
+#: ``--bits-per-weight`` sweep (round to nearest) per backend.
+BUDGETS = [f"{b}|rtn|bits_per_weight={x}" for b in ("llamacpp", "onnx", "openvino", "mlx") for x in (4.25, 4.5, 5, 6)]
+
+
+def large(cells: list[str]) -> None:
+    """Conversion time and peak RSS of the kit's generated 1.2 GB checkpoint, one fresh process per cell."""
+    import textwrap
+
+    from phi_quant.testing.kit_streaming import large_checkpoint
+    from phi_quant.testing.rss import run_with_peak_rss
+
+    ckpt = large_checkpoint()
+    size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
+    print(f"checkpoint {size / 1e9:.2f} GB; load average {os.getloadavg()[0]:.1f}")
+    print("| cell | seconds | MB/s of source | peak RSS MiB | load average |")
+    print("|---|---|---|---|---|")
+    for spec in cells:
+        with tempfile.TemporaryDirectory(prefix="recipes-large-") as d:
+            code = textwrap.dedent(f"""
+                import sys
+                sys.path.insert(0, {str(Path(__file__).parent)!r})
+                from pathlib import Path
+                from recipes_fidelity import _options
+                from phi_quant.convert import convert
+                backend, options = _options({spec!r})
+                convert({str(ckpt)!r}, backend, options, Path({d!r}) / "out")
+            """)
+            t0 = time.perf_counter()
+            result = run_with_peak_rss(code, check=True)
+            dt = time.perf_counter() - t0
+            print(f"| {spec} | {dt:.1f} | {size / 1e6 / dt:.0f} | {result.peak_rss / 2**20:.0f} | "
+                  f"{os.getloadavg()[0]:.1f} |")
+            sys.stdout.flush()
 
 
 def main() -> None:
@@ -201,12 +240,15 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--cell", action="append", default=[], help="backend|recipe|key=value,... (repeatable)")
     ap.add_argument("--grid", action="store_true", help="every backend x recipe at its default int4 scheme")
+    ap.add_argument("--budgets", action="store_true", help="--bits-per-weight 4.25, 4.5, 5, 6 in every backend")
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path, help="append each row as a JSON line to this file")
     args = ap.parse_args()
-    cells = list(args.cell) + (GRID if args.grid else [])
+    cells = list(args.cell) + (GRID if args.grid else []) + (BUDGETS if args.budgets else [])
+    if args.model == "large":
+        return large(cells)
     t0 = time.perf_counter()
     ref = oracle(args.model, args.tokens, args.window)
     print(f"oracle: {sum(len(w) for w in ref['windows'])} tokens in {len(ref['windows'])} windows, "

@@ -196,3 +196,16 @@ def test_round_to_nearest_never_calibrates(tmp_path, monkeypatch):
     assert "calibration" not in plain.manifest and "calibrate_s" not in plain.manifest["timings"]
     model = [f for f in plain.files if f not in ("phi-quant.json", "README.md")]
     assert model and all((tmp_path / "plain" / f).read_bytes() == (tmp_path / "rtn" / f).read_bytes() for f in model)
+
+
+def test_a_calibrated_recipe_on_phimoe_is_one_line_before_any_output(tmp_path):
+    """PhiMoE has no calibration forward yet (arch.calibrates is False): awq/gptq are refused with
+    the data-free recipes named, and nothing is left next to the output."""
+    from phi_quant.convert import convert
+
+    writers = [b for b in get_manager().backends() if b.info.writes("phimoe")]
+    if not writers:
+        pytest.skip("no installed backend writes phimoe")
+    with pytest.raises(UnsupportedPrecisionError, match=r"does not do yet for phimoe .*rtn, clip, hqq"):
+        convert("tiny:phimoe", writers[0].name, ExportOptions("int4", recipe="awq"), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -332,6 +332,36 @@ def test_dequantize_error_within_theoretical_bound(src):
             assert (err <= sa * (1 + (2 ** bits) * f16_eps) * (1 + 1e-6)).all(), mode
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_ov_4bit_packing_in_c_matches_the_reference(dtype):
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 31, 32, 33, 63, 64, 65, 1000, 4097):
+        values = rng.integers(0, 256, n).astype(np.uint8).view(dtype)  # any byte: only its low nibble counts
+        assert q.pack_4bit(values).tobytes() == R.pack_u4(values).tobytes(), n
+
+
+@pytest.mark.parametrize("src", ["f32", "bf16"])
+def test_nncf_packed_output_is_pack_4bit_of_the_quants(src):
+    rng = np.random.default_rng(5)
+    w = cases.encode(cases.random_weight(rng, 9, 1024), src)
+    for mode in ("int4_sym", "int4_asym"):
+        for group in (16, 128, None):  # None: per channel, a row longer than the kernel's slice
+            for threads in (1, 2):
+                plain = q.nncf_compress(w, mode, group, src_dtype=src, threads=threads)
+                packed = q.nncf_compress(w, mode, group, src_dtype=src, threads=threads, packed=True)
+                assert packed.weight.tobytes() == q.pack_4bit(plain.weight).tobytes(), (mode, group)
+                assert packed.scale.tobytes() == plain.scale.tobytes()
+                assert (packed.zero_point is None) == (plain.zero_point is None)
+                if plain.zero_point is not None:
+                    assert np.array_equal(packed.zero_point, plain.zero_point)
+    bad = np.array(w, copy=True)
+    bad[4, 300] = 0x7FC0 if src == "bf16" else np.nan
+    with pytest.raises(BadWeightsError, match="w4.*row 4"):
+        q.nncf_compress(bad, "int4_asym", 128, src_dtype=src, name="w4", packed=True)
+    with pytest.raises(UnsupportedPrecisionError):
+        q.nncf_compress(w, "int8_asym", None, src_dtype=src, packed=True)
+
+
 def test_ov_4bit_packing_round_trips():
     values = np.arange(-8, 8, dtype=np.int8).repeat(3)[:45]
     packed = q.pack_4bit(values)

@@ -67,6 +67,31 @@ def test_reading_every_tensor_of_1gb_stays_under_400mb(large, split):
         assert (nbytes, total) == _checksum(large)  # every byte really was read, and read right
 
 
+_EMBED = """
+import numpy as np
+from phi_quant.model.source import open_model
+with open_model({path!r}) as src:
+    t = src.tensor("embed")
+    blocks = [t.raw()] if {whole} else (b for _, b in t.row_blocks(256))
+    total = 0
+    for b in blocks:
+        total += int(b.sum(dtype=np.uint64))  # touch every page
+        del b
+print(t.nbytes, total)
+"""
+
+
+def test_row_blocks_keep_one_block_resident(large):
+    """Reading the 131 MB embedding by row blocks costs about one block; through raw(), the tensor."""
+    whole = run_with_peak_rss(textwrap.dedent(_EMBED.format(path=str(large), whole=True)), timeout=300)
+    blocks = run_with_peak_rss(textwrap.dedent(_EMBED.format(path=str(large), whole=False)), timeout=300)
+    assert whole.returncode == 0 and blocks.returncode == 0, whole.output + blocks.output
+    assert whole.output == blocks.output  # same bytes
+    nbytes = int(whole.output.split()[0])
+    print(f"raw(): {whole.peak_rss / 2**20:.0f} MiB, row_blocks: {blocks.peak_rss / 2**20:.0f} MiB")
+    assert blocks.peak_rss < whole.peak_rss - 0.8 * nbytes
+
+
 def test_the_measurement_can_fail(large):
     """Keeping every tensor alive must blow the limit: the RSS number is real, not a constant."""
     code = _READ_ALL.format(path=str(large), split="").replace("        del flat\n", "        keep.append(flat)\n")

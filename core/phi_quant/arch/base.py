@@ -199,6 +199,11 @@ class Architecture:
         """The tensors of decoder layer ``layer``, in stream order."""
         return [t for t in self.stream_plan(config) if t.layer == layer]
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether this architecture implements :meth:`calibration_layer` (calibrated recipes need it)."""
+        return type(self).calibration_layer is not Architecture.calibration_layer
+
     def calibration_layer(self, config: PhiConfig, layer: int, weight: Callable[..., np.ndarray], x: np.ndarray,
                           cos: np.ndarray, sin: np.ndarray, observe: Observe) -> np.ndarray:
         """Run decoder layer ``layer`` on one sequence's residual stream ``x`` [T, hidden] and return it.

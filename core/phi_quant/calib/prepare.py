@@ -151,6 +151,12 @@ def calibrated_source(source: Any, backend: Any, options: Any, progress: Progres
     recipe = get_recipe(getattr(options, "recipe", None))
     if not is_calibrated(recipe):
         return source
+    arch = source.config.arch
+    if not arch.calibrates:
+        raise UnsupportedPrecisionError(
+            f"--recipe {options.recipe} calibrates on text, which phi-quant does not do yet for {arch.name} "
+            f"({source.config.architecture}); use a data-free recipe (rtn, clip, hqq)"
+        )
     progress = progress or NullProgress()
     key = (id(source), getattr(backend, "name", None), repr(options))
     hit = _PREPARED.get(key)

@@ -62,6 +62,15 @@ int pq_nncf_quantize(const void *src, int src_dtype, int64_t n, int64_t k, int64
                      int bits, int symmetric, int group,
                      uint8_t *q, float *scale, uint8_t *zero_point, int threads, int64_t *bad_row);
 
+/* The same for 4-bit modes with q written as OpenVINO u4/i4 bytes, [n * k / 2] (element 2i in the
+   low nibble of byte i), in the same pass; group must be even. */
+int pq_nncf_quantize_packed(const void *src, int src_dtype, int64_t n, int64_t k, int64_t row_stride,
+                            int symmetric, int group,
+                            uint8_t *q, float *scale, uint8_t *zero_point, int threads, int64_t *bad_row);
+
+/* OpenVINO u4/i4 packing of n 4-bit values held one per byte: dst[i] = src[2i] & 15 | src[2i+1] << 4
+   (dst holds (n + 1) / 2 bytes; an odd count leaves the last high nibble zero). */
+void pq_pack_nibbles(const uint8_t *src, int64_t n, uint8_t *dst);
 /* Packing given values. Codes are row-major [n, k], one byte per element: ggml 4-bit nibbles 0..15
    (Q8_0: int8), MatMulNBits and mlx unsigned codes, NNCF int8 (symmetric) or uint8 codes. */
 

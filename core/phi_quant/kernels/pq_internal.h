@@ -165,6 +165,24 @@ PQ_INLINE void pq_store_nibble_pairs(const int32_t *q, uint8_t *out, int n) {
     for (; j < n; j += 2) out[j / 2] = (uint8_t)(q[j] | (q[j + 1] << 4));
 }
 
+/* OpenVINO u4/i4 bytes: dst[i] = src[2i] & 15 | src[2i+1] << 4 for an even n (the low four bits
+   of a two's-complement int8 are its i4). */
+PQ_INLINE void pq_nibble_pairs(const uint8_t *src, int n, uint8_t *dst) {
+    int i = 0;
+#if PQ_SSE2
+    const __m128i low = _mm_set1_epi16(0x000f), high = _mm_set1_epi16(0x00f0);
+    for (; i + 32 <= n; i += 32) {
+        /* a 16-bit lane holds (src[2i], src[2i+1]); low | high << 4 lands in its low byte */
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        a = _mm_or_si128(_mm_and_si128(a, low), _mm_and_si128(_mm_srli_epi16(a, 4), high));
+        b = _mm_or_si128(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), high));
+        _mm_storeu_si128((__m128i *)(dst + i / 2), _mm_packus_epi16(a, b));
+    }
+#endif
+    for (; i + 1 < n; i += 2) dst[i / 2] = (uint8_t)((src[i] & 0x0fu) | (src[i + 1] << 4));
+}
+
 /* The block scans below are the first reads of the weight: they ask for the cache lines
    PQ_AHEAD floats (8 KiB) ahead, which one thread's hardware prefetcher does not fetch early
    enough (one thread from float32: Q8_0 7.4 -> 5.8 ms, Q4_0 9.6 -> 8.3 ms). A prefetch never faults, even past the end. */

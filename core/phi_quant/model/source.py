@@ -17,9 +17,9 @@ from .checks import check_finite
 from .config import PhiConfig, normalize_config
 from .checkpoint_files import checkpoint_file, checkpoint_roots, read_index, read_json
 from .hub import resolve_model_dir
-from .safetensors_io import HeaderEntry, map_bytes, read_header
+from .safetensors_io import HeaderEntry, read_header
 from .tensor_check import check_layer_count, check_no_unexpected
-from .tensors import SourceTensor, TensorInfo, TensorRole
+from .tensors import FileRows, SourceTensor, TensorInfo, TensorRole
 from .tokenizer_check import (
     TokenizerIds,
     check_generation_config,
@@ -266,13 +266,9 @@ class ModelSource:
         shape = (stop - start, *info.shape[1:])
         row_bytes = e.nbytes // info.shape[0] if info.shape[0] else 0
         offset = e.offset + start * row_bytes
-        path, dtype = e.path, info.dtype
-
-        def load() -> Any:
-            return map_bytes(path, offset, dtype, shape)
-
         name = info.name if role is None else self.arch.hf_name(role, info.layer, info.expert)
-        return SourceTensor(name, role or info.role, info.layer, dtype, shape, _loader=load, expert=info.expert)
+        return SourceTensor(name, role or info.role, info.layer, info.dtype, shape,
+                            _loader=FileRows(e.path, offset, info.dtype, shape), expert=info.expert)
 
     def _split(self, info: TensorInfo) -> list[SourceTensor]:
         return [self._tensor(info, (p.start, p.stop), p.role) for p in self._splits[info.role]]

@@ -2,21 +2,26 @@
 
 A :class:`SourceTensor` is a handle, not data: ``raw()`` returns a zero-copy view into the
 memory-mapped safetensors file in the stored dtype, so streaming a model costs about one tensor
-of memory at a time. ``role``, ``layer`` and ``expert`` say what the tensor is, so writers never
-parse HF names. :class:`TensorRole` lives in :mod:`phi_quant.arch.roles` (re-exported here).
+of memory at a time; ``row_blocks()`` maps one block of rows at a time (about one block of
+memory) and asks the disk for the next block while the caller works on the current one.
+``role``, ``layer`` and ``expert`` say what the tensor is, so writers never parse HF names.
+:class:`TensorRole` lives in :mod:`phi_quant.arch.roles` (re-exported here).
 """
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..arch.phi3 import ARCHITECTURE as _PHI3
 from ..arch.roles import TensorRole
+from .safetensors_io import NUMPY_DTYPES, map_bytes
 
-__all__ = ["TensorRole", "SourceTensor", "TensorInfo", "hf_name", "DTYPE_ITEMSIZE"]
+__all__ = ["TensorRole", "SourceTensor", "TensorInfo", "FileRows", "hf_name", "DTYPE_ITEMSIZE"]
 
 DTYPE_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 
@@ -64,6 +69,32 @@ class SourceTensor(TensorInfo):
         """Memory-mapped view in the stored dtype (bf16 is returned as ``uint16``), C-contiguous."""
         return self._loader()
 
+    def row_blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(r0, rows r0 .. r0+rows-1)`` for consecutive blocks of a 2-D tensor (a 1-D one is one block).
+
+        Each block is its own read-only mapping: a caller that drops a block before taking the next
+        keeps about one block resident, however large the tensor. The next block is mapped and
+        announced to the kernel (``madvise(MADV_WILLNEED)``: read-ahead from the disk, nothing
+        added to this process's memory) before the current one is returned, so reading a cold
+        checkpoint overlaps with the caller's work on the current block.
+        """
+        if len(self.shape) < 2:
+            yield 0, self.raw()
+            return
+        n = self.shape[0]
+        file_rows = self._loader if isinstance(self._loader, FileRows) else None
+        if file_rows is None or self.nbytes == 0:  # in-memory data (tests, edited tensors): slices of it
+            raw = self.raw()
+            for r0 in range(0, n, rows):
+                yield r0, raw[r0 : r0 + rows]
+            return
+        with open(file_rows.path, "rb") as f:
+            nxt = file_rows.block(f.fileno(), 0, rows)
+            for r0 in range(0, n, rows):
+                cur, nxt = nxt, (file_rows.block(f.fileno(), r0 + rows, rows) if r0 + rows < n else None)
+                yield r0, cur
+                del cur
+
     def to_float32(self) -> np.ndarray:
         """A float32 copy of this one tensor (allocates ``numel * 4`` bytes)."""
         a = self.raw()
@@ -73,3 +104,32 @@ class SourceTensor(TensorInfo):
 
     def info(self) -> TensorInfo:
         return TensorInfo(self.name, self.role, self.layer, self.dtype, self.shape, expert=self.expert)
+
+
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """The loader of a tensor whose rows lie in a file at ``offset``: all at once (``raw()``) or a block at a time."""
+
+    path: Path
+    offset: int
+    dtype: str  # stored dtype: "f32" | "f16" | "bf16"
+    shape: tuple[int, ...]
+
+    def __call__(self) -> np.ndarray:
+        return map_bytes(self.path, self.offset, self.dtype, self.shape)
+
+    def block(self, fd: int, r0: int, rows: int) -> np.ndarray:
+        """Rows [r0, r0 + rows) of the open file ``fd``, read-only, in a mapping of their own (read-ahead requested)."""
+        dtype = NUMPY_DTYPES[self.dtype]
+        n = min(self.shape[0], r0 + rows) - r0
+        row_bytes = dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        offset = self.offset + r0 * row_bytes
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, offset - start + n * row_bytes, offset=start, access=mmap.ACCESS_READ)
+        if _WILLNEED is not None:
+            m.madvise(_WILLNEED)
+        return np.frombuffer(m, dtype=dtype, count=n * row_bytes // dtype.itemsize, offset=offset - start).reshape(
+            (n, *self.shape[1:]))

@@ -235,12 +235,13 @@ class NNCFWeight(NamedTuple):
 
 def nncf_compress(w: np.ndarray, mode: str = "int4_sym", group_size: int | None = 128, *,
                   src_dtype: str | None = None, scale_dtype: str = "f16", threads: int | None = None,
-                  name: str = "tensor") -> NNCFWeight:
+                  name: str = "tensor", packed: bool = False) -> NNCFWeight:
     """NNCF integer weight compression (INT4_SYM, INT4_ASYM, INT8_SYM, INT8_ASYM), bit-identical to
     ``nncf...weight_lowering.do_integer_quantization`` for a weight reduced along K.
 
     Quants are computed with the float32 scale (as NNCF does); the returned scale is then stored
-    in ``scale_dtype`` ("f16" as NNCF's OpenVINO backend writes it, or "f32").
+    in ``scale_dtype`` ("f16" as NNCF's OpenVINO backend writes it, or "f32"). With ``packed``
+    (4-bit modes), ``weight`` is the flat u4/i4 bytes of :func:`pack_4bit`, made in the same pass.
     :raises UnsupportedPrecisionError: ``group_size`` does not divide K (pick one that does, or
         ``None`` for per-channel).
     """
@@ -252,9 +253,13 @@ def nncf_compress(w: np.ndarray, mode: str = "int4_sym", group_size: int | None 
     w, src = _checks.weight_2d(w, src_dtype, name)
     if group_size is not None:
         _checks.divides(w.shape[1], group_size, name, "NNCF", "choose a group size that divides K, or group_size=None (per channel)")
-    res = _native.nncf(w, src, mode, group_size, _checks.threads_of(threads), name)
+    if packed and NNCF_MODES[mode][0] != 4:
+        raise _checks.UnsupportedPrecisionError(f"packed output is for 4-bit NNCF modes, not {mode}")
+    res = _native.nncf(w, src, mode, group_size, _checks.threads_of(threads), name, packed)
     if res is None:
         res = reference.nncf(_finite(w, src, name), mode, group_size)
+        if packed:
+            res = (reference.pack_u4(res[0]), *res[1:])
     q, scale, zp = res
     stored = reference.store_scale(scale, sdt)
     _no_inf_scales(stored, name, sdt, "NNCF")
@@ -272,7 +277,12 @@ def nncf_dequantize(c: NNCFWeight, scale_dtype: str | None = None) -> np.ndarray
 
 def pack_4bit(values: np.ndarray) -> np.ndarray:
     """Bytes of an OpenVINO u4/i4 Constant: element 2i in the low nibble of byte i (flat order)."""
-    return reference.pack_u4(values)
+    a = np.asarray(values)
+    if a.dtype in (np.int8, np.uint8):
+        out = _native.pack_nibbles(a)
+        if out is not None:
+            return out
+    return reference.pack_u4(a)
 
 
 def unpack_4bit(packed: np.ndarray, count: int, *, signed: bool = False) -> np.ndarray:

@@ -139,26 +139,46 @@ def mlx(w, src, bits, group_size, scale_dtype, threads, name):
     return wq, scales, biases
 
 
-def nncf(w, src, mode, group_size, threads, name):
-    """(q, float32 scale, int32 zero point or None) shaped like :func:`reference.nncf`."""
+def nncf(w, src, mode, group_size, threads, name, packed=False):
+    """(q, float32 scale, int32 zero point or None) shaped like :func:`reference.nncf`; with
+    ``packed`` (4-bit modes) q is the flat u4/i4 bytes of :func:`reference.pack_u4` instead."""
     if lib is None:
         _missing()
         return None
     bits, sym = {"int4_sym": (4, True), "int4_asym": (4, False), "int8_sym": (8, True), "int8_asym": (8, False)}[mode]
     n, k = w.shape
     g = k if group_size is None else group_size
-    q = np.empty((n, k), np.int8 if sym else np.uint8)
     scale = np.empty((n, k // g), np.float32)
     zp = None if sym else np.empty((n, k // g), np.uint8)
     bad = ffi.new("int64_t *")
     p, stride = _src(w)
-    rc = lib.pq_nncf_quantize(p, _DTYPE[src], n, k, stride, bits, int(sym), g, _ptr(q), _ptr(scale), _ptr(zp),
-                              threads, bad)
+    if packed:
+        q = np.empty(n * k // 2, np.uint8)
+        rc = lib.pq_nncf_quantize_packed(p, _DTYPE[src], n, k, stride, int(sym), g, _ptr(q), _ptr(scale), _ptr(zp),
+                                         threads, bad)
+    else:
+        q = np.empty((n, k), np.int8 if sym else np.uint8)
+        rc = lib.pq_nncf_quantize(p, _DTYPE[src], n, k, stride, bits, int(sym), g, _ptr(q), _ptr(scale), _ptr(zp),
+                                  threads, bad)
     _check(rc, bad, name)
+    if packed:
+        shape = (n, 1) if group_size is None else (n, k // g, 1)
+        return q, scale.reshape(shape), None if zp is None else zp.reshape(shape).astype(np.int32)
     if group_size is None:
         return q, scale, None if zp is None else zp.astype(np.int32)
     shape = (n, k // g, 1)
     return q.reshape(n, k // g, g), scale.reshape(shape), None if zp is None else zp.reshape(shape).astype(np.int32)
+
+
+def pack_nibbles(values):
+    """OpenVINO u4/i4 bytes of int8/uint8 ``values`` (flat order), or None without the kernel."""
+    if lib is None:
+        return None
+    flat = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+    out = np.empty((flat.size + 1) // 2, np.uint8)
+    if flat.size:
+        lib.pq_pack_nibbles(ffi.cast("const uint8_t *", flat.ctypes.data), flat.size, _ptr(out))
+    return out
 
 
 # --------------------------------------------------------------------------- packing given values

@@ -143,10 +143,10 @@ def quantize(raw: np.ndarray, src_dtype: str, scheme: Scheme, *, threads: int | 
                                             scale_dtype=scheme.scale_dtype, threads=threads, name=name)
         return {"weight": wq, "scales": scales, "biases": biases}
     if scheme.layout == NNCF:
+        four = scheme.bits == 4  # 4-bit: the kernel writes the u4/i4 bytes in its quantizing pass
         c = q.nncf_compress(raw, _nncf_mode(scheme), scheme.group, src_dtype=src_dtype, scale_dtype=scheme.scale_dtype,
-                            threads=threads, name=name)
-        four = scheme.bits == 4
-        out = {"weight": q.pack_4bit(c.weight) if four else np.ascontiguousarray(c.weight).view(np.uint8),
+                            threads=threads, name=name, packed=four)
+        out = {"weight": c.weight if four else np.ascontiguousarray(c.weight).view(np.uint8),
                "scale": np.ascontiguousarray(c.scale)}
         if c.zero_point is not None:
             out["zero_point"] = q.pack_4bit(c.zero_point) if four else np.ascontiguousarray(c.zero_point, dtype=np.uint8)

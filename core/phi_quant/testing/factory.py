@@ -48,6 +48,10 @@ __all__ = [
     "add_tensor",
     "make_large_checkpoint",
     "make_large_moe_checkpoint",
+    "make_shaped_checkpoint",
+    "checkpoint_bytes",
+    "FULL_SIZE",
+    "FULL_SIZE_SHARD_BYTES",
     "float32_to_bf16_bits",
 ]
 
@@ -451,6 +455,39 @@ def add_tensor(checkpoint: str | os.PathLike, name: str, dtype: str, shape: tupl
         content = json.loads(index.read_text())
         content["weight_map"][name] = shard
         index.write_text(json.dumps(content))
+
+
+# -- full-size shapes for the scale bench ------------------------------------------------------
+
+#: Real models' shapes and config quirks (what conversion cost depends on), for
+#: :func:`make_shaped_checkpoint`: Phi-3.5-mini (3.82 B parameters, LongRoPE, 2 shards of bf16 as
+#: published) and Phi-4 (14.7 B, GQA 40/10, vocab 100352). Tokenizers are the tiny variants'
+#: (padded to the vocabulary size, as the real ones are); LongRoPE factors are synthetic.
+FULL_SIZE = {
+    "phi3.5-mini": VariantSpec("phi3.5-mini", 3072, 32, 32, 32, 96, 8192, 32064, 10000.0, "spm", 131072, 4096,
+                               longrope=True, sliding_window=262144),
+    "phi4": VariantSpec("phi4", 5120, 40, 40, 10, 128, 17920, 100352, 250000.0, "phi4", 16384, 16384),
+}
+#: Shard size of the published checkpoints (Phi-3.5-mini: 2 shards, Phi-4: 6).
+FULL_SIZE_SHARD_BYTES = 5_000_000_000
+
+
+def checkpoint_bytes(spec: VariantSpec, dtype: str = "bf16") -> int:
+    """Weight bytes of a checkpoint of ``spec`` (without writing it)."""
+    config, _ = _config_dicts(spec, _tokenizer_files(spec), dtype)
+    return sum(t.numel for t in _tensor_plan(config)) * (4 if dtype == "f32" else 2)
+
+
+def make_shaped_checkpoint(out_dir: str | os.PathLike, spec: VariantSpec, *, dtype: str = "bf16", seed: int = 0,
+                           shard_bytes: int = 500_000_000) -> Path:
+    """Write a checkpoint of ``spec``'s shapes, config and tokenizer with random weights, one 8 MiB chunk at a time.
+
+    Values are those of :func:`make_large_checkpoint` (cheap to make, finite, small), so a
+    multi-gigabyte checkpoint is written at disk speed and memory use stays at one chunk.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {dtype!r}")
+    return _write_generated(out_dir, spec, spec, dtype, seed, shard_bytes)
 
 
 # -- a large checkpoint for streaming/RSS tests --------------------------------------------------

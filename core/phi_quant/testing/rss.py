@@ -23,11 +23,20 @@ __all__ = ["RssResult", "run_with_peak_rss"]
 
 
 class RssResult(NamedTuple):
-    """``returncode``, ``peak_rss`` in bytes, and the combined stdout/stderr text."""
+    """``returncode``, ``peak_rss`` in bytes, and the combined stdout/stderr text.
+
+    ``cpu_seconds`` is user + system time of the child and every descendant it waited for (the
+    kernel's own accounting, from ``wait4``), ``wall_seconds`` the time until it exited, and
+    ``tree_peak_rss`` the child's peak plus the largest sum of its descendants' resident sets seen
+    by sampling every 50 ms (equal to ``peak_rss`` when it starts no process).
+    """
 
     returncode: int
     peak_rss: int
     output: str
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    tree_peak_rss: int = 0
 
 
 def _maxrss_bytes(ru_maxrss: int) -> int:
@@ -65,22 +74,29 @@ def run_with_peak_rss(code: str, *, timeout: float | None = None, env: Mapping[s
             [sys.executable, "-c", _WRAPPER, script, report], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None, cwd=cwd,
         )
+        t0 = time.perf_counter()
         chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
+        children = _DescendantSampler(proc.pid)
+        children.start()
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
         try:
+            cpu = 0.0
             if hasattr(os, "wait4"):
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 peak = _maxrss_bytes(usage.ru_maxrss)
+                cpu = usage.ru_utime + usage.ru_stime
             else:  # pragma: no cover - Windows
                 peak = _poll_peak(proc)
+            wall = time.perf_counter() - t0
         finally:
             if timer:
                 timer.cancel()
+            children.stop()
         reader.join()
         proc.stdout.close()  # type: ignore[union-attr]
         try:
@@ -91,7 +107,39 @@ def run_with_peak_rss(code: str, *, timeout: float | None = None, env: Mapping[s
     output = b"".join(chunks).decode("utf-8", "replace")
     if check and proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, [sys.executable, "-c", "..."], output=output)
-    return RssResult(int(proc.returncode), int(peak), output)
+    return RssResult(int(proc.returncode), int(peak), output, cpu, wall, int(peak) + children.peak)
+
+
+class _DescendantSampler(threading.Thread):
+    """Largest sum of the resident sets of ``pid``'s descendants, sampled every 50 ms."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak = pid, 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            import psutil
+
+            root = psutil.Process(self.pid)
+        except Exception:  # no psutil, or the child is already gone
+            return
+        while not self._done.wait(0.05):
+            total = 0
+            try:
+                for child in root.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
 
 
 def _poll_peak(proc: subprocess.Popen) -> int:  # pragma: no cover - Windows

@@ -59,6 +59,11 @@ def encode_rows(raw: np.ndarray, dtype: str, ggml_type: GGMLType, name: str = "t
     return out.reshape(raw.shape[0], -1)
 
 
+#: Types whose encoding refuses NaN/Inf itself, naming the tensor (the kernel's fused path, or the
+#: recipe's values): no separate scan of the rows.
+_CHECKED_BY_ENCODE = (GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
+
+
 def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType, recipe: Recipe | str | None = None,
                          context: RecipeContext | None = None, rewrite: Rewrite | None = None) -> Iterator[np.ndarray]:
     """Yield the tensor's ggml bytes chunk by chunk (rows in order), checking for NaN/Inf.
@@ -69,17 +74,22 @@ def encode_tensor_chunks(tensor: SourceTensor, ggml_type: GGMLType, recipe: Reci
     """
     import phi_quant.quant as q
 
-    raw = tensor.raw()
-    rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
-    row_bytes = rows.shape[1] * rows.dtype.itemsize
-    step = max(1, CHUNK_BYTES // max(1, row_bytes))
-    if rewrite is not None:
-        check_finite(raw, tensor.dtype, tensor.name)  # the rewrite's statistics read every row
-        apply = rewrite.prepare(rows, tensor.dtype, step)
-    for r0 in range(0, rows.shape[0], step):
-        block = rows[r0 : r0 + step]
-        if rewrite is None:
+    if len(tensor.shape) != 2 or rewrite is not None:  # whole-tensor view: 1-D, or a rewrite's statistics
+        raw = tensor.raw()
+        rows = raw.reshape(1, -1) if raw.ndim == 1 else raw.reshape(-1, raw.shape[-1])
+        step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * rows.dtype.itemsize))
+        check_finite(raw, tensor.dtype, tensor.name)
+        apply = rewrite.prepare(rows, tensor.dtype, step) if rewrite is not None else None
+        for r0 in range(0, rows.shape[0], step):
+            block = rows[r0 : r0 + step]
+            if apply is None:
+                yield encode_rows(block, tensor.dtype, ggml_type, tensor.name, recipe, context)
+            else:
+                yield encode_rows(apply(q.to_float32(block, tensor.dtype)), "f32", ggml_type, tensor.name, recipe, context)
+        return
+    row_bytes = tensor.nbytes // max(1, tensor.shape[0])
+    for _, block in tensor.row_blocks(max(1, CHUNK_BYTES // max(1, row_bytes))):  # one block mapped at a time
+        if GGMLType(ggml_type) not in _CHECKED_BY_ENCODE:
             check_finite(block, tensor.dtype, tensor.name)
-            yield encode_rows(block, tensor.dtype, ggml_type, tensor.name, recipe, context)
-        else:
-            yield encode_rows(apply(q.to_float32(block, tensor.dtype)), "f32", ggml_type, tensor.name, recipe, context)
+        yield encode_rows(block, tensor.dtype, ggml_type, tensor.name, recipe, context)
+        del block

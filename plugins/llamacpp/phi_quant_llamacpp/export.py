@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from phi_quant.errors import UnsupportedModelError
-from phi_quant.quant.digest import digest_arrays
+from phi_quant.pipeline import ahead
+from phi_quant.quant.digest import TensorDigest
 from phi_quant.quant.plan import recipe_context
 from phi_quant.quant.recipes import get_recipe
 from phi_quant.types import ExportOptions, ExportResult, Progress
@@ -120,32 +122,57 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
         if rope:
             writer.write(TensorName.ROPE_FACTORS_LONG, np.asarray(cfg.rope.long_factor, dtype=np.float32))
             writer.write(TensorName.ROPE_FACTORS_SHORT, np.asarray(cfg.rope.short_factor, dtype=np.float32))
-        for tensor in source.tensors():
-            planned = by_name[tensor.name]
-            context = recipe_context(r, tensor.info(), source)
-            for chunk in encode_tensor_chunks(tensor, planned.slot.type, r, context, rewrites.get(tensor.name)):
-                writer.write(planned.slot.name, chunk)
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # (slot name, bytes) per chunk, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name[tensor.name]
+                context = recipe_context(r, tensor.info(), source)
+                for chunk in encode_tensor_chunks(tensor, planned.slot.type, r, context, rewrites.get(tensor.name)):
+                    yield planned.slot.name, chunk
+                yield None, tensor
+
+        for name, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if name is None:
+                progress.advance(item.nbytes, item.name)
+            else:
+                writer.write(name, item)
         writer.finish()
+
+
+#: Bytes read at a time when hashing the finished file (bounded memory, whatever the model's size).
+_READ_BACK_CHUNK = 16 << 20
 
 
 def _read_back(path: Path, plan: GGUFPlan) -> tuple[dict[str, str], dict[str, str]]:
     """(GGUF name -> ggml type name, source tensor name -> sha256 of its bytes) of the finished file;
-    an expert's bytes are its slice of the stacked tensor."""
+    an expert's bytes are its slice of the stacked tensor.
+
+    The header comes from gguf-py's reader; the tensor bytes are read with ``pread`` in bounded
+    chunks, not through the reader's memory map, so hashing a 2 GB output does not add 2 GB of
+    mapped pages to the conversion's resident memory.
+    """
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
-    stored = {t.name: t for t in reader.tensors}
-    types = {name: t.tensor_type.name for name, t in stored.items()}
+    stored = {t.name: (t.tensor_type.name, int(t.data_offset), int(t.n_bytes)) for t in reader.tensors}
+    del reader
+    types = {name: kind for name, (kind, _, _) in stored.items()}
     digests = {}
-    for p in plan.entries:
-        t = stored.get(p.slot.name)
-        if t is None:
-            continue
-        data = np.ascontiguousarray(t.data).view(np.uint8).reshape(len(p.infos), -1)
-        for i, info in enumerate(p.infos):
-            digests[info.name] = digest_arrays({"blocks": data[i]})
-    del stored, reader
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        for p in plan.entries:
+            if p.slot.name not in stored:
+                continue
+            _, offset, size = stored[p.slot.name]
+            per = size // len(p.infos)
+            for i, info in enumerate(p.infos):
+                d, start, end = TensorDigest(), offset + i * per, offset + (i + 1) * per
+                while start < end:
+                    chunk = os.pread(fd, min(_READ_BACK_CHUNK, end - start), start)
+                    if not chunk:
+                        raise OSError(f"{path.name} ends inside tensor {p.slot.name}")
+                    d.update("blocks", chunk)
+                    start += len(chunk)
+                digests[info.name] = d.hexdigest()
     return types, digests
 
 

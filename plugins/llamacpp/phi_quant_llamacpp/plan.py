@@ -139,8 +139,8 @@ def _policy(options: ExportOptions) -> str:
 def _menu(info: TensorInfo) -> list[GGMLType]:
     """The ggml types a matrix may take in a size budget, cheapest first."""
     k = info.shape[-1]
-    order = [GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_K, GGMLType.Q5_1,
-             GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16]
+    order = [GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_K,
+             GGMLType.Q5_1, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.F16]
     return [t for t in order if _fits(t, k)]
 
 

@@ -16,4 +16,5 @@ class TestLlamaCppConformance(BackendConformance):
 
     def recipe_options(self, variant, precision, recipe):
         options = super().recipe_options(variant, precision, recipe)
-        return dataclasses.replace(options, scheme="Q4_1") if recipe == "hqq" else options  # Q4_0 has no zero
+        # Q4_0 has no zero point: hqq runs on Q4_1, whose asymmetry the scheme fixes (no --asymmetric)
+        return dataclasses.replace(options, scheme="Q4_1", symmetric=None) if recipe == "hqq" else options

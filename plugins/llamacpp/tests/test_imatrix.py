@@ -48,3 +48,20 @@ def test_calibrated_export_writes_llama_cpps_imatrix_and_still_loads(tmp_path):
         assert np.isfinite(loaded.logits([1, 2, 3])).all()
     finally:
         loaded.close()
+
+
+def test_k_quants_take_the_calibrated_importance_through_llama_model_quantize(tmp_path):
+    """--scheme Q4_K_M --recipe awq: the scaled model goes to llama.cpp's own quantizer with the
+    calibrated mean x² as its importance matrix (a C array of llama_model_imatrix_data)."""
+    path = cached_checkpoint("phi3-mini", "f32")
+    options = ExportOptions(precision="int4", scheme="Q4_K_M", recipe="awq", calibration_tokens=64)
+    res = convert(path, "llamacpp", options, tmp_path / "out")
+    assert "imatrix.gguf" in res.files and res.manifest["calibration"]["recipe"]["name"] == "awq"
+    model = gguf.GGUFReader(str(next(p for p in (tmp_path / "out").glob("*.gguf") if p.name != "imatrix.gguf")))
+    kinds = {t.tensor_type.name for t in model.tensors if len(t.shape) == 2}
+    assert kinds & {"Q4_K", "Q6_K", "Q5_K"}, kinds
+    loaded = get_manager().get("llamacpp").load_model(tmp_path / "out", {})
+    try:
+        assert np.isfinite(loaded.logits([1, 2, 3, 4])).all()
+    finally:
+        loaded.close()

@@ -25,7 +25,8 @@ from phi_quant.model.config import PhiConfig
 from .constants import MODEL_TYPE, QUANT_KEY, QUANT_MIRROR_KEY, TORCH_DTYPE
 from .layout import PlannedTensor, QuantParams
 
-__all__ = ["LONGROPE_LONG", "LONGROPE_SHORT", "longrope_mode", "check_supported", "build_config"]
+__all__ = ["LONGROPE_LONG", "LONGROPE_SHORT", "longrope_mode", "check_supported", "build_config", "source_keys",
+           "quantization_block"]
 
 LONGROPE_LONG = "long"
 LONGROPE_SHORT = "short"
@@ -74,7 +75,7 @@ def build_config(
 ) -> dict[str, Any]:
     """The complete config.json: model arguments, quantization block with per-module entries."""
     check_supported(cfg)
-    out = {k: v for k, v in cfg.raw.items() if k not in _DROP}
+    out = source_keys(cfg)
     out.update(
         {
             "architectures": ["Phi3ForCausalLM"],
@@ -112,15 +113,26 @@ def build_config(
                 f"{cfg.rope.original_max_position} tokens; mlx-lm applies long_factor at every length"
             )
         out["phi_quant"] = info
-    if default_quant is not None:
-        quant: dict[str, Any] = default_quant.as_config()
-        for p in plan:
-            if not p.info.role.is_matmul:
-                continue
-            if p.quant is None:
-                quant[p.module] = False
-            elif p.quant != default_quant:
-                quant[p.module] = p.quant.as_config()
-        out[QUANT_KEY] = quant
-        out[QUANT_MIRROR_KEY] = quant
+    out.update(quantization_block(plan, default_quant))
     return dict(sorted(out.items()))
+
+
+def source_keys(cfg: PhiConfig) -> dict[str, Any]:
+    """The source config's keys that still describe the output (the rest are rewritten)."""
+    return {k: v for k, v in cfg.raw.items() if k not in _DROP}
+
+
+def quantization_block(plan: list[PlannedTensor], default_quant: QuantParams | None) -> dict[str, Any]:
+    """``quantization`` (mirrored as ``quantization_config``): the defaults, plus every module that
+    differs from them under its path (``False``: kept in float), as mlx-lm's loader reads it."""
+    if default_quant is None:
+        return {}
+    quant: dict[str, Any] = default_quant.as_config()
+    for p in plan:
+        if not p.info.role.is_matmul:
+            continue
+        if p.quant is None:
+            quant[p.module] = False
+        elif p.quant != default_quant:
+            quant[p.module] = p.quant.as_config()
+    return {QUANT_KEY: quant, QUANT_MIRROR_KEY: quant}

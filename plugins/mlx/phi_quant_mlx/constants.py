@@ -1,15 +1,16 @@
 """Every name and number of the mlx-lm layout, in one place.
 
 Facts from mlx-lm 0.32 (``mlx_lm/utils.py``: ``load_model``, ``quantize_model``, ``save_model``,
-``save_config``; ``mlx_lm/models/phi3.py``) and mlx (``mx.quantize``).
+``save_config``; ``mlx_lm/models/phi3.py``, ``phimoe.py``, ``switch_layers.py``) and mlx (``mx.quantize``).
 """
 
 from __future__ import annotations
 
 from phi_quant.model.tensors import TensorRole
 
-#: ``model_type`` mlx-lm dispatches on (``mlx_lm/models/phi3.py``).
+#: ``model_type`` mlx-lm dispatches on (``mlx_lm/models/phi3.py``, ``mlx_lm/models/phimoe.py``).
 MODEL_TYPE = "phi3"
+PHIMOE_MODEL_TYPE = "phimoe"
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -74,3 +75,34 @@ def module_path(role: TensorRole, layer: int | None) -> str:
 def packed_width(in_features: int, bits: int) -> int:
     """uint32 words per row of a packed weight (``mx.quantize`` packs 32/bits elements a word)."""
     return in_features * bits // 32
+
+
+#: The SwitchGLU projection holding every expert's matrix of a role (``w1``/``w3``/``w2``).
+PHIMOE_EXPERT_MODULES = {
+    TensorRole.GATE: "block_sparse_moe.switch_mlp.gate_proj",
+    TensorRole.UP: "block_sparse_moe.switch_mlp.up_proj",
+    TensorRole.DOWN: "block_sparse_moe.switch_mlp.down_proj",
+}
+#: Per-layer modules of mlx-lm's phimoe that phi3 does not have (the rest share phi3's paths).
+_PHIMOE_LAYER_MODULES = {
+    TensorRole.Q: "self_attn.q_proj",
+    TensorRole.K: "self_attn.k_proj",
+    TensorRole.V: "self_attn.v_proj",
+    TensorRole.ROUTER: "block_sparse_moe.gate",
+}
+
+
+def parameter_path(role: TensorRole, layer: int | None, expert: int | None = None) -> tuple[str, str]:
+    """(module path, parameter name) of a tensor of either layout: ``("model.layers.0.self_attn.q_proj", "bias")``.
+
+    An expert's matrix maps to its layer's stacked SwitchGLU projection (the expert index is
+    its position along the first axis); a bias or LayerNorm shift is the ``bias`` of its
+    weight's module.
+    """
+    if role.is_bias:
+        return parameter_path(role.weight_role, layer)[0], "bias"
+    if expert is not None:
+        return f"model.layers.{layer}.{PHIMOE_EXPERT_MODULES[role]}", "weight"
+    if role in _PHIMOE_LAYER_MODULES:
+        return f"model.layers.{layer}.{_PHIMOE_LAYER_MODULES[role]}", "weight"
+    return module_path(role, layer), "weight"

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from phi_quant.errors import BadWeightsError
+from phi_quant.model.tensors import SourceTensor
 
 from .layout import PlannedTensor
 
@@ -74,27 +75,33 @@ def _rows_per_chunk(row_bytes: int) -> int:
     return max(1, CHUNK_BYTES // max(1, row_bytes))
 
 
-def encode_chunks(planned: PlannedTensor, raw: np.ndarray, recipe=None, context=None) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
-    """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks."""
+def encode_chunks(planned: PlannedTensor, raw: np.ndarray | SourceTensor, recipe=None,
+                  context=None) -> Iterator[dict[str, tuple[int, np.ndarray]]]:
+    """Yield ``{output name: (byte offset in that tensor, array)}`` for consecutive row blocks
+    (an expert's offsets are inside its module's stacked tensor).
+
+    ``raw`` is the stored array or the source tensor itself, whose rows are then mapped one block
+    at a time (:meth:`~phi_quant.model.tensors.SourceTensor.row_blocks`).
+    """
     from phi_quant.quant.encode import encode
 
     from .plan import core_scheme
 
     info = planned.info
     src = info.dtype
-    data = stored_view(raw, src)
-    if data.ndim == 1:
+    if len(info.shape) == 1:
+        data = stored_view(raw.raw() if isinstance(raw, SourceTensor) else raw, src)
         check_finite(data, src, info.name)
-        yield {f"{planned.module}.weight": (0, _cast(data, src, planned.dtype, info.name))}
+        yield {f"{planned.module}.{planned.param}": (0, _cast(data, src, planned.dtype, info.name))}
         return
-    rows, cols = data.shape
-    step = _rows_per_chunk(cols * data.itemsize)
-    offsets: dict[str, int] = {}
-    for r0 in range(0, rows, step):
-        chunk = data[r0 : r0 + step]
-        check_finite(chunk, src, info.name)  # per chunk: a whole-tensor mask would cost a tensor of memory
-        if planned.quant is None:
-            arrays = {f"{planned.module}.weight": _cast(chunk, src, planned.dtype, info.name)}
+    step = _rows_per_chunk(info.shape[1] * (4 if src == "f32" else 2))
+    blocks = raw.row_blocks(step) if isinstance(raw, SourceTensor) else ((r0, raw[r0 : r0 + step]) for r0 in range(0, len(raw), step))
+    offsets = planned.slice_offsets()  # an expert's slice starts at its place in the stacked tensor
+    for _, block in blocks:
+        chunk = stored_view(block, src)
+        if planned.quant is None:  # (encode refuses NaN/Inf itself, naming the tensor)
+            check_finite(chunk, src, info.name)  # per chunk: a whole-tensor mask would cost a tensor of memory
+            arrays = {f"{planned.module}.{planned.param}": _cast(chunk, src, planned.dtype, info.name)}
         else:
             qsrc, qchunk = src, chunk
             if planned.dtype != _STORED[src]:  # the ``dtype`` option: quantize from the cast weights, as mlx-lm does

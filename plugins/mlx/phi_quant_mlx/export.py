@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from phi_quant.errors import UnsupportedPrecisionError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
-from .config_json import LONGROPE_SHORT, build_config, check_supported, longrope_mode
+from . import config_json, phimoe
+from .config_json import LONGROPE_SHORT, longrope_mode
 from .constants import (
     CHAT_TEMPLATE_FILE,
     CONFIG_FILE,
@@ -32,7 +34,7 @@ from .encode import encode_chunks
 from .layout import PlannedTensor, QuantParams, resolve_float_dtype, resolve_group_size
 from .safetensors_stream import ShardedWriter, plan_shards
 
-__all__ = ["export_mlx", "plan_for", "scheme_name", "parse_size", "context_length_of"]
+__all__ = ["export_mlx", "plan_for", "scheme_name", "parse_size", "context_length_of", "config_layout"]
 
 _UNITS = {"": 1, "b": 1, "kb": 1 << 10, "k": 1 << 10, "mb": 1 << 20, "m": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
 
@@ -96,6 +98,12 @@ def plan_for(source, options: ExportOptions) -> list[PlannedTensor]:
     return whole_plan(source, options)
 
 
+def config_layout(cfg):
+    """The module writing config.json for ``cfg``'s architecture (mlx-lm's ``phi3`` or ``phimoe``):
+    both have ``check_supported(cfg)`` and ``build_config(cfg, plan, ...)``."""
+    return phimoe if cfg.is_moe else config_json
+
+
 def _float_dtype(source, options: ExportOptions) -> str:
     return (PRECISION_DTYPE[options.precision] or resolve_float_dtype(options.precision, options.get("dtype"))
             or SAFETENSORS_DTYPE[source.tensor_infos()[0].dtype])
@@ -134,7 +142,9 @@ def _run_instructions(output_dir_name: str = "<this folder>") -> str:
 def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progress) -> ExportResult:
     """Write ``source`` as an mlx-lm folder into ``output_dir`` (see module doc)."""
     cfg = source.config
-    check_supported(cfg)
+    layout = config_layout(cfg)
+    layout.check_supported(cfg)
+    source = phimoe.with_required_biases(source)  # mlx-lm's phimoe Linears all have a bias: zeros where absent
     plan = plan_for(source, options)
     context_length = context_length_of(options)
     shard_bytes = parse_size(options.get("shard_size", DEFAULT_SHARD_BYTES))
@@ -151,18 +161,26 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     digests: dict[str, str] = {}
     writer = ShardedWriter(output_dir, shards)
     try:
-        for tensor in source.tensors():
-            planned = by_name.get(tensor.name)
-            if planned is None:
-                raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
-            context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
-            digest = TensorDigest()
-            for chunk in encode_chunks(planned, tensor.raw(), recipe, context):
-                for name, (start, arr) in chunk.items():
-                    writer.write(name, arr, start)
-                    digest.update(name[len(planned.module) + 1:], arr)
-            digests[tensor.name] = digest.hexdigest()
-            progress.advance(tensor.nbytes, tensor.name)
+        def encoded():  # (module, arrays) per chunk, then (None, tensor) when a tensor is done
+            for tensor in source.tensors():
+                planned = by_name.get(tensor.name)
+                if planned is None:
+                    raise UnsupportedPrecisionError(f"tensor {tensor.name} appeared in the stream but not in tensor_infos()")
+                context = recipe_context(recipe, tensor.info(), source) if planned.quant is not None else None
+                for chunk in encode_chunks(planned, tensor, recipe, context):
+                    yield planned.module, chunk
+                yield None, tensor
+
+        digest = TensorDigest()
+        for module, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
+            if module is None:
+                digests[item.name] = digest.hexdigest()
+                digest = TensorDigest()
+                progress.advance(item.nbytes, item.name)
+                continue
+            for name, (start, arr) in item.items():
+                writer.write(name, arr, start)
+                digest.update(name[len(module) + 1:], arr)
         writer.close()
     except BaseException:
         writer.abort()
@@ -173,7 +191,7 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
     gs = resolve_group_size(options.group_size)
     default_quant = QuantParams(PRECISION_BITS[options.precision], gs) if options.precision in PRECISION_BITS else None
     float_dtype = _float_dtype(source, options)
-    config = build_config(cfg, plan, float_dtype=float_dtype, default_quant=default_quant, context_length=context_length)
+    config = layout.build_config(cfg, plan, float_dtype=float_dtype, default_quant=default_quant, context_length=context_length)
     if (source.generation_config or {}).get("eos_token_id") is not None:  # what mlx-lm's load_config merges in
         config["eos_token_id"] = source.generation_config["eos_token_id"]
     (output_dir / CONFIG_FILE).write_text(json.dumps(config, indent=4), encoding="utf-8")
@@ -187,7 +205,7 @@ def export_mlx(source, output_dir: Path, options: ExportOptions, progress: Progr
 
 def _result(cfg, plan, options, files, total_bytes, float_dtype, context_length) -> ExportResult:
     quantized = [p for p in plan if p.quant is not None]
-    kept = [p for p in plan if p.info.role.is_matmul and p.quant is None and p.reason]
+    kept = list({p.module: p for p in plan if p.info.role.is_matmul and p.quant is None and p.reason}.values())
     notes = []
     for p in kept:
         notes.append(f"{p.module} kept in {float_dtype}: {p.reason}")
@@ -206,8 +224,10 @@ def _result(cfg, plan, options, files, total_bytes, float_dtype, context_length)
             "(or less) if you deploy at short contexts."
         )
     if cfg.sliding_window is not None:
-        notes.append(f"mlx-lm's phi3 ignores the sliding window ({cfg.sliding_window}); attention is full.")
-    bits = Counter(f"int{p.quant.bits}-g{p.quant.group_size}" for p in quantized)
+        model = "phimoe" if cfg.is_moe else "phi3"
+        notes.append(f"mlx-lm's {model} ignores the sliding window ({cfg.sliding_window}); attention is full.")
+    modules = {p.module: p for p in quantized}  # a stacked module once, not once per expert
+    bits = Counter(f"int{p.quant.bits}-g{p.quant.group_size}" for p in modules.values())
     details = {
         "scheme": scheme_name(options.precision, options.group_size),
         "float_dtype": float_dtype,

@@ -12,6 +12,7 @@ switch quantization off for the modules whose path matches.
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -25,8 +26,8 @@ from .constants import (
     PRECISION_DTYPE,
     QUANT_MODE,
     SAFETENSORS_DTYPE,
-    module_path,
     packed_width,
+    parameter_path,
 )
 from .safetensors_stream import TensorSpec
 
@@ -58,19 +59,25 @@ class Override:
 
 @dataclass(frozen=True)
 class PlannedTensor:
-    """One source tensor and what the output holds for it."""
+    """One source tensor and what the output holds for it.
+
+    An expert's matrix (``info.expert`` set, ``experts`` > 0) is one slice of its module's
+    stacked ``[experts, out, in]`` tensors (mlx-lm's SwitchLinear): the first expert plans the
+    stacked tensors, every expert writes its slice at :meth:`slice_offsets`.
+    """
 
     info: TensorInfo
     module: str
     quant: QuantParams | None
     dtype: str  # safetensors dtype of the float parameter(s): the weight, or scales/biases
     reason: str = ""  # why a quantizable module was left unquantized (for the notes)
+    param: str = "weight"  # the module's parameter this tensor is ("bias": a bias or LayerNorm shift)
+    experts: int = 0  # experts stacked in this module's tensors (0: not stacked)
 
-    @property
-    def specs(self) -> list[TensorSpec]:
+    def _slice_specs(self) -> list[TensorSpec]:
         shape = tuple(self.info.shape)
         if self.quant is None:
-            return [TensorSpec(f"{self.module}.weight", self.dtype, shape)]
+            return [TensorSpec(f"{self.module}.{self.param}", self.dtype, shape)]
         rows, cols = shape
         groups = cols // self.quant.group_size
         return [
@@ -78,6 +85,20 @@ class PlannedTensor:
             TensorSpec(f"{self.module}.scales", self.dtype, (rows, groups)),
             TensorSpec(f"{self.module}.biases", self.dtype, (rows, groups)),
         ]
+
+    @property
+    def specs(self) -> list[TensorSpec]:
+        """The output tensors this source tensor plans (an expert other than the first: none)."""
+        if not self.experts:
+            return self._slice_specs()
+        if self.info.expert:
+            return []
+        return [TensorSpec(s.name, s.dtype, (self.experts,) + s.shape) for s in self._slice_specs()]
+
+    def slice_offsets(self) -> dict[str, int]:
+        """Byte offset of this tensor's data inside each output tensor (an expert's slice: expert x slice bytes)."""
+        expert = (self.info.expert or 0) if self.experts else 0
+        return {s.name: expert * s.nbytes for s in self._slice_specs()}
 
 
 def resolve_group_size(value: int | None) -> int:
@@ -169,11 +190,14 @@ def plan_tensors(
     default = QuantParams(PRECISION_BITS[precision], gs) if precision in PRECISION_BITS else None
     used = set()
     plan = []
+    infos = list(infos)
+    experts = Counter((i.role, i.layer) for i in infos if i.expert is not None)
     for info in infos:
-        module = module_path(info.role, info.layer)
+        module, param = parameter_path(info.role, info.layer, info.expert)
+        stacked = experts[(info.role, info.layer)] if info.expert is not None else 0
         out_dtype = _float_dtype(info, precision, float_dtype)
         if not info.role.is_matmul:
-            plan.append(PlannedTensor(info, module, None, out_dtype))
+            plan.append(PlannedTensor(info, module, None, out_dtype, param=param))
             continue
         quant = default
         names = (module, "lm_head") if tied and info.role == TensorRole.EMBED else (module,)
@@ -187,7 +211,7 @@ def plan_tensors(
             quant = None
         elif quant is None and default is not None:
             reason = "kept unquantized by an override"
-        plan.append(PlannedTensor(info, module, quant, out_dtype, reason))
+        plan.append(PlannedTensor(info, module, quant, out_dtype, reason, experts=stacked))
     unused = [overrides[i].pattern for i in range(len(overrides)) if i not in used]
     if unused:
         raise UnsupportedPrecisionError(

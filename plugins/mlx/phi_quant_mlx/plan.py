@@ -53,9 +53,9 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
     overrides = parse_overrides(options.get("overrides"), gs)
     tied = bool(config and config.tie_word_embeddings)
     if not strict:
-        from .constants import module_path
+        from .constants import parameter_path
 
-        names = {module_path(i.role, i.layer) for i in infos if i.role.is_matmul}
+        names = {parameter_path(i.role, i.layer, i.expert)[0] for i in infos if i.role.is_matmul}
         overrides = [o for o in overrides if any(o.matches(n) for n in names | ({"lm_head"} if tied else set()))]
     plan = plan_tensors(infos, options.precision, gs, overrides, options.get("dtype"), tied=tied)
     policy = _policy(options)
@@ -98,9 +98,20 @@ def _budget(plan: list[PlannedTensor], options: ExportOptions, source) -> list[P
                     menu.append(s)
         menus[p.info.name] = sorted(menu, key=lambda s: s.nbytes(tuple(p.info.shape)))
     fixed = sum(core_scheme(p).nbytes(tuple(p.info.shape)) for p in plan if p.quant is None)
-    choice = budget_choice(source, menus, options.bits_per_weight, fixed_bytes=fixed)
+    choice = _per_module(plan, budget_choice(source, menus, options.bits_per_weight, fixed_bytes=fixed))
     return [replace(p, quant=params[choice[p.info.name]], reason=f"--bits-per-weight {options.bits_per_weight:g}")
             if p.info.name in choice else p for p in plan]
+
+
+def _per_module(plan: list[PlannedTensor], choice: dict[str, Scheme]) -> dict[str, Scheme]:
+    """One scheme per output module: PhiMoE's experts share one stacked SwitchLinear, which holds a
+    single bits/group in mlx-lm, so every expert of it takes the largest scheme chosen for any of them."""
+    best: dict[str, Scheme] = {}
+    for p in plan:
+        s = choice.get(p.info.name)
+        if s is not None and (p.module not in best or s.nbytes(tuple(p.info.shape)) > best[p.module].nbytes(tuple(p.info.shape))):
+            best[p.module] = s
+    return {p.info.name: best[p.module] for p in plan if p.info.name in choice}
 
 
 def tensor_plan(plan: list[PlannedTensor], recipe: str | None) -> TensorPlan:

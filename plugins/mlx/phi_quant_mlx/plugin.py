@@ -37,7 +37,7 @@ from .layout import FLOAT_DTYPES, PlannedTensor
 from .plan import plan_model
 from .runtime import MLXModel
 
-__all__ = ["THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
+__all__ = ["THRESHOLDS", "PHIMOE_THRESHOLDS", "OPTIONS", "backend_info", "detect_hardware", "supported_precisions", "quantize", "export", "load_model"]
 
 #: Bounds per precision from the measurements in docs/fidelity.md (worst tiny variant, about
 #: 1.5x margin), default options (scales in the checkpoint's dtype, as mlx-lm convert does), on
@@ -50,6 +50,17 @@ THRESHOLDS = {
     "bf16": FidelityThresholds(kl_max=5e-3, top1_min=0.95),
     "int8": FidelityThresholds(kl_max=0.15, top1_min=0.70),
     "int4": FidelityThresholds(kl_max=3.0, top1_min=0.20),
+}
+
+#: The same for the tiny PhiMoE (docs/fidelity.md, measured value in each comment), same margin.
+#: mlx-lm computes PhiMoE as the model does (fp32 meets THRESHOLDS["fp32"]); below fp32 the mean
+#: is set by the few tokens whose expert choice flips when the router's inputs move (sparsemixer's
+#: picks and weights jump there): the median position stays as close as a dense model's.
+PHIMOE_THRESHOLDS = {
+    "fp16": FidelityThresholds(kl_max=1.5e-2, top1_min=0.95),  # 9.47e-3, 0.977
+    "bf16": FidelityThresholds(kl_max=0.12, top1_min=0.90),  # 7.49e-2, 0.951
+    "int8": FidelityThresholds(kl_max=0.5, top1_min=0.65),  # 0.334, 0.747
+    "int4": FidelityThresholds(kl_max=3.2, top1_min=0.25),  # 2.12, 0.370
 }
 
 _DESCRIPTIONS = {
@@ -86,7 +97,7 @@ def backend_info() -> BackendInfo:
         version=__version__,
         description="The folder mlx_lm.load opens (config.json + safetensors shards); affine int4/int8 bit-identical to mx.quantize",
         install_hint="pip install phi-quant-mlx",
-        architectures=("phi3",),  # the phi_quant.arch layouts this backend writes
+        architectures=("phi3", "phimoe"),  # the phi_quant.arch layouts this backend writes (mlx-lm's phi3, phimoe)
     )
 
 
@@ -108,6 +119,7 @@ def supported_precisions() -> list[PrecisionSpec]:
             default_group_size=DEFAULT_GROUP_SIZE if p in quantized else None,
             group_sizes=GROUP_SIZES if p in quantized else (),
             symmetric=(False,) if p in quantized else (),  # affine: a scale and a bias per group
+            arch_thresholds={"phimoe": PHIMOE_THRESHOLDS[p]} if p in PHIMOE_THRESHOLDS else {},
         )
         for p in ("fp32", "fp16", "bf16", "int8", "int4")
     ]
@@ -127,7 +139,8 @@ _PHI_DTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
 @hookimpl
 def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> QuantizedTensor:
-    """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``."""
+    """One tensor as written: ``{"weight": uint32, "scales", "biases"}`` when quantized, else ``{"weight"}``
+    (``{"bias"}`` for a bias; an expert's matrix is its slice of the stacked SwitchGLU tensors)."""
     from phi_quant.quant.plan import recipe_context
     from phi_quant.quant.recipes import get_recipe
 
@@ -143,7 +156,7 @@ def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> Quant
         from phi_quant import quant as q
 
         if quant is None:
-            w = arrays["weight"]
+            w = arrays[planned.param]
             if planned.dtype == "BF16":
                 return (w.astype(np.uint32) << 16).view(np.float32).reshape(shape)
             return w.astype(np.float32).reshape(shape)
@@ -151,12 +164,13 @@ def quantize(tensor: SourceTensor, options: ExportOptions, source=None) -> Quant
                                 group_size=quant.group_size, src_dtype=_PHI_DTYPE[planned.dtype]).reshape(shape)
 
     return QuantizedTensor(
-        name=f"{planned.module}.weight",
+        name=f"{planned.module}.{planned.param}",
         scheme=f"affine-int{quant.bits}-g{quant.group_size}" if quant else planned.dtype.lower(),
         shape=shape,
         arrays=arrays,
         dequantize=dequantize,
-        meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason},
+        meta={"module": planned.module, "source": tensor.name, "dtype": planned.dtype, "reason": planned.reason,
+              "expert": tensor.expert},
     )
 
 

@@ -13,6 +13,11 @@ length. The ``longrope`` load option says which factors this wrapper gives mlx-l
 
 A ``context_length`` load option fixes the choice as llama.cpp does: short when it is at most
 the original context, long otherwise.
+
+PhiMoE in float16/bfloat16 on a machine without Metal: mlx's CPU ``gather_mm`` (the unquantized
+SwitchGLU experts' matmul; ``mlx/backend/cpu/masked_mm.cpp``) only implements float32, so plain
+mlx-lm fails there. This wrapper then runs those matmuls in float32 on the exactly upcast
+weights and casts their output back to the model's dtype (``float32_experts`` says so).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class MLXModel:
         except Exception as exc:  # mlx-lm raises ValueError/FileNotFoundError/KeyError
             raise RuntimeLoadError(f"mlx-lm could not load {self.path}: {exc}; was it written by the mlx backend?") from exc
         self.vocab_size = int(self.config["vocab_size"])
+        self.float32_experts = _float32_experts_on_cpu(self.model, mx)
         self._rope = _LongRopeSwitch.from_model(self.model, self.config, mx)
         policy = str(self.options.get("longrope") or "auto")
         ctx = self.options.get("context_length")
@@ -124,10 +130,12 @@ class MLXModel:
 
 
 class _LongRopeSwitch:
-    """Swaps the frequency table of mlx-lm's ``SuScaledRoPE`` layers between short and long factors."""
+    """Swaps the frequency table of mlx-lm's ``SuScaledRoPE`` layers between short and long factors
+    (and, for phimoe, whose config gives ``short_mscale``/``long_mscale``, the scale that goes with them)."""
 
-    def __init__(self, layers: list, tables: dict, original: int, config_is_long: bool):
+    def __init__(self, layers: list, tables: dict, original: int, config_is_long: bool, scales: dict | None = None):
         self.layers, self.tables, self.original, self.config_is_long = layers, tables, original, config_is_long
+        self.scales = scales
 
     @classmethod
     def from_model(cls, model, config: dict, mx) -> "_LongRopeSwitch | None":
@@ -145,8 +153,50 @@ class _LongRopeSwitch:
         tables = {"short": mx.array(short, dtype=mx.float32) * freqs, "long": mx.array(long, dtype=mx.float32) * freqs}
         config_is_long = list(scaling["long_factor"]) == long and short != long
         original = int(config.get("original_max_position_embeddings", 4096))
-        return cls(ropes, tables, original, config_is_long)
+        scales = None
+        if "short_mscale" in scaling and "long_mscale" in scaling:  # mlx-lm's phimoe: SuScaledRoPE._scale
+            if not all(hasattr(r, "_scale") for r in ropes):
+                raise RuntimeLoadError("this mlx-lm version's phimoe rope has no _scale; load with longrope=config")
+            long_m = (config.get("phi_quant") or {}).get("original_long_mscale", scaling["long_mscale"])
+            scales = {"short": float(scaling["short_mscale"]), "long": float(long_m)}
+        return cls(ropes, tables, original, config_is_long, scales)
 
     def use(self, which: str) -> None:
         for rope in self.layers:
             rope._freqs = self.tables[which]
+            if self.scales is not None:
+                rope._scale = self.scales[which]
+
+
+def _float32_experts_on_cpu(model, mx) -> bool:
+    """Without Metal, run unquantized half-precision SwitchGLU projections in float32 (see module doc)."""
+    try:
+        from mlx_lm.models.switch_layers import SwitchLinear
+    except ImportError:
+        return False
+    if mx.metal.is_available():
+        return False
+    changed = False
+    for layer in getattr(model, "layers", []):
+        mlp = getattr(getattr(layer, "block_sparse_moe", None), "switch_mlp", None)
+        if mlp is None:
+            continue
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            proj = getattr(mlp, name, None)
+            if isinstance(proj, SwitchLinear) and proj.weight.dtype != mx.float32:
+                setattr(mlp, name, _Float32Switch(proj, mx))
+                changed = True
+    return changed
+
+
+class _Float32Switch:
+    """A SwitchLinear whose gather_mm runs in float32 and returns the input's dtype."""
+
+    def __init__(self, inner, mx):
+        inner.weight = inner.weight.astype(mx.float32)
+        if "bias" in inner:
+            inner.bias = inner.bias.astype(mx.float32)
+        self.inner, self._mx = inner, mx
+
+    def __call__(self, x, indices, sorted_indices=False):
+        return self.inner(x.astype(self._mx.float32), indices, sorted_indices=sorted_indices).astype(x.dtype)

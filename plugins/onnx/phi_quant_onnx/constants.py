@@ -36,6 +36,10 @@ PRODUCER = "phi-quant-onnx"
 OP_GQA = "GroupQueryAttention"  # com.microsoft: fused attention + KV cache (+ rotary)
 OP_ROTARY = "RotaryEmbedding"  # com.microsoft: NEOX/partial rotary from cos/sin caches
 OP_SKIP_RMSNORM = "SkipSimplifiedLayerNormalization"  # com.microsoft: residual add + RMSNorm
+OP_SKIP_LAYERNORM = "SkipLayerNormalization"  # com.microsoft: residual add + LayerNorm (scale and shift)
+OP_LAYERNORM = "LayerNormalization"  # standard ONNX op (opset 17)
+OP_MOE = "MoE"  # com.microsoft: mixture of experts, float experts
+OP_QMOE = "QMoE"  # com.microsoft: mixture of experts, block-quantized experts
 OP_RMSNORM = "RMSNormalization"  # standard ONNX op (opset 23); ORT's "SimplifiedLayerNormalization" fails onnx.checker
 OP_MATMUL_NBITS = "MatMulNBits"  # com.microsoft: block-quantized weight MatMul
 OP_GATHER_BLOCK_QUANTIZED = "GatherBlockQuantized"  # com.microsoft: embedding lookup on MatMulNBits data
@@ -68,7 +72,9 @@ def layer_prefix(layer: int) -> str:
 
 
 # --- onnxruntime-genai ------------------------------------------------------------------------
-GENAI_MODEL_TYPE = "phi3"  # genai's decoder-only type for Phi3ForCausalLM
+#: genai's decoder-only model type per phi_quant.arch layout (the builder's names for
+#: Phi3ForCausalLM and PhiMoEForCausalLM; both run genai's decoder-only pipeline).
+GENAI_MODEL_TYPES = {"phi3": "phi3", "phimoe": "phimoe"}
 #: onnxruntime execution provider names per export target.
 TARGET_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
 #: The provider key genai_config.json uses under session_options.provider_options.

@@ -1,5 +1,8 @@
 """The Phi3ForCausalLM decoder as an ONNX graph, built while the checkpoint streams past.
 
+(PhiMoE's decoder, :mod:`phimoe`, subclasses this one: same inputs, outputs, KV cache, rotary and
+attention; its own norms, projections and experts through :meth:`Phi3OnnxDecoder._handlers`.)
+
 Tensors arrive in the core's canonical order (embedding; per layer: attn_norm, qkv, o,
 ffn_norm, gate_up, down; final norm; lm_head unless tied), which is also a topological order of
 the graph, so each tensor is written to the external-data file and its nodes are emitted at
@@ -243,10 +246,9 @@ class Phi3OnnxDecoder:
         self.written.setdefault(tensor.name, {})["weight"] = proto
         return self.g.add_initializer(proto)
 
-    def consume(self, tensor: SourceTensor) -> None:
-        """Write one streamed tensor and emit the nodes that use it."""
-        role = TensorRole(tensor.role)
-        handler = {
+    def _handlers(self) -> dict:
+        """The method that writes each tensor role (a layout's decoder extends this table)."""
+        return {
             TensorRole.EMBED: self._embedding,
             TensorRole.ATTN_NORM: self._attn_norm,
             TensorRole.QKV: self._attention,
@@ -256,7 +258,12 @@ class Phi3OnnxDecoder:
             TensorRole.DOWN: self._mlp_down,
             TensorRole.FINAL_NORM: self._final_norm,
             TensorRole.LM_HEAD: self._lm_head,
-        }.get(role)
+        }
+
+    def consume(self, tensor: SourceTensor) -> None:
+        """Write one streamed tensor and emit the nodes that use it."""
+        role = TensorRole(tensor.role)
+        handler = self._handlers().get(role)
         if handler is None:
             raise UnsupportedModelError(f"tensor {tensor.name} ({role.value}) has no place in the ONNX graph; stream fused tensors")
         handler(tensor)
@@ -292,18 +299,30 @@ class Phi3OnnxDecoder:
                 self._tied_lm_head = self._store(t, head, "lm_head", key_prefix="lm_head.")
                 self.choices["lm_head"] = f"{head.kind} (tied embeddings stored a second time)"
 
-    def _skip_norm(self, weight: str, base: str, last: bool = False) -> None:
-        """RMSNorm of (pending + residual); the sum becomes the new residual."""
+    def _skip_norm(self, weight: str, base: str, last: bool = False, bias: str | None = None) -> None:
+        """Norm of (pending + residual); the sum becomes the new residual.
+
+        RMSNorm for Phi-3; with ``bias`` (a LayerNorm's shift) the LayerNorm ops instead.
+        """
         g, st = self.g, self.state
         eps = float(self.config.rms_norm_eps)
+        layer = bias is not None
         if not st.residual:
-            st.hidden = g.node1(C.OP_RMSNORM, [st.pending, weight], f"{base}/RMSNorm", axis=-1, epsilon=eps, stash_type=1)
+            if layer:
+                st.hidden = g.node1(C.OP_LAYERNORM, [st.pending, weight, bias], f"{base}/LayerNorm", axis=-1,
+                                    epsilon=eps, stash_type=1)
+            else:
+                st.hidden = g.node1(C.OP_RMSNORM, [st.pending, weight], f"{base}/RMSNorm", axis=-1, epsilon=eps, stash_type=1)
             st.residual = st.pending
-        elif last:
-            st.hidden = g.node1(C.OP_SKIP_RMSNORM, [st.pending, st.residual, weight], f"{base}/SkipLayerNorm", domain=C.MS_DOMAIN, epsilon=eps)
+            st.pending = ""
+            return
+        op = C.OP_SKIP_LAYERNORM if layer else C.OP_SKIP_RMSNORM
+        inputs = [st.pending, st.residual, weight] + ([bias] if layer else [])
+        if last:
+            st.hidden = g.node1(op, inputs, f"{base}/SkipLayerNorm", domain=C.MS_DOMAIN, epsilon=eps)
         else:
             out, _, _, total = g.node(
-                C.OP_SKIP_RMSNORM, [st.pending, st.residual, weight], f"{base}/SkipLayerNorm",
+                op, inputs, f"{base}/SkipLayerNorm",
                 outputs=[f"{base}/output_0", "", "", f"{base}/output_3"], domain=C.MS_DOMAIN, epsilon=eps,
             )
             st.hidden, st.residual = out, total
@@ -324,10 +343,15 @@ class Phi3OnnxDecoder:
             self._emit_lm_head(self._tied_lm_head)
 
     def _attention(self, t: SourceTensor) -> None:
-        g, cfg, i = self.g, self.config, t.layer
-        base = f"/model/layers.{i}/attn"
+        i = t.layer
         stored = self._store(t, self.tensor_plan.storage(t.name), f"{C.layer_prefix(i)}.self_attn.qkv_proj")
-        qkv = self._matmul(self.state.hidden, stored, f"{base}/qkv_proj")
+        qkv = self._matmul(self.state.hidden, stored, f"/model/layers.{i}/attn/qkv_proj")
+        self._attn_out = self._gqa(i, qkv)
+
+    def _gqa(self, i: int, query: str, key: str = "", value: str = "") -> str:
+        """GroupQueryAttention of layer ``i`` on packed QKV (``query`` alone) or separate Q, K, V."""
+        g, cfg = self.g, self.config
+        base = f"/model/layers.{i}/attn"
         common = dict(
             num_heads=cfg.num_heads,
             kv_num_heads=cfg.num_kv_heads,
@@ -337,23 +361,25 @@ class Phi3OnnxDecoder:
         )
         past = [C.PAST_KEY.format(i), C.PAST_VALUE.format(i)]
         present = [C.PRESENT_KEY.format(i), C.PRESENT_VALUE.format(i)]
+        outputs = [f"{base}/GroupQueryAttention/output_0", *present]
         if self.plan.mode == "gqa_rotary":
-            inputs = [qkv, "", "", *past, self.seqlens_k, self.total_len, self.cos, self.sin]
+            inputs = [query, key, value, *past, self.seqlens_k, self.total_len, self.cos, self.sin]
             if self.positions:  # LongRoPE: GroupQueryAttention rotates with these (shifted) positions
                 inputs.append(self.positions)
-            outs = g.node(C.OP_GQA, inputs, f"{base}/GroupQueryAttention", outputs=[f"{base}/GroupQueryAttention/output_0", *present],
-                          domain=C.MS_DOMAIN, do_rotary=1, **common)
-        else:
-            q, k, v = g.node("Split", [qkv, g.const([cfg.q_size, cfg.kv_size, cfg.kv_size])], f"{base}/qkv/Split", outputs=3, axis=-1)
-            rd = cfg.rope.rotary_dim
-            q = g.node1(C.OP_ROTARY, [q, self.positions, self.cos, self.sin], f"{base}/q_rotary/RotaryEmbedding",
-                        domain=C.MS_DOMAIN, num_heads=cfg.num_heads, rotary_embedding_dim=rd, interleaved=0)
-            k = g.node1(C.OP_ROTARY, [k, self.positions, self.cos, self.sin], f"{base}/k_rotary/RotaryEmbedding",
-                        domain=C.MS_DOMAIN, num_heads=cfg.num_kv_heads, rotary_embedding_dim=rd, interleaved=0)
-            inputs = [q, k, v, *past, self.seqlens_k, self.total_len]
-            outs = g.node(C.OP_GQA, inputs, f"{base}/GroupQueryAttention", outputs=[f"{base}/GroupQueryAttention/output_0", *present],
-                          domain=C.MS_DOMAIN, do_rotary=0, **common)
-        self._attn_out = outs[0]
+            return g.node(C.OP_GQA, inputs, f"{base}/GroupQueryAttention", outputs=outputs, domain=C.MS_DOMAIN,
+                          do_rotary=1, **common)[0]
+        q, k, v = query, key, value
+        if not key:
+            q, k, v = g.node("Split", [query, g.const([cfg.q_size, cfg.kv_size, cfg.kv_size])], f"{base}/qkv/Split",
+                             outputs=3, axis=-1)
+        rd = cfg.rope.rotary_dim
+        q = g.node1(C.OP_ROTARY, [q, self.positions, self.cos, self.sin], f"{base}/q_rotary/RotaryEmbedding",
+                    domain=C.MS_DOMAIN, num_heads=cfg.num_heads, rotary_embedding_dim=rd, interleaved=0)
+        k = g.node1(C.OP_ROTARY, [k, self.positions, self.cos, self.sin], f"{base}/k_rotary/RotaryEmbedding",
+                    domain=C.MS_DOMAIN, num_heads=cfg.num_kv_heads, rotary_embedding_dim=rd, interleaved=0)
+        inputs = [q, k, v, *past, self.seqlens_k, self.total_len]
+        return g.node(C.OP_GQA, inputs, f"{base}/GroupQueryAttention", outputs=outputs, domain=C.MS_DOMAIN,
+                      do_rotary=0, **common)[0]
 
     def _o_proj(self, t: SourceTensor) -> None:
         i = t.layer
@@ -382,10 +408,11 @@ class Phi3OnnxDecoder:
         self.choices["lm_head"] = storage.kind
         self._emit_lm_head(stored)
 
-    def _emit_lm_head(self, stored: _Stored) -> None:
+    def _emit_lm_head(self, stored: _Stored, bias: str | None = None) -> None:
         g, cfg = self.g, self.config
         base = "/lm_head"
-        logits_name = C.LOGITS if self.io_kind == "fp32" else None
+        final = C.LOGITS if self.io_kind == "fp32" else None  # the graph output, when no Cast follows
+        logits_name = final if bias is None else None
         shared_table = stored is self._embed_stored and stored.float_tensor is not None
         if shared_table:
             # Tied float table [vocab, hidden]: Gemm with transB reads it in place (MatMul would
@@ -398,7 +425,9 @@ class Phi3OnnxDecoder:
             out = g.node("Reshape", [y, shape], f"{base}/Reshape_out", outputs=[logits_name] if logits_name else 1)[0]
         else:
             out = self._matmul(self.state.hidden, stored, base, out=logits_name)
-        if logits_name is None:
+        if bias is not None:
+            out = g.node("Add", [out, bias], f"{base}/Add", outputs=[final] if final else 1)[0]
+        if final is None:
             g.node("Cast", [out], f"{base}/output/Cast", outputs=[C.LOGITS], to=TensorProto.FLOAT)
         self._lm_head_done = True
 

@@ -17,13 +17,18 @@ from phi_quant.types import ExportOptions, ExportResult, NullProgress, Progress
 
 from . import constants as C
 from .decoder import Phi3OnnxDecoder
+from .phimoe import PhiMoEOnnxDecoder
 from .external_data import ExternalDataWriter
 from .genai_config import build_genai_config
 from .plan import plan_for
 from .settings import OnnxSettings
 from .tokenizer_files import copy_tokenizer_files
 
-__all__ = ["export_model", "run_instructions"]
+__all__ = ["export_model", "run_instructions", "ARCHITECTURES"]
+
+#: The graph builder of each phi_quant.arch layout this backend writes.
+_DECODERS = {"phi3": Phi3OnnxDecoder, "phimoe": PhiMoEOnnxDecoder}
+ARCHITECTURES = tuple(_DECODERS)
 
 
 def export_model(source: Any, output_dir: Path, options: ExportOptions, progress: Progress | None = None) -> ExportResult:
@@ -34,12 +39,12 @@ def export_model(source: Any, output_dir: Path, options: ExportOptions, progress
     plan = plan_for(source, options)
     settings = plan.settings
     with ExternalDataWriter(output_dir, C.DATA_FILE) as writer:
-        decoder = Phi3OnnxDecoder(config, settings, writer, plan, source)
+        decoder = _DECODERS[config.arch_name](config, settings, writer, plan, source)
         for tensor in source.tensors():
             decoder.consume(tensor)
             progress.advance(tensor.nbytes, tensor.name)
         model = decoder.finish()
-    digests = _read_back(output_dir / C.DATA_FILE, decoder.written)
+    digests = _read_back(output_dir / C.DATA_FILE, decoder.written) | getattr(decoder, "digests", {})
     (output_dir / C.MODEL_FILE).write_bytes(model.SerializeToString())
     genai = build_genai_config(
         config,

@@ -98,6 +98,16 @@ class ExternalDataWriter:
         self.bytes_written += nbytes
         return Region(self, start, nbytes)
 
+    def allocate(self, name: str, onnx_dtype: int, dims: Sequence[int]) -> tuple[TensorProto, "Region"]:
+        """Reserve space for a tensor and return its initializer at once, with the region to fill.
+
+        Unlike :meth:`reserve`, nothing stays open: several allocated tensors (a mixture-of-experts
+        layer's stacked weights, scales and zero points) can be filled side by side while others
+        are appended.
+        """
+        region = self.reserve(name, onnx_dtype, dims)
+        return self.end(), region
+
     # -- one-shot API ----------------------------------------------------------------------------
     def add(self, name: str, array: np.ndarray, onnx_dtype: int | None = None) -> TensorProto:
         """Write a whole array as one tensor (``onnx_dtype`` overrides, e.g. bf16 carried as uint16)."""

@@ -1,6 +1,7 @@
 """``genai_config.json``: what onnxruntime-genai needs to run the decoder we wrote.
 
-Same keys as the file onnxruntime-genai's model builder writes for Phi-3 (model type ``phi3``,
+Same keys as the file onnxruntime-genai's model builder writes for Phi-3 (model type ``phi3``;
+``phimoe`` for Phi-3.5-MoE, the type the builder gives ``PhiMoEForCausalLM``;
 decoder input/output names with ``%d`` layer patterns, head/hidden sizes, special token ids and
 search defaults). ``past_present_share_buffer`` is true: GroupQueryAttention updates the KV
 cache in place, so genai allocates it once at ``max_length``.
@@ -73,7 +74,7 @@ def build_genai_config(
             },
             "eos_token_id": eos if len(eos) != 1 else eos[0],
             "pad_token_id": int(pad),
-            "type": C.GENAI_MODEL_TYPE,
+            "type": C.GENAI_MODEL_TYPES[config.arch_name],
             "vocab_size": config.vocab_size,
         },
         "search": {

@@ -25,7 +25,7 @@ from phi_quant.types import ExportOptions
 
 from .settings import OnnxSettings, settings_from_options
 
-__all__ = ["Storage", "OnnxPlan", "plan_model", "plan_for", "POLICIES"]
+__all__ = ["Storage", "OnnxPlan", "plan_model", "plan_for", "check_expert_stacks", "POLICIES"]
 
 POLICIES = ("default", "uniform", "q4_k_m")
 
@@ -67,13 +67,7 @@ def _storage(kind: str, settings: OnnxSettings, transposed: bool, block: int | N
 
 
 def _default_kind(role: TensorRole, settings: OnnxSettings) -> str:
-    if role.is_norm:
-        return settings.io_dtype
-    if role == TensorRole.EMBED:
-        return settings.embeddings
-    if role == TensorRole.LM_HEAD:
-        return settings.lm_head
-    return settings.body
+    return settings.storage_for(role)
 
 
 def _policy(options: ExportOptions) -> str:
@@ -109,8 +103,11 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
             level = budget.policy_level("q4_k_m", info, n_layers, tied, 4)
             if level > 4:
                 kind, reasons[info.name] = "int8", f"policy q4_k_m: {level} bits -> 8-bit MatMulNBits"
-        transposed = role.is_matmul and role != TensorRole.EMBED
+        # MatMul reads [K, N]; MoE's stacked experts (and the embedding table) keep [N, K]
+        transposed = role.is_matmul and role != TensorRole.EMBED and info.expert is None
         storages[info.name] = _storage(kind, settings, transposed)
+    if config is not None and getattr(config, "is_moe", False):
+        check_expert_stacks(infos, storages)
     tied_head = None
     embed = next((i for i in infos if TensorRole(i.role) == TensorRole.EMBED), None)
     if tied and embed is not None and settings.lm_head != storages[embed.name].kind and embed.name not in reasons:
@@ -128,6 +125,23 @@ def plan_model(config, infos: list[TensorInfo], options: ExportOptions, source=N
     if tied_head is not None:
         tensor_plan.notes.append(f"tied lm_head stored a second time as {tied_head.scheme.name}")
     return OnnxPlan(settings, storages, tied_head, tensor_plan)
+
+
+def check_expert_stacks(infos: list[TensorInfo], storages: dict[str, Storage]) -> None:
+    """Refuse a plan that stores one layer's experts differently: MoE / QMoE read a layer's experts
+    from stacked tensors with one element type (or one bit width and block size) for the node."""
+    by_layer: dict[int, dict[Storage, str]] = {}
+    for info in infos:
+        if info.expert is not None:
+            by_layer.setdefault(info.layer, {}).setdefault(storages[info.name], info.name)
+    for layer, found in sorted(by_layer.items()):
+        if len(found) > 1:
+            names = ", ".join(f"{name} as {st.scheme.name}" for st, name in list(found.items())[:3])
+            raise UnsupportedPrecisionError(
+                f"layer {layer}'s experts would be stored differently ({names}): onnxruntime's MoE/QMoE take a layer's "
+                "experts as stacked tensors with one type, bit width and block size; use --policy uniform "
+                "without --bits-per-weight for a mixture-of-experts model"
+            )
 
 
 def _output_name(info: TensorInfo) -> str:

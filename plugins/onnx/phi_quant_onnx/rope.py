@@ -2,9 +2,11 @@
 
 Both ``GroupQueryAttention`` (``do_rotary=1``) and ``RotaryEmbedding`` take caches of shape
 ``[positions, rotary_dim / 2]``: row ``p`` holds ``cos(p * inv_freq)`` (and ``sin``) for the
-NEOX (rotate-half) pairing, multiplied by the LongRoPE attention factor. Phi's LongRoPE has two
-sets of frequencies: the short factors (used while the whole sequence fits the original
-context) and the long ones; each set gets its own cache and the graph picks one at run time.
+NEOX (rotate-half) pairing, multiplied by the LongRoPE scale of its factor set
+(``RopeSpec.mscale``: PhiMoE has one per set, Phi-3 one attention factor for both). Phi's
+LongRoPE has two sets of frequencies: the short factors (used while the whole sequence fits the
+original context) and the long ones; each set gets its own cache and the graph picks one at run
+time.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def rope_caches(config: PhiConfig, context_length: int | None = None) -> RopeCac
         cos, sin = cos_sin(rope.theta, rope.rotary_dim, ctx)
         return RopeCaches(cos, sin)
     orig = int(rope.original_max_position or ctx)
-    short_cos, short_sin = cos_sin(rope.theta, rope.rotary_dim, min(orig, ctx), rope.short_factor, rope.attention_factor)
-    long_cos, long_sin = cos_sin(rope.theta, rope.rotary_dim, max(ctx, orig), rope.long_factor, rope.attention_factor)
+    # Each factor set has its own cos/sin scale (PhiMoE's short/long mscale; Phi-3's one attention factor).
+    short_cos, short_sin = cos_sin(rope.theta, rope.rotary_dim, min(orig, ctx), rope.short_factor, rope.mscale(False))
+    long_cos, long_sin = cos_sin(rope.theta, rope.rotary_dim, max(ctx, orig), rope.long_factor, rope.mscale(True))
     return RopeCaches(short_cos, short_sin, long_cos, long_sin, original_context=orig)

@@ -16,6 +16,7 @@ from typing import Any
 
 from phi_quant.errors import UnsupportedPrecisionError
 from phi_quant.model.config import PhiConfig
+from phi_quant.model.tensors import TensorRole
 from phi_quant.types import ExportOptions, OptionSpec
 
 from .constants import ACCURACY_LEVELS, TARGETS
@@ -75,6 +76,30 @@ class OnnxSettings:
     def nbits_scheme(self, kind: str) -> str:
         sym = "sym" if self.symmetric else "asym"
         return f"MatMulNBits-{self.bits(kind)}bit-b{self.block_size}-{sym}"
+
+    def storage_for(self, role: TensorRole) -> str:
+        """How a tensor of ``role`` is stored: the one per-tensor choice the quantize hook and the
+        graph builders both follow (norms and biases in the activation type; the embedding and
+        lm_head as chosen; a mixture-of-experts router in float, see :meth:`router_storage`;
+        every other MatMul weight, experts included, as the body)."""
+        if role.is_norm or role.is_bias:
+            return self.io_dtype
+        if role == TensorRole.ROUTER:
+            return self.router_storage
+        if role == TensorRole.EMBED:
+            return self.embeddings
+        if role == TensorRole.LM_HEAD:
+            return self.lm_head
+        return self.body
+
+    @property
+    def router_storage(self) -> str:
+        """The router's storage: the precision's own for float exports, the activation type for int4/int8.
+
+        The router is [experts, hidden] (65,536 of Phi-3.5-MoE's 42 billion weights): quantizing it
+        saves nothing worth having and moves the logits that decide which experts run.
+        """
+        return self.body if self.body in ("fp32", "fp16", "bf16") else self.io_dtype
 
     @property
     def scheme(self) -> str:
@@ -148,6 +173,16 @@ def settings_from_options(options: ExportOptions, config: PhiConfig | None = Non
         )
 
     body = precision
+    if config is not None and config.is_moe and body in _INT:
+        sizes = (config.hidden_size, config.intermediate_size)
+        if any(n % block_size for n in sizes):
+            fits = [b for b in BLOCK_SIZES if not any(n % b for n in sizes)]
+            raise UnsupportedPrecisionError(
+                f"QMoE (onnxruntime's quantized mixture-of-experts op) needs hidden_size {sizes[0]} and the experts' "
+                f"intermediate_size {sizes[1]} to be multiples of the block size {block_size}: "
+                + (f"use --group-size {' or '.join(map(str, fits))}" if fits else "no MatMulNBits block size divides both; "
+                   "export fp16 or fp32")
+            )
     lm_head = _storage(options.get("lm_head", body), "lm_head")
     tied = bool(config and config.tie_word_embeddings)
     default_embed = lm_head if tied else (body if body in ("fp32", "fp16", "bf16") else "fp16")

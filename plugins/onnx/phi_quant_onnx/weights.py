@@ -21,6 +21,7 @@ from onnx import TensorProto
 
 from phi_quant.errors import BadWeightsError
 from phi_quant.model.tensors import SourceTensor
+from phi_quant.pipeline import ahead
 
 from .dtypes import ONNX_FLOAT_TYPES, convert, to_float32
 from .external_data import ExternalDataWriter
@@ -32,6 +33,7 @@ __all__ = [
     "write_nbits",
     "pack_nbits",
     "check_finite",
+    "rows_of",
     "CHUNK_ELEMENTS",
 ]
 
@@ -55,15 +57,15 @@ def write_float(writer: ExternalDataWriter, name: str, tensor: SourceTensor, kin
     step = max(1, CHUNK_ELEMENTS // max(1, tensor.numel // rows))
     itemsize = 4 if kind == "fp32" else 2
     writer.begin(name, onnx_type, tensor.shape, tensor.numel * itemsize)
-    for r0 in range(0, rows, step):
-        chunk = _rows(tensor, r0, r0 + step)
+    for _, chunk in tensor.row_blocks(step):
+        chunk = chunk.reshape(1, -1) if chunk.ndim == 1 else chunk
         check_finite(to_float32(chunk, tensor.dtype), tensor)
         writer.write(convert(chunk, tensor.dtype, kind))
         del chunk
     return writer.end()
 
 
-def _rows(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
+def rows_of(tensor: SourceTensor, r0: int, r1: int) -> np.ndarray:
     """Rows [r0, r1) as a fresh mapping: dropping it unmaps the pages, so resident memory stays
     at one chunk rather than growing to the whole tensor as the chunks are read."""
     raw = tensor.raw()
@@ -81,8 +83,9 @@ def write_float_transposed(writer: ExternalDataWriter, name: str, tensor: Source
     itemsize = 4 if kind == "fp32" else 2
     step = max(1, CHUNK_ELEMENTS // max(1, k))
     region = writer.reserve(name, onnx_type, (k, n))
-    for r0 in range(0, n, step):
-        block = to_float32(_rows(tensor, r0, r0 + step), tensor.dtype)  # [rows, K] float32 copy
+    for r0, rows in tensor.row_blocks(step):  # each block its own mapping: memory stays at one block
+        block = to_float32(rows, tensor.dtype)  # [rows, K] float32 copy
+        del rows
         check_finite(block, tensor)
         t = convert(np.ascontiguousarray(block.T), "f32", kind)  # [K, rows]
         del block
@@ -147,8 +150,9 @@ def write_nbits(
     writer.begin(f"{prefix}.B", TensorProto.UINT8, (n, k_blocks, blob), n * k_blocks * blob)
     scales_parts: list[np.ndarray] = []
     zp_parts: list[np.ndarray] = []
-    for r0 in range(0, n, step):
-        B, scales, zp = pack_nbits(_rows(tensor, r0, r0 + step), tensor.dtype, scheme, tensor.name, threads, recipe, context)
+    blocks = (pack_nbits(rows, tensor.dtype, scheme, tensor.name, threads, recipe, context)
+              for _, rows in tensor.row_blocks(step))  # each block its own mapping: memory stays at one block
+    for B, scales, zp in ahead(blocks):  # packing runs one block ahead of writing, in a worker thread
         writer.write(B)
         scales_parts.append(scales)
         if zp is not None:

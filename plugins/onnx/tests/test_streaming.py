@@ -55,3 +55,23 @@ def large_checkpoint(tmp_path_factory):
     from phi_quant.testing.factory import make_large_checkpoint
 
     return make_large_checkpoint(tmp_path_factory.mktemp("large"))
+
+
+@pytest.mark.slow
+def test_peak_rss_converting_large_moe_checkpoints_fp16(tmp_path):
+    """Float experts (MoE's interleaved fc1 written row by row) stream too: the 8- and 16-expert
+    checkpoints (same tensor shapes) convert within the dense bound and without growing.
+    int4 (QMoE) is covered by the conformance kit's test_streaming_moe."""
+    from phi_quant.testing.kit_streaming import MOE_EXPERTS, large_moe_checkpoint, measure_conversion_rss
+    from phi_quant.types import ExportOptions
+
+    peaks, sizes = [], []
+    for n in MOE_EXPERTS:
+        peak, size, error = measure_conversion_rss("onnx", ExportOptions(precision="fp16"), tmp_path / f"moe-{n}",
+                                                   checkpoint=large_moe_checkpoint(n))
+        assert not error, error
+        peaks.append(peak)
+        sizes.append(size)
+    assert sizes[1] * 2**20 >= 1_000_000_000
+    assert peaks[1] * 2**20 < RSS_LIMIT, f"peak RSS {peaks[1]:.0f} MiB converting {sizes[1]:.0f} MiB"
+    assert peaks[1] - peaks[0] <= 32, f"peak RSS grew from {peaks[0]:.0f} to {peaks[1]:.0f} MiB with more experts"

@@ -2,7 +2,8 @@
 
 1. plan each tensor's scheme from the options (:mod:`.plan`: shapes only; a ratio below 1 or a
    size budget first streams the weights once to score them);
-2. build the stateful decoder graph with placeholder weights and save it (XML + a .bin of zeros);
+2. build the stateful decoder graph with placeholder weights and save its XML (the .bin offsets
+   laid out by the serializer's rule, the file sparse until the weights arrive);
 3. stream the checkpoint: pack each tensor (values from the core's recipe) and write its bytes at
    its constants' offsets, recording a sha256 of every tensor's bytes for the manifest;
 4. write the tokenizer/detokenizer IRs, generation_config.json, config.json and tokenizer files.
@@ -11,18 +12,18 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from phi_quant.errors import ExportFailedError
+from phi_quant.pipeline import ahead
 from phi_quant.types import ExportOptions, ExportResult, Progress
 
 from . import constants as C
 from .decoder import build_decoder
 from .ir_file import BinWriter, save_skeleton
-from .packing import pack, row_chunks
+from .packing import chunk_rows, pack
 from .plan import plan_for, tensor_plan
 from .schemes import TensorScheme, WeightPlan, resolve_options
 from .tokenizer_ir import write_tokenizer_irs
@@ -105,7 +106,8 @@ def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress,
     del graph
 
     writer = BinWriter(output_dir / C.MODEL_BIN, slots, offsets)
-    try:
+
+    def packed():  # per block: (tensor, [(constant key, bytes, byte offset in the constant)]); then (tensor, None)
         for t in source.tensors():
             keys = writer.keys_for(t.name)
             if not keys:
@@ -113,17 +115,25 @@ def _write_model(source, output_dir: Path, plan: WeightPlan, progress: Progress,
             scheme = plan.schemes.get(t.name, TensorScheme(C.FP32))
             layout = array_layout(scheme, t.shape) if t.role.is_matmul else {"weight": ("f32", t.shape)}
             context = recipe_context(r, t.info(), source) if scheme.is_int else None
-            digest = TensorDigest()
-            for r0, r1 in row_chunks(t):
-                arrays = pack(t, scheme, (r0, r1), r, context)
-                for key in keys:
-                    ov_type, shape = layout[key]
-                    per_row = int(np.prod(shape)) // t.shape[0] if len(t.shape) > 1 else 0
-                    writer.write(t.name, key, arrays[key], at=packed_nbytes(ov_type, (r0 * per_row,)))
-                    digest.update(key, arrays[key])
-                del arrays
-            digests[t.name] = digest.hexdigest()
-            progress.advance(t.nbytes, t.name)
+            per_row = {k: (layout[k][0], math.prod(layout[k][1]) // t.shape[0] if len(t.shape) > 1 else 0) for k in keys}
+            for r0, block in t.row_blocks(chunk_rows(t)):  # one block mapped at a time, the next one read ahead
+                arrays = pack(t, scheme, recipe=r, context=context, block=block)
+                del block
+                yield t, [(k, arrays[k], packed_nbytes(ov_type, (r0 * n,))) for k, (ov_type, n) in per_row.items()]
+            yield t, None
+
+    try:
+        digest = TensorDigest()
+        for t, parts in ahead(packed()):  # packing runs one step ahead of writing, in a worker thread
+            if parts is None:
+                digests[t.name] = digest.hexdigest()
+                digest = TensorDigest()
+                progress.advance(t.nbytes, t.name)
+                continue
+            for key, array, at in parts:
+                writer.write(t.name, key, array, at=at)
+                digest.update(key, array)
+            del parts
         missing = writer.missing()
         if missing:
             raise ExportFailedError(f"the tensor stream ended before these constants were written: {missing[:5]}")

@@ -18,7 +18,7 @@ from phi_quant.model.tensors import SourceTensor
 from . import constants as C
 from .schemes import TensorScheme, core_scheme
 
-__all__ = ["pack", "dequantize", "row_chunks", "CHUNK_ELEMENTS"]
+__all__ = ["pack", "dequantize", "row_chunks", "chunk_rows", "CHUNK_ELEMENTS"]
 
 
 #: Elements converted per chunk: rows are independent in every scheme (scales run along K), so
@@ -26,24 +26,33 @@ __all__ = ["pack", "dequantize", "row_chunks", "CHUNK_ELEMENTS"]
 CHUNK_ELEMENTS = 1 << 22
 
 
-def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
-    """Row ranges [r0, r1) of about CHUNK_ELEMENTS each; r0 is even so 4-bit data starts on a byte."""
-    n = tensor.shape[0]
+def chunk_rows(tensor: SourceTensor) -> int:
+    """Rows per chunk: about CHUNK_ELEMENTS, even so that 4-bit data starts on a byte."""
     per_row = int(np.prod(tensor.shape[1:])) if len(tensor.shape) > 1 else 1
-    rows = max(2, (CHUNK_ELEMENTS // max(per_row, 1)) // 2 * 2)
+    return max(2, (CHUNK_ELEMENTS // max(per_row, 1)) // 2 * 2)
+
+
+def row_chunks(tensor: SourceTensor) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) of :func:`chunk_rows` rows each (a 1-D tensor is one range)."""
+    n = tensor.shape[0]
     if len(tensor.shape) == 1:
         return [(0, n)]
+    rows = chunk_rows(tensor)
     return [(r, min(n, r + rows)) for r in range(0, n, rows)]
 
 
 def pack(tensor: SourceTensor, scheme: TensorScheme, rows: tuple[int, int] | None = None, recipe=None,
-         context=None) -> dict[str, np.ndarray]:
+         context=None, block: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Arrays for ``tensor`` (or its rows ``rows``) under ``scheme``, keyed like :func:`.weights.array_layout`;
-    integer values chosen by the core's ``recipe`` (default: NNCF's round to nearest)."""
-    raw = tensor.raw()
-    if rows is not None and len(tensor.shape) > 1:
+    integer values chosen by the core's ``recipe`` (default: NNCF's round to nearest).
+
+    ``block`` is those rows already read (from :meth:`SourceTensor.row_blocks`).
+    """
+    raw = block if block is not None else tensor.raw()
+    if block is None and rows is not None and len(tensor.shape) > 1:
         raw = raw[rows[0] : rows[1]]
-    check_finite(raw, tensor.name, dtype=tensor.dtype)
+    if tensor.role.is_norm or scheme.mode in (C.FP32, C.FP16):
+        check_finite(raw, tensor.name, dtype=tensor.dtype)  # integer encoding refuses NaN/Inf itself
     if tensor.role.is_norm or scheme.mode == C.FP32:
         return {"weight": q.to_float32(raw, tensor.dtype, name=tensor.name)}
     if scheme.mode == C.FP16:

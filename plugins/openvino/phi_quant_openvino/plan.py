@@ -113,6 +113,7 @@ def _budget(infos: list[TensorInfo], plan: WeightPlan, options: ExportOptions, s
         if not info.role.is_matmul:
             continue
         options_for = [TensorScheme(opts.primary.mode, g) for g in (32, 64, 128) if info.shape[-1] % g == 0]
+        options_for.append(TensorScheme(opts.primary.mode, None))  # per output channel (NNCF's group_size -1)
         options_for += [opts.backup, TensorScheme(C.FP16)]
         menu = []
         for ts in options_for:

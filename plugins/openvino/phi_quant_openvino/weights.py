@@ -16,6 +16,7 @@ and fp16 weights are ``Constant(f16) -> Convert(f32)``, as OpenVINO's own fp16 c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ _BITS = {"f32": 32, "f16": 16, "u8": 8, "i8": 8, "u4": 4, "i4": 4}
 
 
 def packed_nbytes(ov_type: str, shape: tuple[int, ...]) -> int:
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)
     return (n * _BITS[ov_type] + 7) // 8
 
 

@@ -29,6 +29,25 @@ def as_blocks(w: np.ndarray, scheme: Scheme, importance: np.ndarray | None) -> t
     return np.ascontiguousarray(w, F32).reshape(n, groups, g), imp.reshape(1, groups, g)
 
 
+#: How a search recipe weighs each weight's squared error (besides its channel's importance):
+#: ``none`` all alike; ``mag`` by rms(x) + |x| of its block, the weighting llama.cpp's K-quant
+#: search uses without an importance matrix (a large weight's error counts more, so the search
+#: does not clip the few large weights a small model depends on); ``sq`` by mean(x²) + x².
+WEIGHTINGS = ("none", "mag", "sq")
+
+
+def element_weights(x: np.ndarray, imp: np.ndarray, weighting: str) -> np.ndarray:
+    """Weights of each element's squared error, [n, G, g] (or ``imp`` itself for ``none``)."""
+    if weighting == "none":
+        return imp
+    if weighting == "mag":
+        rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True))
+        return (imp * (rms + np.abs(x))).astype(F32)
+    if weighting == "sq":
+        return (imp * (np.mean(x * x, axis=-1, keepdims=True) + x * x)).astype(F32)
+    raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
 def from_blocks(codes: np.ndarray, k: int) -> np.ndarray:
     """Codes [n, G, g] back to [n, K] (padding dropped)."""
     n = codes.shape[0]

@@ -28,7 +28,7 @@ import numpy as np
 from ..scheme import ZERO_FIXED, ZERO_INT, Scheme
 from ..values import QuantValues
 from .base import Recipe, RecipeContext
-from .blocks import F32, as_blocks, finish, safe, signed_extreme, stored, weighted_error
+from .blocks import F32, as_blocks, element_weights, finish, safe, signed_extreme, stored, weighted_error
 
 __all__ = ["Clip", "refit_fixed", "refit_int", "refit_offset"]
 
@@ -97,16 +97,20 @@ class Clip(Recipe):
     name = "clip"
     summary = "per group, the shrunk range with the least weighted squared error, then a least-squares refit"
 
-    def __init__(self, min_shrink: float = 0.5, steps: int = 26, refit_iters: int = 2):
+    def __init__(self, min_shrink: float = 0.5, steps: int = 26, refit_iters: int = 2, weighting: str = "mag",
+                 max_shrink: float = 1.0):
         self.min_shrink, self.steps, self.refit_iters = float(min_shrink), int(steps), int(refit_iters)
-        self.grid = np.linspace(1.0, self.min_shrink, self.steps).astype(F32)
+        self.max_shrink, self.weighting = float(max_shrink), weighting
+        self.grid = np.linspace(self.max_shrink, self.min_shrink, self.steps).astype(F32)
 
     def describe(self) -> dict:
-        return {"name": self.name, "grid": [1.0, self.min_shrink, self.steps], "refit_iters": self.refit_iters}
+        return {"name": self.name, "grid": [self.max_shrink, self.min_shrink, self.steps], "refit_iters": self.refit_iters,
+                "weighting": self.weighting}
 
     def values(self, w: np.ndarray, scheme: Scheme, context: RecipeContext) -> QuantValues:
         k = w.shape[1]
         x, imp = as_blocks(w, scheme, context.importance)
+        imp = element_weights(x, imp, self.weighting)
         kind = scheme.zero_kind
         if kind == ZERO_FIXED:
             s, codes, zero = self._fixed(x, imp, scheme)

@@ -43,19 +43,18 @@ def gptq_factor(h: np.ndarray, damp: float = 0.01, act_order: bool = True) -> tu
     """
     k = h.shape[0]
     dt = np.float64 if k <= 4096 else np.float32  # K x K float64 for an 8192-wide FFN would be 512 MB each
-    h = np.array(h, dtype=dt)
-    diag = np.diagonal(h).copy()
+    diag = np.diagonal(h).astype(dt)
     dead = diag <= 0
-    h[dead, dead] = 1
     diag[dead] = 1
     order = np.argsort(-diag, kind="stable") if act_order else np.arange(k)
-    h = h[order][:, order]
-    base = float(np.mean(np.diagonal(h)))
+    h = np.asarray(h, dtype=dt)[np.ix_(order, order)]  # one K x K copy, in processing order
+    ii = np.arange(k)
+    diag = diag[order]
+    base = float(np.mean(diag))
     for attempt in range(5):
         try:
-            hd = h + np.eye(k, dtype=dt) * (damp * base * 10**attempt)
-            lower = np.linalg.cholesky(hd)
-            del hd
+            h[ii, ii] = diag + damp * base * 10**attempt  # damped in place (no second K x K array)
+            lower = np.linalg.cholesky(h)
             linv = np.linalg.inv(lower)
             del lower
             hinv = linv.T @ linv

@@ -24,7 +24,7 @@ import numpy as np
 from ..scheme import ZERO_FIXED, ZERO_INT, Scheme
 from ..values import QuantValues
 from .base import Recipe, RecipeContext
-from .blocks import F32, as_blocks, finish, safe, stored, weighted_error
+from .blocks import F32, as_blocks, element_weights, finish, safe, stored, weighted_error
 from .clip import refit_int, refit_offset
 
 __all__ = ["HQQ"]
@@ -39,12 +39,14 @@ class HQQ(Recipe):
     name = "hqq"
     summary = "HQQ's half-quadratic zero-point optimisation (lp error, p=0.7), rounded to the stored zero"
 
-    def __init__(self, p: float = 0.7, beta: float = 10.0, kappa: float = 1.01, iters: int = 20, refit_iters: int = 2):
+    def __init__(self, p: float = 0.7, beta: float = 10.0, kappa: float = 1.01, iters: int = 20, refit_iters: int = 2,
+                 weighting: str = "none"):
         self.p, self.beta, self.kappa, self.iters, self.refit_iters = float(p), float(beta), float(kappa), int(iters), int(refit_iters)
+        self.weighting = weighting
 
     def describe(self) -> dict:
         return {"name": self.name, "p": self.p, "beta": self.beta, "kappa": self.kappa, "iters": self.iters,
-                "refit_iters": self.refit_iters}
+                "refit_iters": self.refit_iters, "weighting": self.weighting}
 
     def refusal(self, scheme: Scheme) -> str | None:
         reason = super().refusal(scheme)
@@ -56,6 +58,7 @@ class HQQ(Recipe):
     def values(self, w: np.ndarray, scheme: Scheme, context: RecipeContext) -> QuantValues:
         k = w.shape[1]
         x, imp = as_blocks(w, scheme, context.importance)
+        imp = element_weights(x, imp, self.weighting)
         _, hi = scheme.code_range()
         sdt = scheme.scale_dtype
         mn, mx = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
