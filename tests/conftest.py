@@ -44,6 +44,10 @@ class NpyModel:
                 weights[f.stem] = a["w"] if "w" in a else a["q"].astype(np.float32) * a["scale"]
         self.ref = ReferenceModel(self.config, weights=weights)
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.path = path
+        tc = path / "tokenizer_config.json"
+        self.tokenizer_config = json.loads(tc.read_text()) if tc.is_file() else {}
+        self.chat_template = self.tokenizer_config.get("chat_template")
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -55,9 +59,12 @@ class NpyModel:
         return self.ref.logits(list(ids))
 
     def generate(self, prompt: str, max_new_tokens: int = 32, *, chat: bool = False) -> str:
-        ids = self.tokenize(prompt)
-        out = self.ref.generate(ids, max_new_tokens, eos_ids=list(self.config.eos_token_ids) or None)
-        return self.detokenize(out)  # the oracle returns the new ids only
+        from phi_quant.answers import render_chat
+
+        ids = self.tokenize(render_chat(self, prompt) if chat else prompt)
+        ends = set(self.config.eos_token_ids)
+        out = self.ref.generate(ids, max_new_tokens, eos_ids=ends or None)  # the new ids only
+        return self.tok.decode([t for t in out if t not in ends], skip_special_tokens=False)
 
     def close(self) -> None:
         self.ref = None
@@ -119,11 +126,15 @@ class NpyBackend:
             np.savez(output_dir / rel, **qt.arrays)
             files.append(rel)
             progress.advance(t.nbytes, t.name)
+        n_tensors = len(files)
         shutil.copy(source.path / "config.json", output_dir / "config.json")
         shutil.copy(source.tokenizer_files["tokenizer.json"], output_dir / "tokenizer.json")
         files += ["config.json", "tokenizer.json"]
+        if "tokenizer_config.json" in source.tokenizer_files:
+            shutil.copy(source.tokenizer_files["tokenizer_config.json"], output_dir / "tokenizer_config.json")
+            files.append("tokenizer_config.json")
         scheme = "f32" if options.precision == "fp32" else "int8-row"
-        return ExportResult(files=files, scheme=scheme, details={"tensors": len(files) - 2},
+        return ExportResult(files=files, scheme=scheme, details={"tensors": n_tensors},
                             run_instructions="```python\nimport numpy as np  # load weights/*.npz\n```",
                             notes=["norms stay float32"])
 

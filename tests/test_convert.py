@@ -137,11 +137,34 @@ def test_eval_scores_perplexity_in_windows_and_records_the_text(manager, npy_bac
     assert (t["tokens"], t["window"], t["windows"], t["scored_tokens"]) == (64, 32, 2, 62)
     assert t["name"] == "bundled" and t["files"][0]["path"].endswith("eval_text.txt")
     assert f["perplexity"] == pytest.approx(f["reference_perplexity"], rel=1e-5)
+    # KL and top-1 at every scored position of the text too (an fp32 copy: exact)
+    assert f["text_positions"] == 64 and f["text_kl_mean"] < 1e-9 and f["text_top1_agreement"] == 1.0
+    assert "answers" not in json.loads(res.stdout)  # tiny models: no chat questions unless asked
     mine = tmp_path / "mine.txt"
     mine.write_text("A short text of my own, with enough words to score a few tokens of it.\n", encoding="utf-8")
     res = invoke("eval", out, "--reference", tiny, "--text", mine, "--gen-tokens", "2")
     assert res.exit_code == 0, res.output
     assert f"of {mine} (sha256 {file_sha256(mine)[:12]}), 1 window(s)" in res.stdout
+
+
+def test_eval_answers_the_chat_questions_like_the_oracle(manager, npy_backend, tiny, tmp_path):
+    """--answers: each question in the chat template, greedy in the runtime and in the oracle, compared."""
+    from phi_quant.answers import QUESTIONS
+
+    results = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / precision
+        assert invoke("quantize", tiny, "-b", "npy", "-p", precision, "-o", out, "--json").exit_code == 0
+        res = invoke("eval", out, "--reference", tiny, "--json", "--answers", "--max-text-tokens", "16",
+                     "--gen-tokens", "2")
+        assert res.exit_code == 0, res.output
+        results[precision] = json.loads(res.stdout)["answers"]
+    exact = results["fp32"]
+    assert (exact["agree"], exact["of"]) == (len(QUESTIONS), len(QUESTIONS))  # the same computation as the oracle
+    assert [i["question"] for i in exact["items"]] == list(QUESTIONS) and all(i["model"] for i in exact["items"])
+    assert all(i["same"] == (i["model"] == i["oracle"]) for i in results["int8"]["items"])
+    res = invoke("eval", tmp_path / "int8", "--reference", tiny, "--answers", "--max-text-tokens", "16", "--gen-tokens", "2")
+    assert res.exit_code == 0 and f"answers: {results['int8']['agree']} of 5 the same as the oracle's" in res.stdout
 
 
 EXPECTED_QUIRKS = {

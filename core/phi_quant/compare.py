@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,11 +39,13 @@ class CellSpec:
     backend: str
     precision: str
     extra_args: tuple[str, ...] = field(default=())
+    label: str = ""  # names a cell with extra_args, e.g. "Q4_K_M" or "asym-b128"; part of its key
     recipe: str | None = None  # None: the default (round to nearest)
 
     @property
     def key(self) -> str:
-        return f"{self.backend}-{self.precision}" + (f"-{self.recipe}" if self.recipe else "")
+        parts = [self.backend, self.precision, re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label), self.recipe or ""]
+        return "-".join(p for p in parts if p)
 
 
 def plan_cells(
@@ -128,6 +131,8 @@ def _signal_message(signum: int, lines: list[str]) -> str:
 def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str, Any]:
     cell: dict[str, Any] = {"backend": spec.backend, "precision": spec.precision, "output_dir": str(out),
                             "recipe": spec.recipe or "rtn"}
+    if spec.label:
+        cell["label"] = spec.label
     t0 = time.perf_counter()
     recipe_args = ("--recipe", spec.recipe) if spec.recipe else ()
     res, err = _run_json(
@@ -148,8 +153,15 @@ def _convert(model: str, spec: CellSpec, out: Path, timeout: float) -> dict[str,
     return cell
 
 
-def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float) -> None:
-    args = ["eval", cell["output_dir"], "--reference", model, "--json"]
+#: What a cell keeps of ``eval --json`` (its fidelity, speed and memory sections, flattened).
+_EVAL_KEYS = ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff", "text_kl_mean", "text_kl_max",
+              "text_top1_agreement", "text_positions", "perplexity", "reference_perplexity", "load_seconds",
+              "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes")
+
+
+def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float,
+              eval_args: Sequence[str] = ()) -> None:
+    args = ["eval", cell["output_dir"], "--reference", model, "--json", *eval_args]
     if text:
         args += ["--text", text]
     res, err = _run_json(_cli(*args), timeout)
@@ -160,10 +172,17 @@ def _evaluate(cell: dict[str, Any], model: str, text: str | None, timeout: float
     for k in ("fidelity", "speed", "memory", "metrics"):
         if isinstance(res.get(k), dict):
             flat.update(res[k])
-    for key in ("kl_mean", "kl_max", "top1_agreement", "cosine_mean", "max_abs_diff", "perplexity",
-                "reference_perplexity", "load_seconds", "prompt_tokens_per_s", "gen_tokens_per_s", "peak_rss_bytes"):
+    for key in _EVAL_KEYS:
         if key in flat:
             cell[key] = flat[key]
+    if "perplexity" in cell and "reference_perplexity" in cell:
+        cell["ppl_delta"] = cell["perplexity"] - cell["reference_perplexity"]
+    if isinstance(res.get("answers"), dict):
+        a = res["answers"]
+        cell["answers_agree"] = f"{a['agree']}/{a['of']}"
+        cell["answers"] = a["items"]
+    if isinstance(flat.get("text"), dict):
+        cell["text"] = {k: flat["text"][k] for k in ("name", "sha256", "files", "tokens", "window") if k in flat["text"]}
     cell["status"] = "ok"
 
 
@@ -177,8 +196,12 @@ def run_matrix(
     text: str | None = None,
     on_progress: Callable[[str, dict[str, Any]], None] | None = None,
     timeout: float = CELL_TIMEOUT_S,
+    eval_args: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Convert every cell (``jobs`` at a time), then evaluate them one by one; never raises for a cell."""
+    """Convert every cell (``jobs`` at a time), then evaluate them one by one; never raises for a cell.
+
+    ``eval_args`` are extra ``phi-quant eval`` arguments for every cell (say ``--max-text-tokens 1024``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     note = on_progress or (lambda stage, cell: None)
 
@@ -191,7 +214,7 @@ def run_matrix(
         results = list(pool.map(convert_one, cells))
     for cell in results:
         if cell["status"] == "converted":
-            _evaluate(cell, model, text, timeout)
+            _evaluate(cell, model, text, timeout, eval_args)
         note("evaluated", cell)
         if not keep:
             shutil.rmtree(cell["output_dir"], ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["FidelityReport", "compare_logits", "log_softmax", "perplexity", "token_nll", "text_windows",
+__all__ = ["FidelityReport", "FidelityAccumulator", "compare_logits", "log_softmax", "perplexity", "token_nll", "text_windows",
            "windowed_nll", "EVAL_TEXT", "eval_text"]
 
 
@@ -57,32 +57,66 @@ def _as_2d(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
+#: Rows compared at once: float64 copies of a few rows, not of a whole window (512 × 49k × 8 B = 200 MB each).
+_ROWS_PER_BLOCK = 64
+
+
+class FidelityAccumulator:
+    """Per-position statistics gathered a block of rows at a time, for texts longer than memory likes.
+
+    ``add`` any number of ``[positions, vocab]`` pairs, then ``report()`` is exactly what
+    :func:`compare_logits` gives on all of them concatenated.
+    """
+
+    def __init__(self) -> None:
+        self._kl: list[np.ndarray] = []
+        self._cos: list[np.ndarray] = []
+        self._top1: list[np.ndarray] = []
+        self._maxabs: list[float] = []
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        ref = _as_2d(reference, "reference")
+        cand = _as_2d(candidate, "candidate")
+        if ref.shape != cand.shape:
+            raise ValueError(f"logit shapes differ: reference {ref.shape}, candidate {cand.shape}")
+        for k in range(0, ref.shape[0], _ROWS_PER_BLOCK):
+            r, c = ref[k : k + _ROWS_PER_BLOCK], cand[k : k + _ROWS_PER_BLOCK]
+            lp, lq = log_softmax(r), log_softmax(c)
+            kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
+            self._kl.append(np.maximum(kl, 0.0))  # tiny negative values are rounding
+            r64, c64 = r.astype(np.float64), c.astype(np.float64)
+            denom = np.linalg.norm(r64, axis=-1) * np.linalg.norm(c64, axis=-1)
+            self._cos.append(np.sum(r64 * c64, axis=-1) / np.where(denom == 0, 1.0, denom))
+            self._top1.append(r.argmax(-1) == c.argmax(-1))
+            self._maxabs.append(float(np.abs(r64 - c64).max()))
+
+    @property
+    def positions(self) -> int:
+        return int(sum(len(k) for k in self._kl))
+
+    def report(self) -> FidelityReport:
+        if not self.positions:
+            raise ValueError("no positions to compare")
+        kl, cos, top1 = np.concatenate(self._kl), np.concatenate(self._cos), np.concatenate(self._top1)
+        return FidelityReport(
+            kl_mean=float(kl.mean()),
+            kl_max=float(kl.max()),
+            top1_agreement=float(np.mean(top1)),
+            cosine_mean=float(cos.mean()),
+            max_abs_diff=float(np.max(self._maxabs)),
+            positions=int(kl.size),
+        )
+
+
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> FidelityReport:
     """Compare ``[positions, vocab]`` logits (a 1-D array counts as one position).
 
     The vocabularies must match (backends pad or trim to ``config.vocab_size`` rows);
     non-finite candidate logits make every statistic infinite/NaN rather than hiding them.
     """
-    ref = _as_2d(reference, "reference")
-    cand = _as_2d(candidate, "candidate")
-    if ref.shape != cand.shape:
-        raise ValueError(f"logit shapes differ: reference {ref.shape}, candidate {cand.shape}")
-    if ref.shape[0] == 0:
-        raise ValueError("no positions to compare")
-    lp, lq = log_softmax(ref), log_softmax(cand)
-    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
-    kl = np.maximum(kl, 0.0)  # tiny negative values are rounding
-    r64, c64 = ref.astype(np.float64), cand.astype(np.float64)
-    denom = np.linalg.norm(r64, axis=-1) * np.linalg.norm(c64, axis=-1)
-    cos = np.sum(r64 * c64, axis=-1) / np.where(denom == 0, 1.0, denom)
-    return FidelityReport(
-        kl_mean=float(kl.mean()),
-        kl_max=float(kl.max()),
-        top1_agreement=float(np.mean(ref.argmax(-1) == cand.argmax(-1))),
-        cosine_mean=float(cos.mean()),
-        max_abs_diff=float(np.abs(r64 - c64).max()),
-        positions=int(ref.shape[0]),
-    )
+    acc = FidelityAccumulator()
+    acc.add(reference, candidate)
+    return acc.report()
 
 
 def token_nll(logits: np.ndarray, ids: Sequence[int]) -> np.ndarray:

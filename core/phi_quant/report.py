@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["COLUMNS", "write_report", "markdown_table", "format_cell"]
+__all__ = ["COLUMNS", "write_report", "markdown_table", "format_cell", "text_record"]
 
 #: (key, header, format) of the report table, in order.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -25,7 +25,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("size_bytes", "size (MiB)", "mib"),
     ("kl_mean", "KL mean", "g4"),
     ("top1_agreement", "top-1", "pct"),
+    ("text_kl_mean", "KL text", "g4"),
+    ("text_top1_agreement", "top-1 text", "pct"),
     ("perplexity", "ppl", "f3"),
+    ("ppl_delta", "Δppl", "+f3"),
+    ("answers_agree", "answers", "s"),
     ("prompt_tokens_per_s", "prompt tok/s", "f1"),
     ("gen_tokens_per_s", "gen tok/s", "f1"),
     ("load_seconds", "load (s)", "f3"),
@@ -47,6 +51,8 @@ def format_cell(value: Any, fmt: str) -> str:
         return f"{value:.4g}"
     if fmt == "pct":
         return f"{100 * value:.1f}%"
+    if fmt.startswith("+f"):
+        return f"{value:+.{int(fmt[2:])}f}"
     if fmt.startswith("f"):
         return f"{value:.{int(fmt[1:])}f}"
     return str(value)
@@ -68,6 +74,17 @@ def markdown_table(cells: Sequence[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def text_record(cells: Sequence[dict[str, Any]]) -> str:
+    """One line naming the text perplexity and text KL were measured on (files, sha256, windows), or ""."""
+    seen = {json.dumps(c["text"], sort_keys=True): c["text"] for c in cells if isinstance(c.get("text"), dict)}
+    lines = []
+    for t in seen.values():
+        files = ", ".join(f["path"] for f in t.get("files", [])) or t.get("name", "the text")
+        lines.append(f"{files} (text sha256 {t.get('sha256', '?')}), first {t.get('tokens')} tokens "
+                     f"in windows of {t.get('window')}")
+    return "; ".join(lines)
+
+
 def _plot(cells: Sequence[dict[str, Any]], title: str):
     """Two panels: size vs KL and tokens/s vs size, one marker per backend × precision."""
     import matplotlib
@@ -78,20 +95,23 @@ def _plot(cells: Sequence[dict[str, Any]], title: str):
     ok = [c for c in cells if c.get("status") == "ok" and c.get("size_bytes")]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     kl_floor = 1e-7
+    # KL on the text (hundreds of positions of prose) where every cell has it, else on the test prompts.
+    kl_key = "text_kl_mean" if ok and all(c.get("text_kl_mean") is not None for c in ok) else "kl_mean"
     for i, c in enumerate(ok):
         b, p = c["backend"], c["precision"]
         offset = (5, 4 + 7 * (i % 3 - 1))  # stagger labels so neighbours in a cluster stay readable
         size = c["size_bytes"] / 1024**2
         kw = dict(marker=_MARKERS.get(b, "P"), color=_COLORS.get(p, "#7f7f7f"), s=70, edgecolors="black", linewidths=0.5)
-        label = f"{b} {p}"
-        if c.get("kl_mean") is not None:
-            ax1.scatter(size, max(c["kl_mean"], kl_floor), **kw)
-            ax1.annotate(label, (size, max(c["kl_mean"], kl_floor)), textcoords="offset points", xytext=offset, fontsize=7)
+        label = f"{b} {c.get('label') or p}"
+        if c.get(kl_key) is not None:
+            ax1.scatter(size, max(c[kl_key], kl_floor), **kw)
+            ax1.annotate(label, (size, max(c[kl_key], kl_floor)), textcoords="offset points", xytext=offset, fontsize=7)
         if c.get("gen_tokens_per_s"):
             ax2.scatter(size, c["gen_tokens_per_s"], **kw)
             ax2.annotate(label, (size, c["gen_tokens_per_s"]), textcoords="offset points", xytext=offset, fontsize=7)
     ax1.set_xlabel("model size on disk (MiB)")
-    ax1.set_ylabel(f"mean KL(reference ‖ backend), log scale (floor {kl_floor:g})")
+    where = "on the text" if kl_key == "text_kl_mean" else "on the test prompts"
+    ax1.set_ylabel(f"mean KL(reference ‖ backend) {where}, log scale (floor {kl_floor:g})")
     ax1.set_yscale("log")
     ax1.set_title("accuracy vs size (lower-left is better)")
     ax2.set_xlabel("model size on disk (MiB)")

@@ -28,11 +28,13 @@ PROVENANCE_FILE = "phi-quant-builtin.json"
 
 @dataclass(frozen=True)
 class EvalDefaults:
-    """What ``eval`` scores perplexity on unless told otherwise: ``tokens`` of ``text`` in ``window``-token windows."""
+    """What ``eval`` measures unless told otherwise: perplexity on ``tokens`` of ``text`` in
+    ``window``-token windows, and (``answers``) greedy answers to :data:`phi_quant.answers.QUESTIONS`."""
 
     text: Callable[[], object]  # -> phi_quant.texts.SourceText
     tokens: int
     window: int
+    answers: bool = False
 
 
 def _bundled():
@@ -49,8 +51,9 @@ def _evaluation():
 
 #: Tiny models (and any checkpoint that is not built in): the bundled passage, 256 tokens, one window.
 PLUMBING_EVAL = EvalDefaults(_bundled, 256, 256)
-#: Real models: the evaluation text, its first 2048 tokens in non-overlapping 512-token windows.
-REAL_EVAL = EvalDefaults(_evaluation, 2048, 512)
+#: Real models: the evaluation text, its first 2048 tokens in non-overlapping 512-token windows, and
+#: the chat questions' answers (a trained model answers them; a random one only babbles).
+REAL_EVAL = EvalDefaults(_evaluation, 2048, 512, answers=True)
 
 
 @dataclass(frozen=True)

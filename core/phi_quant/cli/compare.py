@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -14,7 +15,7 @@ from ..compare import plan_cells, run_matrix
 from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
 from ..progress import MatrixProgress
-from ..report import markdown_table, write_report
+from ..report import markdown_table, text_record, write_report
 from ._common import calibration_options, emit_json, json_option, recipe_option
 
 __all__ = ["command"]
@@ -75,6 +76,7 @@ def command(model, report_dir, backends, precisions, recipes, calibration, calib
     total = len(cells)
     progress = MatrixProgress({"converted": total, "evaluated": total}, quiet=quiet or as_json, label=_label)
     t0 = time.perf_counter()
+    load_before = _load_average()
     ray_meta = None
     try:
         if ray_address is not None:
@@ -93,7 +95,12 @@ def command(model, report_dir, backends, precisions, recipes, calibration, calib
         "failed": sum(1 for c in results if c.get("status") != "ok"),
         "jobs": jobs,
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        # tokens/s mean little without it: the machine may be shared
+        "load_average": f"{load_before} before, {_load_average()} after",
     }
+    text = text_record(results)
+    if text:
+        meta["text"] = text
     if ray_meta is not None:
         meta["ray"] = ray_meta
     written = write_report(report_dir, results, meta)
@@ -103,6 +110,13 @@ def command(model, report_dir, backends, precisions, recipes, calibration, calib
     click.echo(markdown_table(results))
     click.echo("")
     click.echo("report: " + ", ".join(str(p) for p in written.values()))
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not every platform has one
+        return "?"
 
 
 def _calibration_args(recipes, calibration, tokens, cache, report_dir: Path) -> tuple[str, ...]:

