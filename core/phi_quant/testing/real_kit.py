@@ -76,11 +76,12 @@ class RealModelFidelity:
         metafunc.parametrize("precision", list(wanted), ids=[f"{self.backend}-{p}" for p in wanted], scope="class")
 
     @pytest.fixture(scope="class")
-    def real_models(self, request: Any, real_sources: Any, real_exports: Any) -> Any:
+    @classmethod
+    def real_models(cls, request: Any, real_sources: Any, real_exports: Any) -> Any:
         """``real_models(precision)``: the export loaded in the backend's runtime, once per class."""
         from ..plugins import get_manager
 
-        owner = request.cls()
+        owner = cls()
         backend = get_manager().get(owner.backend)
         loaded: dict[str, Any] = {}
 
