@@ -102,7 +102,10 @@ def fidelity_rows(cells: list[dict]) -> list[str]:
     """Markdown rows, one per cell (failed cells say why)."""
     rows = []
     for c in cells:
-        head = f"| {c['backend']} | {c['precision']} | {c.get('scheme') or c.get('label') or '–'} | {c.get('recipe') or 'rtn'} |"
+        scheme = c.get("scheme") or c.get("label") or "–"
+        if c.get("label") and "scales" in c["label"]:  # the scheme's name does not say the scales' dtype
+            scheme += ", " + c["label"].rsplit("-", 2)[-2] + " scales"
+        head = f"| {c['backend']} | {c['precision']} | {scheme} | {c.get('recipe') or 'rtn'} |"
         if c.get("status") != "ok":
             rows.append(head + f" failed: {str(c.get('error', ''))[:100]} |" + " |" * 7)
             continue
