@@ -113,6 +113,11 @@ def main() -> None:
         quant.process()
         model = quant.model.model
         if name in ("k_quant", "gptq"):  # these quantize MatMuls only: the table gets the builder's int4 after
+            import onnx.external_data_helper as ext
+
+            # The in-memory model's external tensors name "model.onnx.data" relative to base; the
+            # second pass has no base directory and would look for it in the working directory.
+            ext.load_external_data_for_model(model, str(base))
             table = mnq.MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, algo_config=(
                 mnq.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, op_types_to_quantize=("Gather",),
                                                  quant_axes=(("Gather", 1),))))
