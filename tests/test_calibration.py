@@ -209,3 +209,19 @@ def test_a_calibrated_recipe_on_phimoe_is_one_line_before_any_output(tmp_path):
     with pytest.raises(UnsupportedPrecisionError, match=r"does not do yet for phimoe .*rtn, clip, hqq"):
         convert("tiny:phimoe", writers[0].name, ExportOptions("int4", recipe="awq"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("k", [40, 700])  # 700: several blocks of the triangular inverse
+def test_gptq_factor_is_the_cholesky_factor_of_the_inverse(k):
+    """The factor from one Cholesky and a triangular inverse equals numpy's chol(H⁻¹), computed the
+    direct way (inverse, then Cholesky), in GPTQ's processing order."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3 * k, k)) * np.linspace(0.2, 3, k)
+    h = (x.T @ x / len(x)).astype(np.float32)
+    order, u, dead = gptq_factor(h, 0.01, True)
+    assert not dead.any() and list(order) == list(np.argsort(-np.diagonal(h).astype(np.float64), kind="stable"))
+    hp = h.astype(np.float64)[np.ix_(order, order)]
+    hp[np.arange(k), np.arange(k)] += 0.01 * np.mean(np.diagonal(hp))
+    expected = np.linalg.cholesky(np.linalg.inv(hp)).T
+    np.testing.assert_allclose(u, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert np.allclose(np.tril(u, -1), 0)
