@@ -39,14 +39,15 @@ def model_mib(out: Path) -> float:
                if f.is_file() and not (f.parent == Path(out) and f.name in NOT_MODEL)) / 2**20
 
 
-def ours(model: str, spec: str, ref: dict, cache: Path, tokens: int | None) -> dict:
+def ours(model: str, spec: str, ref: dict, cache: Path, tokens: int | None, calibration: str | None = None) -> dict:
     from phi_quant.convert import convert
     from phi_quant.quant.recipes import get_recipe
     from phi_quant.quant.recipes.calibrated import is_calibrated
 
     backend, options = rf._options(spec)
     if options.recipe and is_calibrated(get_recipe(options.recipe)):
-        options = dataclasses.replace(options, calibration_cache=cache, calibration_tokens=tokens)
+        options = dataclasses.replace(options, calibration_cache=cache, calibration_tokens=tokens,
+                                      calibration=calibration)
     work = Path(tempfile.mkdtemp(prefix="calibration-bench-"))
     row: dict = {"cell": spec, "backend": backend}
     try:
@@ -88,6 +89,8 @@ def main() -> None:
     ap.add_argument("--calibration-tokens", type=int, help="default: phi-quant's (2048)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/phi-quant-calibration-bench/calibration.safetensors"),
                     help="the --calibration-cache every calibrated cell shares")
+    ap.add_argument("--calibration", help="calibration text FILE, or 'synthetic' (no text), for every calibrated "
+                    "cell (default: phi-quant's calibration text); give each its own --cache")
     ap.add_argument("--json", type=Path, help="append each row as a JSON line to this file")
     args = ap.parse_args()
     args.cache.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for spec in args.cells:
         row = vendor(spec, ref) if spec.startswith("vendor|") else ours(args.model, spec, ref, args.cache,
-                                                                         args.calibration_tokens)
+                                                                         args.calibration_tokens, args.calibration)
         row["load_average"] = round(os.getloadavg()[0], 1)
         row.setdefault("convert_s", 0.0)
         row.setdefault("bits_per_weight", None)

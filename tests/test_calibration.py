@@ -225,3 +225,50 @@ def test_gptq_factor_is_the_cholesky_factor_of_the_inverse(k):
     expected = np.linalg.cholesky(np.linalg.inv(hp)).T
     np.testing.assert_allclose(u, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert np.allclose(np.tril(u, -1), 0)
+
+
+def test_synthetic_calibration_draws_ordinary_tokens_most_common_first():
+    """``--calibration synthetic``: seeded ids from the vocabulary's ordinary tokens (never an added or
+    byte-fallback token), low ranks (BPE merge order) far more often than high ones, keyed apart from texts."""
+    from phi_quant.calib.synthetic import SYNTHETIC, SyntheticText
+
+    with open_model(cached_checkpoint("phi3-mini")) as src:
+        tok = src.hf_tokenizer()
+        request = request_from_options(_options("gptq", calibration=SYNTHETIC, calibration_tokens=4000))
+        assert isinstance(request.text, SyntheticText) and request.text.record()["name"] == "synthetic"
+        seqs = request.sequences(tok)
+        assert [len(s) for s in seqs] == [512] * 7 + [4000 - 7 * 512]
+        ids = np.concatenate(seqs)
+        assert request.sequences(tok) == seqs  # seeded: the same draw every time
+        added = set(tok.get_added_tokens_decoder())
+        pieces = [tok.id_to_token(int(i)) for i in ids]
+        assert not added & set(ids.tolist()) and not any(p.startswith("<0x") and p.endswith(">") for p in pieces)
+        ordinary = sorted(i for t, i in tok.get_vocab(with_added_tokens=False).items()
+                          if i not in added and not (t.startswith("<0x") and t.endswith(">")))
+        mid = ordinary[len(ordinary) // 2]
+        assert (ids < mid).sum() > 2 * (ids >= mid).sum()
+        plain = request_from_options(_options("gptq"))
+        assert request.key({"sha256": "m"}, 4000) != plain.key({"sha256": "m"}, 4000)
+
+
+def test_synthetic_calibration_from_the_cli_records_no_text(tmp_path):
+    """The CLI takes the word (a file must exist otherwise); the manifest and card say no text was used."""
+    import json
+
+    from click.testing import CliRunner
+
+    from phi_quant.cli import cli
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["quantize", str(cached_checkpoint("phi3-mini")), "-b", "reference", "-p", "int4",
+                                    "--recipe", "gptq", "--calibration", "synthetic", "--calibration-tokens", "64",
+                                    "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "phi-quant.json").read_text())
+    text = manifest["calibration"]["statistics"]["text"]
+    assert text["name"] == "synthetic" and text["files"] == []
+    assert "synthetic token ids, no text" in (out / "README.md").read_text()
+    bad = CliRunner().invoke(cli, ["quantize", str(cached_checkpoint("phi3-mini")), "-b", "reference", "-p", "int4",
+                                    "--recipe", "gptq", "--calibration", str(tmp_path / "synthetic-typo"),
+                                    "-o", str(tmp_path / "o2")])
+    assert bad.exit_code != 0 and "does not exist" in bad.output

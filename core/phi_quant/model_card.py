@@ -55,10 +55,13 @@ def _calibration_lines(calib: dict[str, Any] | None) -> list[str]:
     st = calib.get("statistics") or {}
     text = st.get("text") or {}
     files = ", ".join(f"`{f.get('path')}`" for f in text.get("files") or [])
+    if text.get("name") == "synthetic":  # phi_quant.calib.synthetic: no text, a rule over the vocabulary
+        source = f"synthetic token ids, no text (the rule, sha256 `{text.get('sha256')}`)"
+    else:
+        source = f"the {text.get('name')} text, sha256 `{text.get('sha256')}` ({files})"
     lines = ["", "## Calibration", "",
              f"- Recipe **{(calib.get('recipe') or {}).get('name')}** calibrated on {st.get('tokens')} tokens "
-             f"({st.get('sequences')} sequence(s) of at most {st.get('window')}) of the {text.get('name')} text, "
-             f"sha256 `{text.get('sha256')}` ({files})",
+             f"({st.get('sequences')} sequence(s) of at most {st.get('window')}) of {source}",
              f"- Statistics key `{st.get('key')}`" + (f", kept in `{st['cache']}`" if st.get("cache") else "")]
     awq = calib.get("awq")
     if awq:

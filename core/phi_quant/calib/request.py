@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import BadInputError
 from ..texts import SourceText, calibration_text, text_from_file
 from .stats import STATS_VERSION
+from .synthetic import SyntheticText, is_synthetic, synthetic_text
 
 __all__ = ["DEFAULT_TOKENS", "DEFAULT_WINDOW", "MIN_TOKENS", "CalibrationRequest", "model_fingerprint",
            "request_from_options"]
@@ -61,7 +62,10 @@ class CalibrationRequest:
 
     def sequences(self, tokenizer: Any) -> list[list[int]]:
         """The first ``tokens`` token ids of the text in windows of ``window``; refuses a text too short."""
-        ids = tokenizer.encode(self.text.text, add_special_tokens=False).ids[: self.tokens]
+        if isinstance(self.text, SyntheticText):
+            ids = self.text.token_ids(tokenizer, self.tokens)
+        else:
+            ids = tokenizer.encode(self.text.text, add_special_tokens=False).ids[: self.tokens]
         if len(ids) < MIN_TOKENS:
             raise BadInputError(f"the calibration text ({self.text.name}, {len(self.text.text)} characters) gives "
                                 f"{len(ids)} tokens; calibration needs at least {MIN_TOKENS}: pass a longer --calibration FILE")
@@ -74,9 +78,15 @@ class CalibrationRequest:
 
 
 def request_from_options(options: Any) -> CalibrationRequest:
-    """The request ``ExportOptions`` describe (``calibration``, ``calibration_tokens``, ``calibration_cache``)."""
+    """The request ``ExportOptions`` describe (``calibration``, ``calibration_tokens``, ``calibration_cache``).
+
+    ``calibration`` is a text file, the word ``synthetic`` (ids drawn from the vocabulary, no data:
+    :mod:`.synthetic`) or None (phi-quant's calibration text)."""
     path = getattr(options, "calibration", None)
-    text = text_from_file(path) if path else calibration_text()
+    if is_synthetic(path):
+        text: SourceText = synthetic_text()
+    else:
+        text = text_from_file(path) if path else calibration_text()
     tokens = getattr(options, "calibration_tokens", None) or DEFAULT_TOKENS
     if tokens < MIN_TOKENS:
         raise BadInputError(f"--calibration-tokens must be at least {MIN_TOKENS}, got {tokens}")

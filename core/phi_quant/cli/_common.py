@@ -42,6 +42,19 @@ def recipe_option(*decls: str, **kw: Any) -> Any:
                         help=kw.pop("help", RECIPE_HELP), **kw)
 
 
+class CalibrationSource(click.ParamType):
+    """An existing text file, or the word ``synthetic`` (kept as that string)."""
+
+    name = "calibration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from ..calib.synthetic import SYNTHETIC, is_synthetic
+
+        if is_synthetic(value):
+            return SYNTHETIC
+        return click.Path(exists=True, dir_okay=False, path_type=Path).convert(value, param, ctx)
+
+
 def calibration_options(f: Any) -> Any:
     """``--calibration FILE``, ``--calibration-tokens N`` and ``--calibration-cache PATH``."""
     f = click.option("--calibration-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
@@ -49,9 +62,10 @@ def calibration_options(f: Any) -> Any:
                           "match (else they are computed into a temporary file).")(f)
     f = click.option("--calibration-tokens", type=click.IntRange(min=16), metavar="N",
                      help="Tokens of the calibration text to use (default 2048).")(f)
-    f = click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+    f = click.option("--calibration", type=CalibrationSource(), metavar="FILE|synthetic",
                      help="Calibration text for awq/gptq (default: phi-quant's calibration text, never the evaluation "
-                          "text; see docs/calibration.md).")(f)
+                          "text), or 'synthetic': token ids drawn from the model's own vocabulary, no data at all "
+                          "(see docs/calibration.md).")(f)
     return f
 
 
