@@ -130,5 +130,9 @@ def test_ctrl_c_during_an_openvino_conversion_is_one_line(cli_process, tmp_path,
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
+    if "Wrote " in stdout:  # on an idle machine the tiny conversion can finish before the signal lands
+        assert "Traceback" not in stderr and out.is_dir(), stderr
+        assert not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()), "a partial output left"
+        return
     one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 1, "interrupted (Ctrl-C)")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "no partial output, no telemetry files in HOME"
