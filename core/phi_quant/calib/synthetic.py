@@ -64,4 +64,4 @@ def synthetic_text(seed: int = SEED) -> SyntheticText:
 
 def is_synthetic(value: Any) -> bool:
     """True for the ``--calibration`` value that asks for this source (the word, not a path to a file)."""
-    return isinstance(value, str) and value.strip().lower() == SYNTHETIC and "/" not in value
+    return isinstance(value, str) and value.strip().lower() == SYNTHETIC
