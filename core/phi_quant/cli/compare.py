@@ -16,7 +16,6 @@ from ..errors import BadInputError, PhiQuantError
 from ..plugins import get_manager
 from ..progress import MatrixProgress
 from ..report import markdown_table, text_record, write_report
-from ..calib.synthetic import is_synthetic
 from ._common import calibration_options, emit_json, json_option, recipe_option
 
 __all__ = ["command"]
@@ -134,6 +133,7 @@ def _calibration_args(recipes, calibration, tokens, cache, report_dir: Path) -> 
     cache.parent.mkdir(parents=True, exist_ok=True)
     args = ["--calibration-cache", str(cache.absolute())]
     if calibration:
+        from ..calib.synthetic import is_synthetic  # here: importing phi_quant.calib costs every command start-up
         args += ["--calibration", calibration if is_synthetic(calibration) else str(Path(calibration).absolute())]
     if tokens:
         args += ["--calibration-tokens", str(tokens)]
