@@ -84,7 +84,7 @@ def sparsemixer(logits: ov.Output, num_experts: int, jitter: float, picks: int =
     get weight 0.
     """
     experts = ops.constant(np.arange(num_experts, dtype=np.int64))
-    minus_inf, zero = _f32(-np.inf), _f32(0.0)
+    minus_inf, zero, one = _f32(-np.inf), _f32(0.0), _f32(1.0)
     window = _f32(np.float32(2 * jitter))
     magnitude = ops.abs(logits)
     masked, dense = logits, None
@@ -92,8 +92,12 @@ def sparsemixer(logits: ov.Output, num_experts: int, jitter: float, picks: int =
         top = ops.topk(masked, ops.constant(np.int64(1)), axis=-1, mode="max", sort="value",
                        index_element_type="i64", stable=True)
         best, pick = top.output(0), top.output(1)  # [..., 1]
-        # 0 / 0 (all-zero logits) is NaN, and NaN > window is false: "not far", as in torch
-        relative = ops.divide(ops.subtract(best, logits), ops.maximum(magnitude, best))
+        # All-zero logits make 0 / 0, which torch and the oracle read as "not far" (NaN > window is
+        # false). OpenVINO's AVX-512 CPU kernels answer true for NaN > x, so no NaN is made: a zero
+        # denominator (only when best and the logit are both 0) becomes 1, giving 0 / 1 = 0.
+        scale = ops.maximum(magnitude, best)
+        scale = ops.select(ops.equal(scale, zero), one, scale)
+        relative = ops.divide(ops.subtract(best, logits), scale)
         gates = ops.softmax(ops.select(ops.greater(relative, window), minus_inf, masked), -1)
         chosen = ops.equal(experts, pick)  # [..., E]: the expert picked at this step
         weight = ops.select(chosen, gates, zero)
