@@ -262,8 +262,9 @@ def test_synthetic_calibration_from_the_cli_records_no_text(tmp_path):
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["quantize", str(cached_checkpoint("phi3-mini")), "-b", "reference", "-p", "int4",
                                     "--recipe", "gptq", "--calibration", "synthetic", "--calibration-tokens", "64",
-                                    "-o", str(out), "-q"])
+                                    "-o", str(out)])
     assert res.exit_code == 0, res.output
+    assert "calibrated on 64 synthetic token ids (no text; sha256 " in res.output
     manifest = json.loads((out / "phi-quant.json").read_text())
     text = manifest["calibration"]["statistics"]["text"]
     assert text["name"] == "synthetic" and text["files"] == []

@@ -75,8 +75,11 @@ def command(model, backend, precision, output, group_size, symmetric, scheme, re
     calib = (result.manifest or {}).get("calibration") or {}
     if calib:
         st = calib.get("statistics") or {}
-        click.echo(f"  calibrated on {st.get('tokens')} tokens of {(st.get('text') or {}).get('name')} text "
-                   f"(sha256 {str((st.get('text') or {}).get('sha256', ''))[:12]})"
+        text = st.get("text") or {}
+        # "synthetic" is phi_quant.calib.synthetic.SYNTHETIC (not imported: it would load phi_quant.calib)
+        what = ("synthetic token ids (no text; " if text.get("name") == "synthetic"
+                else f"tokens of {text.get('name')} text (")
+        click.echo(f"  calibrated on {st.get('tokens')} {what}sha256 {str(text.get('sha256', ''))[:12]})"
                    + (f", statistics kept in {st['cache']}" if st.get("cache") else ""))
     for note in result.notes:
         click.echo(f"  note: {note}")
