@@ -25,7 +25,7 @@ from phi_quant.model.config import PhiConfig
 from .constants import MODEL_TYPE, QUANT_KEY, QUANT_MIRROR_KEY, TORCH_DTYPE
 from .layout import PlannedTensor, QuantParams
 
-__all__ = ["LONGROPE_LONG", "LONGROPE_SHORT", "longrope_mode", "check_supported", "build_config", "source_keys",
+__all__ = ["LONGROPE_LONG", "LONGROPE_SHORT", "longrope_mode", "check_supported", "build_config", "decoder_keys", "source_keys",
            "quantization_block"]
 
 LONGROPE_LONG = "long"
@@ -65,6 +65,21 @@ def check_supported(cfg: PhiConfig) -> None:
         )
 
 
+def decoder_keys(cfg: PhiConfig) -> dict[str, Any]:
+    """The decoder's shape keys, in the order both mlx-lm configs (phi3, phimoe) write them."""
+    return {
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "vocab_size": cfg.vocab_size,
+        "rope_theta": cfg.rope.theta,
+    }
+
+
 def build_config(
     cfg: PhiConfig,
     plan: list[PlannedTensor],
@@ -80,15 +95,7 @@ def build_config(
         {
             "architectures": ["Phi3ForCausalLM"],
             "model_type": MODEL_TYPE,
-            "hidden_size": cfg.hidden_size,
-            "num_hidden_layers": cfg.num_layers,
-            "intermediate_size": cfg.intermediate_size,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim,
-            "rms_norm_eps": cfg.rms_norm_eps,
-            "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope.theta,
+            **decoder_keys(cfg),
             "partial_rotary_factor": cfg.partial_rotary_factor,
             "max_position_embeddings": cfg.max_position_embeddings,
             "tie_word_embeddings": cfg.tie_word_embeddings,

@@ -30,7 +30,7 @@ import numpy as np
 from phi_quant.model.config import PhiConfig
 from phi_quant.model.tensors import SourceTensor, TensorInfo, TensorRole
 
-from .config_json import LONGROPE_SHORT, longrope_mode, quantization_block, source_keys
+from .config_json import LONGROPE_SHORT, decoder_keys, longrope_mode, quantization_block, source_keys
 from .constants import TORCH_DTYPE
 from .layout import PlannedTensor, QuantParams
 
@@ -98,15 +98,7 @@ def build_config(
         {
             "architectures": ["PhiMoEForCausalLM"],
             "model_type": MODEL_TYPE,
-            "hidden_size": cfg.hidden_size,
-            "num_hidden_layers": cfg.num_layers,
-            "intermediate_size": cfg.intermediate_size,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_kv_heads,
-            "head_dim": cfg.head_dim,
-            "rms_norm_eps": cfg.rms_norm_eps,
-            "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope.theta,
+            **decoder_keys(cfg),
             "max_position_embeddings": cfg.max_position_embeddings,
             "num_local_experts": cfg.num_experts,
             "num_experts_per_tok": cfg.experts_per_token,
