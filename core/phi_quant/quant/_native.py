@@ -91,13 +91,37 @@ def convert(w, src, dst, threads):
     return out.reshape(shape)
 
 
+#: numpy storage of each stored scale dtype (bf16 travels as its raw uint16 bits).
+_SCALE_NP = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
+
+
+# The outputs each format's kernel fills, the same whether it quantizes or packs given codes.
+
+def _ggml_out(n: int, k: int, scheme: str) -> tuple[int, np.ndarray]:
+    code, nbytes = _GGML[scheme]
+    return code, np.empty((n, k // 32 * nbytes), np.uint8)
+
+
+def _matmulnbits_out(n: int, k: int, bits: int, block_size: int, symmetric: bool, scale_dtype: str):
+    kb = -(-k // block_size)
+    blocks = np.empty((n, kb, block_size * bits // 8), np.uint8)
+    scales = np.empty((n, kb), np.float32 if scale_dtype == "f32" else np.float16)
+    zero_points = None if symmetric else np.empty((n, (kb * bits + 7) // 8), np.uint8)
+    return blocks, scales, zero_points
+
+
+def _mlx_out(n: int, k: int, bits: int, group_size: int, scale_dtype: str):
+    dt = _SCALE_NP[scale_dtype]
+    return (np.empty((n, k * bits // 32), np.uint32), np.empty((n, k // group_size), dt),
+            np.empty((n, k // group_size), dt))
+
+
 def ggml(w, src, scheme, threads, name):
     if lib is None:
         _missing()
         return None
     n, k = w.shape
-    code, nbytes = _GGML[scheme]
-    out = np.empty((n, k // 32 * nbytes), np.uint8)
+    code, out = _ggml_out(n, k, scheme)
     bad = ffi.new("int64_t *")
     p, stride = _src(w)
     rc = lib.pq_ggml_quantize(p, _DTYPE[src], n, k, stride, code, _ptr(out), threads, bad)
@@ -110,10 +134,7 @@ def matmulnbits(w, src, bits, block_size, symmetric, scale_dtype, threads, name)
         _missing()
         return None
     n, k = w.shape
-    kb = -(-k // block_size)
-    B = np.empty((n, kb, block_size * bits // 8), np.uint8)
-    scales = np.empty((n, kb), np.float32 if scale_dtype == "f32" else np.float16)
-    zp = None if symmetric else np.empty((n, (kb * bits + 7) // 8), np.uint8)
+    B, scales, zp = _matmulnbits_out(n, k, bits, block_size, symmetric, scale_dtype)
     bad = ffi.new("int64_t *")
     p, stride = _src(w)
     rc = lib.pq_matmulnbits_quantize(p, _DTYPE[src], n, k, stride, bits, block_size, int(symmetric),
@@ -127,10 +148,7 @@ def mlx(w, src, bits, group_size, scale_dtype, threads, name):
         _missing()
         return None
     n, k = w.shape
-    wq = np.empty((n, k * bits // 32), np.uint32)
-    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
-    scales = np.empty((n, k // group_size), sdt)
-    biases = np.empty((n, k // group_size), sdt)
+    wq, scales, biases = _mlx_out(n, k, bits, group_size, scale_dtype)
     bad = ffi.new("int64_t *")
     p, stride = _src(w)
     rc = lib.pq_mlx_quantize(p, _DTYPE[src], n, k, stride, bits, group_size, _DTYPE[scale_dtype],
@@ -197,9 +215,8 @@ def ggml_pack(codes, d, m, scheme, threads, name):
         _missing()
         return None
     n, k = codes.shape
-    code, nbytes = _GGML[scheme]
+    code, out = _ggml_out(n, k, scheme)
     c, d, m = _codes(codes), _f32(d), _f32(m)
-    out = np.empty((n, k // 32 * nbytes), np.uint8)
     bad = ffi.new("int64_t *")
     rc = lib.pq_ggml_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", d.ctypes.data),
                           ffi.NULL if m is None else ffi.cast("const float *", m.ctypes.data), n, k, code,
@@ -213,12 +230,9 @@ def matmulnbits_pack(codes, scales, zero_points, bits, block_size, scale_dtype, 
         _missing()
         return None
     n, k = codes.shape
-    kb = -(-k // block_size)
     c, s = _codes(codes), _f32(scales)
     z = None if zero_points is None else np.ascontiguousarray(zero_points, np.uint8)
-    B = np.empty((n, kb, block_size * bits // 8), np.uint8)
-    s_out = np.empty((n, kb), np.float32 if scale_dtype == "f32" else np.float16)
-    z_out = None if z is None else np.empty((n, (kb * bits + 7) // 8), np.uint8)
+    B, s_out, z_out = _matmulnbits_out(n, k, bits, block_size, z is None, scale_dtype)
     bad = ffi.new("int64_t *")
     rc = lib.pq_matmulnbits_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
                                  ffi.NULL if z is None else ffi.cast("const uint8_t *", z.ctypes.data), n, k, bits,
@@ -233,10 +247,7 @@ def mlx_pack(codes, scales, biases, bits, group_size, scale_dtype, threads, name
         return None
     n, k = codes.shape
     c, s, b = _codes(codes), _f32(scales), _f32(biases)
-    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
-    wq = np.empty((n, k * bits // 32), np.uint32)
-    s_out = np.empty((n, k // group_size), sdt)
-    b_out = np.empty((n, k // group_size), sdt)
+    wq, s_out, b_out = _mlx_out(n, k, bits, group_size, scale_dtype)
     bad = ffi.new("int64_t *")
     rc = lib.pq_mlx_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
                          ffi.cast("const float *", b.ctypes.data), n, k, bits, group_size, _DTYPE[scale_dtype],
@@ -255,8 +266,7 @@ def nncf_pack(codes, scales, zero_points, bits, symmetric, group, scale_dtype, t
     c, s = _codes(codes), _f32(scales)
     z = None if symmetric else np.ascontiguousarray(zero_points, np.uint8)
     q_out = np.empty((n * k + 1) // 2 if bits == 4 else n * k, np.uint8)
-    sdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[scale_dtype]
-    s_out = np.empty((n, g), sdt)
+    s_out = np.empty((n, g), _SCALE_NP[scale_dtype])
     z_out = None if symmetric else np.empty((n * g + 1) // 2 if bits == 4 else n * g, np.uint8)
     bad = ffi.new("int64_t *")
     rc = lib.pq_nncf_pack(ffi.cast("const uint8_t *", c.ctypes.data), ffi.cast("const float *", s.ctypes.data),
