@@ -4,8 +4,9 @@ The per-tensor plan (:mod:`.plan`) comes first. Header and tensor index are writ
 then each tensor is read from the memory-mapped checkpoint, encoded in row chunks (the core's
 recipe and kernel for our types, ggml's quantizer for the others) and appended, before the next
 one is read. The named K-quant mixes go through a lossless temporary GGUF in ``output_dir`` that
-is always removed, then ``llama_model_quantize``. Either way the finished file is read back
-(memory-mapped) to record a sha256 of every tensor's bytes in the manifest.
+is always removed, then ``llama_model_quantize``. The manifest records a sha256 of every tensor's
+bytes: taken as they are written in the streaming pass, read back from the finished file (in
+bounded chunks) when llama.cpp wrote it.
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def _widen(plan: list[PlannedTensor], rewrites: dict[str, Rewrite]) -> list[Plan
 
 
 def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[PlannedTensor], rope: list[TensorSlot],
-                  progress: Progress, rewrites: dict[str, Rewrite], recipe: str | None = None) -> None:
+                  progress: Progress, rewrites: dict[str, Rewrite], recipe: str | None = None,
+                  hashed: bool = True) -> dict[str, str]:
+    """Stream ``source`` into the GGUF at ``path``; with ``hashed``, return the sha256
+    (:class:`TensorDigest`) of each source tensor's bytes, taken as they are written."""
     slots = rope + [p.slot for p in plan]
     by_name = slots_by_source(plan)  # a stacked expert tensor receives each expert's rows in turn
     r = get_recipe(recipe)
@@ -130,12 +134,19 @@ def _write_stream(source, path: Path, metadata: dict[str, Any], plan: list[Plann
                     yield planned.slot.name, chunk
                 yield None, tensor
 
+        digests: dict[str, str] = {}
+        digest = TensorDigest()
         for name, item in ahead(encoded()):  # encoding runs one step ahead of writing, in a worker thread
             if name is None:
+                if hashed:
+                    digests[item.name], digest = digest.hexdigest(), TensorDigest()
                 progress.advance(item.nbytes, item.name)
             else:
                 writer.write(name, item)
+                if hashed:
+                    digest.update("blocks", item)
         writer.finish()
+    return digests
 
 
 #: Bytes read at a time when hashing the finished file (bounded memory, whatever the model's size).
@@ -207,7 +218,8 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
 
     if plan.route == "stream":
         metadata = {**model_metadata(cfg, "Q4_K_M" if label == "q4_k_m" else scheme, name), **vocab.metadata}
-        _write_stream(source, out_path, metadata, plan.entries, rope, progress, rewrites, options.recipe)
+        digests = _write_stream(source, out_path, metadata, plan.entries, rope, progress, rewrites, options.recipe)
+        types = {slot.name: slot.type.name for slot in rope + [p.slot for p in plan.entries]}
         notes += [f"{p.slot.name}: {p.reason}" for p in plan.entries if "fallback" in p.reason]
     else:
         lossless = plan.lossless
@@ -219,14 +231,13 @@ def export_gguf(source, output_dir: Path, options: ExportOptions, progress: Prog
         tmp.mkdir()
         try:
             lossless_path = tmp / f"lossless-{lossless}.gguf"
-            _write_stream(source, lossless_path, metadata, lossless_plan, rope, progress, rewrites)
+            _write_stream(source, lossless_path, metadata, lossless_plan, rope, progress, rewrites, hashed=False)
             llama_quantize_file(lossless_path, out_path, scheme, plan.overrides, options.threads, _truthy(options.get("verbose")),
                                 _quantizer_importance(source, plan))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         notes.append(f"{scheme} made by llama.cpp's llama_model_quantize from a lossless {lossless} GGUF (removed)")
-
-    types, digests = _read_back(out_path, plan)
+        types, digests = _read_back(out_path, plan)  # llama.cpp wrote these bytes: hash the file
     overrides = plan.overrides
     files = [out_name]
     view = getattr(source, "calibration", None)
