@@ -52,10 +52,12 @@ def _calibration_lines(calib: dict[str, Any] | None) -> list[str]:
     """What the calibrated recipe saw: the text (name, sha256), the tokens, and what AWQ did."""
     if not calib:
         return []
+    from .calib.synthetic import SYNTHETIC  # only for a calibrated export, which has loaded phi_quant.calib
+
     st = calib.get("statistics") or {}
     text = st.get("text") or {}
     files = ", ".join(f"`{f.get('path')}`" for f in text.get("files") or [])
-    if text.get("name") == "synthetic":  # calib.synthetic.SYNTHETIC (not imported: calib costs 0.5 s to import)
+    if text.get("name") == SYNTHETIC:
         source = f"synthetic token ids, no text (the rule, sha256 `{text.get('sha256')}`)"
     else:
         source = f"the {text.get('name')} text, sha256 `{text.get('sha256')}` ({files})"

@@ -74,10 +74,11 @@ def command(model, backend, precision, output, group_size, symmetric, scheme, re
                    + ", ".join(f"{n} x{c}" for n, c in (quant.get("schemes") or {}).items()))
     calib = (result.manifest or {}).get("calibration") or {}
     if calib:
+        from ..calib.synthetic import SYNTHETIC  # the conversion that calibrated has loaded phi_quant.calib
+
         st = calib.get("statistics") or {}
         text = st.get("text") or {}
-        # "synthetic" is phi_quant.calib.synthetic.SYNTHETIC (not imported: it would load phi_quant.calib)
-        what = ("synthetic token ids (no text; " if text.get("name") == "synthetic"
+        what = ("synthetic token ids (no text; " if text.get("name") == SYNTHETIC
                 else f"tokens of {text.get('name')} text (")
         click.echo(f"  calibrated on {st.get('tokens')} {what}sha256 {str(text.get('sha256', ''))[:12]})"
                    + (f", statistics kept in {st['cache']}" if st.get("cache") else ""))

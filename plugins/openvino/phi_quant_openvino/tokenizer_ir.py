@@ -83,7 +83,6 @@ def tokenizer_models(files: dict[str, Path], chat_template: str | None) -> tuple
 def write_tokenizer_irs(files: dict[str, Path], chat_template: str | None, output_dir: Path) -> list[str]:
     """Write openvino_tokenizer.xml/.bin and openvino_detokenizer.xml/.bin; return the file names."""
     torch_before = "torch" in sys.modules
-    _require_tokenizer_json(files)
     try:
         tokenizer, detokenizer, _ = tokenizer_models(files, chat_template)
     except (CheckpointError, ExportFailedError):
